@@ -1,0 +1,269 @@
+"""Reverse-mode gradients through whole rollouts with bounded memory.
+
+One entry point, :func:`value_and_grad`, takes the differentiation strategy as a value:
+
+- :class:`StoreAll` keeps every state of the rollout (T + 1 states; the reference);
+- :class:`Checkpointed` (default) keeps a state every ``segment`` steps and recomputes each
+  segment in the backward pass (about 2 sqrt(T) states when ``segment`` is left to choose);
+- :class:`MemoryBudget` picks the segment length that fits a number of states or of bytes, and can
+  keep checkpoints in host memory.
+
+All three run the same step adjoint in the same order, so their gradients agree to round-off.
+The backward of a step is the adjoint of the fused forward kernel, launched by us (no tape), so no
+intermediate state is ever overwritten while it is still needed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import warp as wp
+
+from . import kernels as K
+from .losses import Loss
+from .problem import Parameters, Problem, State
+from .solver import DivergenceError, Solver
+
+__all__ = ["StoreAll", "Checkpointed", "MemoryBudget", "Gradients", "value_and_grad", "rollout_loss",
+           "equilibrium_adjoint", "GRAD_TARGETS"]
+
+GRAD_TARGETS = ("initial",) + Parameters.NAMES
+
+
+@dataclass(frozen=True)
+class StoreAll:
+    """Keep every state of the rollout in device memory."""
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """Keep a checkpoint every ``segment`` steps (None: ceil(sqrt(T))) and recompute segments."""
+
+    segment: int | None = None
+
+    def __post_init__(self):
+        if self.segment is not None and int(self.segment) < 1:
+            raise ValueError(f"segment={self.segment} must be a positive number of steps")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Fit the rollout into ``states`` stored states or ``bytes`` of checkpoint memory.
+
+    ``host=True`` keeps checkpoints in host memory (only the segment being replayed is on the device).
+    """
+
+    states: int | None = None
+    bytes: int | None = None
+    host: bool = False
+
+    def __post_init__(self):
+        if (self.states is None) == (self.bytes is None):
+            raise ValueError("MemoryBudget needs exactly one of states= or bytes=")
+
+
+@dataclass
+class Gradients:
+    """Gradients in the layout of their controls (host numpy arrays).
+
+    ``initial``: d loss / d initial populations, shape (Q, *shape); parameters as in
+    :class:`Parameters` (``omega`` (1,) or (cell_count,), vectors with 3 components, ...).
+    """
+
+    initial: np.ndarray | None
+    omega: np.ndarray | None = None
+    force: np.ndarray | None = None
+    wall_velocity: np.ndarray | None = None
+    inlet_velocity: np.ndarray | None = None
+    outlet_density: np.ndarray | None = None
+    solid_fraction: np.ndarray | None = None
+    _device: Parameters | None = None
+    _initial_device: wp.array | None = None
+
+
+def _segment_length(adjoint, steps: int, state_bytes: int) -> tuple[int, bool]:
+    if isinstance(adjoint, StoreAll):
+        return max(steps, 1), False
+    if isinstance(adjoint, Checkpointed):
+        return (int(adjoint.segment) if adjoint.segment else max(1, math.isqrt(max(steps - 1, 0)) + 1)), False
+    if isinstance(adjoint, MemoryBudget):
+        n = adjoint.states if adjoint.states is not None else adjoint.bytes // state_bytes
+        n = int(n)
+        # device states: segment buffer k (+ checkpoints ceil(T/k) unless on the host)
+        for k in range(1, steps + 1):
+            need = k + (0 if adjoint.host else math.ceil(steps / k))
+            if need <= n:
+                return k, adjoint.host
+        raise ValueError(f"MemoryBudget allows {n} states; a rollout of {steps} steps needs at least "
+                         f"{2 if adjoint.host else 2 * math.isqrt(steps)}; raise states/bytes or set host=True")
+    raise TypeError(f"adjoint={adjoint!r} is not a strategy; allowed: StoreAll(), Checkpointed(), MemoryBudget()")
+
+
+_warned_zero = set()
+
+
+def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: int, loss: Loss) -> float:
+    """Loss of a rollout without gradients (for finite differences and monitoring)."""
+    solver = Solver(problem)
+    terms = [t.bind(problem) for t in loss.terms()]
+    out = wp.zeros(1, dtype=wp.float64, device=problem.device)
+    a, b = initial.copy(), State.empty(problem)
+    for t in range(steps + 1):
+        for term in terms:
+            if term.active(t, steps):
+                term.evaluate(problem, a.f, params, out)
+        if t < steps:
+            solver.step(a, b, params, solver.window(t, steps))
+            a, b = b, a
+    return float(out.numpy()[0])
+
+
+def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: int, loss: Loss,
+                   adjoint=None, wrt=("initial",) + Parameters.NAMES, check: bool = True):
+    """Run ``steps`` steps from ``initial`` and return ``(loss, Gradients)``.
+
+    ``adjoint`` is the strategy (default :class:`Checkpointed`); ``wrt`` names what to return
+    (``initial`` and the fields of :class:`Parameters`). With ``check`` a non-finite loss or gradient
+    raises :class:`DivergenceError`-style errors naming the step where it first appeared.
+    """
+    adjoint = Checkpointed() if adjoint is None else adjoint
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0")
+    wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    for name in wrt:
+        if name not in GRAD_TARGETS:
+            raise ValueError(f"wrt={name!r} is not differentiable; allowed: {', '.join(GRAD_TARGETS)} "
+                             "(masks, cell kinds and periodic faces have no gradient)")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss={loss!r} must be a difflbm.losses.Loss")
+    if initial.problem is not problem or params.problem is not problem:
+        raise ValueError("initial and params must belong to the same problem")
+    solver = Solver(problem)
+    dev = problem.device
+    terms = [t.bind(problem) for t in loss.terms()]
+    state_bytes = initial.f.capacity
+    seg, host = _segment_length(adjoint, steps, state_bytes)
+    seg = min(seg, max(steps, 1))
+
+    # ---- forward: checkpoints every `seg` steps, loss accumulated on the way
+    out = wp.zeros(1, dtype=wp.float64, device=dev)
+    checkpoints = {}
+    a, b = initial.copy(), State.empty(problem)
+
+    def keep(t, st):
+        checkpoints[t] = st.f.numpy().copy() if host else wp.clone(st.f)
+
+    for t in range(steps + 1):
+        for term in terms:
+            if term.active(t, steps):
+                term.evaluate(problem, a.f, params, out)
+        if t == steps:
+            break
+        if t % seg == 0:
+            keep(t, a)
+        solver.step(a, b, params, solver.window(t, steps))
+        a, b = b, a
+    final = a
+    value = float(out.numpy()[0])
+    if check and not math.isfinite(value):
+        solver.check_finite(final, steps)
+        raise FloatingPointError(f"loss is {value} after {steps} steps although the final state is finite")
+
+    # ---- backward
+    adj_out = wp.ones(1, dtype=wp.float64, device=dev)
+    grads = params.zeros_like()
+    adj = State.empty(problem)
+    adj_prev = State.empty(problem)
+    scratch = State.empty(problem)
+    for term in terms:
+        if term.active(steps, steps):
+            term.adjoint(problem, final.f, params, adj_out, adj.f, grads)
+    buffer = [State.empty(problem) for _ in range(min(seg, steps))]
+    for s in reversed(range(0, steps, seg)):
+        e = min(s + seg, steps)
+        ck = checkpoints.pop(s)
+        if host:
+            buffer[0].f.assign(ck)
+        else:
+            wp.copy(buffer[0].f, ck)
+        for t in range(s, e - 1):
+            solver.step(buffer[t - s], buffer[t - s + 1], params, solver.window(t, steps))
+        for t in reversed(range(s, e)):
+            adj_prev.f.zero_()
+            _step_adjoint(solver, buffer[t - s], adj, adj_prev, params, grads, solver.window(t, steps), scratch)
+            for term in terms:
+                if term.active(t, steps):
+                    term.adjoint(problem, buffer[t - s].f, params, adj_out, adj_prev.f, grads)
+            adj, adj_prev = adj_prev, adj
+            if check and (t == s or t % 64 == 0):
+                _check_adjoint(solver, adj, t)
+
+    g = Gradients(initial=None, _device=grads, _initial_device=adj.f)
+    if "initial" in wrt:
+        g.initial = adj.f.numpy().reshape((problem.lattice.q,) + problem.shape)
+    for name in Parameters.NAMES:
+        if name in wrt:
+            setattr(g, name, getattr(grads, name).numpy())
+    for name in wrt:
+        arr = g.initial if name == "initial" else getattr(g, name)
+        if check and not np.all(np.isfinite(arr)):
+            raise FloatingPointError(f"gradient with respect to {name} is not finite")
+        if not np.any(arr) and name not in _warned_zero and _is_used(problem, name):
+            _warned_zero.add(name)
+            warnings.warn(f"the loss does not depend on {name}: its gradient is zero", stacklevel=2)
+    return value, g
+
+
+def _is_used(problem: Problem, name: str) -> bool:
+    """Whether the problem has a control called ``name`` at all (then a zero gradient is worth a note)."""
+    cfg = problem.config
+    return {"initial": True, "omega": True, "force": cfg.force != K.FORCE_NONE,
+            "wall_velocity": cfg.moving_walls, "inlet_velocity": cfg.velocity_bc,
+            "outlet_density": cfg.pressure_bc, "solid_fraction": cfg.porosity}[name]
+
+
+def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State, params: Parameters,
+                  grads: Parameters, window: int, scratch: State):
+    """Accumulate the vector-Jacobian product of one step: adj_in += J^T adj_out, params likewise."""
+    p = solver.problem
+    inputs = solver.step_inputs(state_in, params, window)
+    inputs[1] = scratch.f  # the adjoint replays the forward, which may store into its output
+    adj_inputs = [adj_in.f, adj_out.f, None, None, None, None, grads.wall_velocity,
+                  grads.inlet_velocity[window], grads.outlet_density, None, grads.omega, grads.force,
+                  grads.solid_fraction, 0, 0, 0]
+    wp.launch(solver.kernel, dim=p.cell_count, inputs=inputs, adj_inputs=adj_inputs, adjoint=True, device=p.device)
+
+
+def _check_adjoint(solver: Solver, adj: State, t: int):
+    try:
+        solver.check_finite(adj, t)
+    except DivergenceError as err:
+        raise FloatingPointError(f"gradient went non-finite in the backward pass at step {t}, cell {err.cell}, "
+                                 f"direction {err.direction}") from None
+
+
+def equilibrium_adjoint(problem: Problem, rho, velocity, grad_f) -> tuple[np.ndarray, np.ndarray]:
+    """Map d loss / d f0 to (d loss / d rho, d loss / d u) for f0 = equilibrium(rho, u).
+
+    ``rho`` has the grid's shape, ``velocity`` shape (*shape, D); returns arrays of those shapes.
+    """
+    D, N = problem.lattice.dim, problem.cell_count
+    dtype = K.wp_dtype(problem.precision)
+    vec3 = wp.types.vector(3, dtype)
+    np_dt = np.float32 if problem.precision == "float32" else np.float64
+    rho = np.asarray(rho, dtype=np.float64)
+    u = np.zeros((N, 3))
+    u[:, :D] = np.asarray(velocity, dtype=np.float64).reshape(N, D)
+    rho_w = wp.array(rho.ravel().astype(np_dt), dtype=dtype, device=problem.device)
+    u_w = wp.array(u.astype(np_dt), dtype=vec3, device=problem.device)
+    f = wp.zeros((problem.lattice.q, N), dtype=dtype, device=problem.device)
+    g = wp.array(np.asarray(grad_f).reshape(problem.lattice.q, N).astype(np_dt), dtype=dtype, device=problem.device)
+    g_rho = wp.zeros(N, dtype=dtype, device=problem.device)
+    g_u = wp.zeros(N, dtype=vec3, device=problem.device)
+    wp.launch(K.equilibrium_kernel(problem.lattice.name, problem.precision), dim=N, inputs=[rho_w, u_w, f],
+              adj_inputs=[g_rho, g_u, g], adjoint=True, device=problem.device)
+    return g_rho.numpy().reshape(problem.shape), g_u.numpy()[:, :D].reshape(problem.shape + (D,))

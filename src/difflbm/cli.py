@@ -1,0 +1,141 @@
+"""Command line: ``difflbm validate | gradcheck | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _print(result: dict, as_json: bool):
+    if as_json:
+        print(json.dumps(result, default=float))
+        return
+    for key, value in result.items():
+        print(f"{key:>28}: {value}")
+
+
+def _cmd_validate(args) -> int:
+    from .validation import run_case
+    t0 = time.perf_counter()
+    options = {"resolution": args.resolution, "device": args.device}
+    if args.precision:
+        options["precision"] = args.precision
+    result = run_case(args.case, **options)
+    result["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    _print(result, args.json)
+    return 0
+
+
+def _cmd_gradcheck(args) -> int:
+    import numpy as np
+
+    from . import losses as L
+    from .gradcheck import gradcheck
+    from .problem import Outflow, PressureOutlet, Problem, VelocityInlet, Wall, circle_link_fractions
+
+    lattice = args.lattice.upper()
+    D = 2 if lattice == "D2Q9" else 3
+    shape = (12, 10) if D == 2 else (6, 5, 4)
+    rng = np.random.default_rng(args.seed)
+    u = (0.03,) + (0.0,) * (D - 1)
+    boundaries, kw = [], {}
+    b = args.boundary
+    if b == "periodic":
+        pass
+    elif b == "wall":
+        boundaries = [Wall(face="y-"), Wall(face="y+", velocity=(0.02,) + (0.0,) * (D - 1))]
+    elif b == "curved":
+        m, q = circle_link_fractions(lattice, shape, tuple(s / 2 + 0.3 for s in shape), 2.2)
+        boundaries = [Wall(mask=m, link_fraction=q)]
+    elif b == "inlet-outlet":
+        boundaries = [Wall(face="y-"), Wall(face="y+"), VelocityInlet(face="x-", velocity=u),
+                      PressureOutlet(face="x+", density=1.0)]
+    elif b == "outflow":
+        boundaries = [Wall(face="y-"), Wall(face="y+"), VelocityInlet(face="x-", velocity=u), Outflow(face="x+")]
+    elif b == "porous":
+        kw["solid_fraction"] = rng.uniform(0.1, 0.9, shape)
+    param = args.parameter
+    if param == "force":
+        kw["force"] = 1e-4 * rng.standard_normal(shape + (D,))
+    if param == "solid_fraction" and "solid_fraction" not in kw:
+        kw["solid_fraction"] = rng.uniform(0.1, 0.9, shape)
+    p = Problem(shape, lattice, args.collision, omega=1.3, boundaries=boundaries, precision=args.precision,
+                device=args.device, **kw)
+    st = p.state(1 + 0.01 * rng.standard_normal(shape), 0.02 * rng.standard_normal(shape + (D,)))
+    r = gradcheck(p, p.parameters(), st, args.steps, L.KineticEnergy(when="every"), wrt=(param,),
+                  directions=args.directions, seed=args.seed)
+    out = {"relative_error": r[param], "lattice": lattice, "collision": args.collision, "boundary": b,
+           "parameter": param, "steps": args.steps, "precision": p.precision, "device": str(p.device),
+           "shape": list(shape), "pairs_adjoint_fd": r["pairs"][param]}
+    _print(out, args.json)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_bench
+    result = run_bench(lattice=args.lattice, precision=args.precision, size=args.size, steps=args.steps,
+                       gradient=args.gradient, device=args.device, repeats=args.repeats)
+    _print(result, args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .validation import CASES
+    parser = argparse.ArgumentParser(prog="difflbm", description="Differentiable lattice Boltzmann on Warp")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="run a validation case and print its metrics")
+    v.add_argument("case", choices=sorted(CASES))
+    v.add_argument("--resolution", type=int, default=None)
+    v.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    v.add_argument("--precision", default=None, choices=["fp32", "fp64", "float32", "float64"])
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_cmd_validate)
+
+    g = sub.add_parser("gradcheck", help="adjoint gradient vs central finite differences")
+    g.add_argument("--lattice", default="D2Q9", choices=["D2Q9", "D3Q19", "D3Q27"])
+    g.add_argument("--collision", default="bgk", choices=["bgk", "trt", "smagorinsky"])
+    g.add_argument("--boundary", default="inlet-outlet",
+                   choices=["periodic", "wall", "curved", "inlet-outlet", "outflow", "porous"])
+    g.add_argument("--parameter", default="initial",
+                   choices=["initial", "omega", "force", "wall_velocity", "inlet_velocity", "outlet_density",
+                            "solid_fraction"])
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--precision", default="fp64", choices=["fp32", "fp64"])
+    g.add_argument("--directions", type=int, default=2)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=_cmd_gradcheck)
+
+    b = sub.add_parser("bench", help="forward and gradient throughput on the 3D lid-driven cavity")
+    b.add_argument("--lattice", default="D3Q19", choices=["D2Q9", "D3Q19", "D3Q27"])
+    b.add_argument("--precision", default="fp32", choices=["fp32", "fp64"])
+    b.add_argument("--size", type=int, default=None, help="cells per side (default 256 on CUDA, 32 on CPU)")
+    b.add_argument("--steps", type=int, default=None)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--gradient", action="store_true")
+    b.add_argument("--device", default=None)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    import warp as wp
+    wp.config.quiet = True
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FloatingPointError) as err:
+        print(f"difflbm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

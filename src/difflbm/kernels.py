@@ -1,0 +1,493 @@
+"""Per-cell lattice Boltzmann physics as ``@wp.func`` and the fused step kernels built from them.
+
+Every kernel here is generated for one :class:`StepConfig` and cached under it, so a configuration
+compiles once per process (and Warp's disk cache keeps it between processes).
+
+Memory layout: populations are a 2D array of shape (Q, cell_count); cell ``idx = (x*ny + y)*nz + z``
+runs fastest, so neighbouring threads touch neighbouring addresses for every direction (coalesced).
+Warp computes byte offsets in 64-bit, so the only limit is cell_count * itemsize < 2^31 per direction.
+
+Cell codes: one uint32 per cell. Bits 0..Q-1 mark *boundary links*: direction i of cell x is a
+boundary link when the cell x - c_i it would pull from is solid or lies outside a non-periodic face.
+Bits 27..29 hold the cell kind (``KIND_*``).
+"""
+
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import warp as wp
+
+from .lattice import get_lattice
+
+KIND_FLUID = 0
+KIND_SOLID = 1
+KIND_VELOCITY = 2
+KIND_PRESSURE = 3
+KIND_OUTFLOW = 4
+KIND_SHIFT = 27
+LINK_MASK = (1 << KIND_SHIFT) - 1
+
+FORCE_NONE, FORCE_UNIFORM, FORCE_FIELD = 0, 1, 2
+COLLISION_BGK, COLLISION_TRT, COLLISION_SMAGORINSKY = "bgk", "trt", "smagorinsky"
+
+# Loops over Q must be unrolled, or Warp's adjoint does not replay them: every generated kernel
+# gets its own module ("unique", so a new configuration does not recompile the others) with these.
+MODULE_OPTIONS = {"max_unroll": 64, "enable_backward": True}
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Everything that changes the generated code of a step kernel (the kernel cache key)."""
+
+    lattice: str
+    precision: str  # "float32" | "float64"
+    collision: str  # bgk | trt | smagorinsky
+    trt_magic: float = 0.25
+    smagorinsky_constant: float = 0.1
+    omega_field: bool = False
+    force: int = FORCE_NONE
+    porosity: bool = False
+    moving_walls: bool = False
+    curved: bool = False
+    velocity_bc: bool = False
+    pressure_bc: bool = False
+    outflow_bc: bool = False
+    periodic: tuple = (True, True, True)
+
+
+def wp_dtype(precision: str):
+    return {"float32": wp.float32, "float64": wp.float64}[precision]
+
+
+@wp.func
+def neighbour(x: int, y: int, z: int, cx: int, cy: int, cz: int, nx: int, ny: int, nz: int) -> int:
+    """Flat index of cell (x, y, z) - c, wrapped periodically on every axis."""
+    sx = x - cx
+    sy = y - cy
+    sz = z - cz
+    if sx < 0:
+        sx += nx
+    if sx >= nx:
+        sx -= nx
+    if sy < 0:
+        sy += ny
+    if sy >= ny:
+        sy -= ny
+    if sz < 0:
+        sz += nz
+    if sz >= nz:
+        sz -= nz
+    return (sx * ny + sy) * nz + sz
+
+
+@wp.func
+def link_wall_group(x: int, y: int, z: int, cx: int, cy: int, cz: int, nx: int, ny: int, nz: int,
+                    solid_wall: wp.array(dtype=wp.int32), face_wall: wp.array(dtype=wp.int32)) -> int:
+    """Wall group at the solid end of the link from (x, y, z) - c to (x, y, z).
+
+    A link that leaves the domain takes its face's group; through an edge or a corner it touches
+    several faces and the smallest group wins (group 0, the default stationary wall, before a lid).
+    """
+    sx = x - cx
+    sy = y - cy
+    sz = z - cz
+    big = int(1 << 30)
+    wid = big
+    if sx < 0:
+        wid = wp.min(wid, face_wall[0])
+    if sx >= nx:
+        wid = wp.min(wid, face_wall[1])
+    if sy < 0:
+        wid = wp.min(wid, face_wall[2])
+    if sy >= ny:
+        wid = wp.min(wid, face_wall[3])
+    if sz < 0:
+        wid = wp.min(wid, face_wall[4])
+    if sz >= nz:
+        wid = wp.min(wid, face_wall[5])
+    if wid == big:
+        wid = solid_wall[(sx * ny + sy) * nz + sz]
+    return wid
+
+
+@lru_cache(maxsize=None)
+def physics(lattice_name: str, precision: str):
+    """Per-cell functions for one lattice and precision (a namespace of ``wp.func``)."""
+    lat = get_lattice(lattice_name)
+    Q = lat.q
+    C = lat.velocities3().tolist()
+    W = lat.weights.tolist()
+    dtype = wp_dtype(precision)
+    vec3 = wp.types.vector(3, dtype)
+    vecQ = wp.types.vector(Q, dtype)
+
+    @wp.func
+    def equilibrium(rho: dtype, u: vec3) -> vecQ:
+        """Second-order Maxwell-Boltzmann equilibrium, cs^2 = 1/3."""
+        feq = vecQ()
+        usq = dtype(1.5) * wp.dot(u, u)
+        for i in range(wp.static(Q)):
+            cu = dtype(3.0) * (dtype(wp.static(C[i][0])) * u[0] + dtype(wp.static(C[i][1])) * u[1]
+                               + dtype(wp.static(C[i][2])) * u[2])
+            feq[i] = dtype(wp.static(W[i])) * rho * (dtype(1.0) + cu + dtype(0.5) * cu * cu - usq)
+        return feq
+
+    @wp.func
+    def density(f: vecQ) -> dtype:
+        rho = dtype(0.0)
+        for i in range(wp.static(Q)):
+            rho += f[i]
+        return rho
+
+    @wp.func
+    def momentum(f: vecQ) -> vec3:
+        m = vec3()
+        for i in range(wp.static(Q)):
+            m += f[i] * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+        return m
+
+    @wp.func
+    def guo_source(u: vec3, force: vec3, omega: dtype) -> vecQ:
+        """Guo, Zheng & Shi (2002) forcing term, already scaled by (1 - omega/2)."""
+        s = vecQ()
+        pref = dtype(1.0) - dtype(0.5) * omega
+        for i in range(wp.static(Q)):
+            ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+            cu = wp.dot(ci, u)
+            s[i] = pref * dtype(wp.static(W[i])) * wp.dot(dtype(3.0) * (ci - u) + dtype(9.0) * cu * ci, force)
+        return s
+
+    @wp.func
+    def noneq_stress_norm(f: vecQ, feq: vecQ) -> dtype:
+        """Frobenius norm of the non-equilibrium momentum flux Pi_ab = sum_i c_ia c_ib (f_i - feq_i)."""
+        pxx = dtype(0.0)
+        pyy = dtype(0.0)
+        pzz = dtype(0.0)
+        pxy = dtype(0.0)
+        pxz = dtype(0.0)
+        pyz = dtype(0.0)
+        for i in range(wp.static(Q)):
+            d = f[i] - feq[i]
+            pxx += dtype(wp.static(C[i][0] * C[i][0])) * d
+            pyy += dtype(wp.static(C[i][1] * C[i][1])) * d
+            pzz += dtype(wp.static(C[i][2] * C[i][2])) * d
+            pxy += dtype(wp.static(C[i][0] * C[i][1])) * d
+            pxz += dtype(wp.static(C[i][0] * C[i][2])) * d
+            pyz += dtype(wp.static(C[i][1] * C[i][2])) * d
+        # tiny offset keeps the derivative of sqrt finite in a fluid at rest
+        s = pxx * pxx + pyy * pyy + pzz * pzz + dtype(2.0) * (pxy * pxy + pxz * pxz + pyz * pyz)
+        return wp.sqrt(s + dtype(1.0e-30))
+
+    return dict(equilibrium=equilibrium, density=density, momentum=momentum, guo_source=guo_source,
+                noneq_stress_norm=noneq_stress_norm, vec3=vec3, vecQ=vecQ, dtype=dtype, Q=Q, C=C, W=W,
+                OPP=lat.opposite.tolist())
+
+
+@lru_cache(maxsize=None)
+def step_kernel(cfg: StepConfig):
+    """The fused pull-stream + boundary + collide kernel for ``cfg``.
+
+    Reads ``f_in`` (post-collision populations of the previous step) and writes ``f_out``; it never
+    writes an array it reads, so Warp's adjoint of it is exact.
+    """
+    ph = physics(cfg.lattice, cfg.precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+    equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
+    guo_source, noneq_stress_norm = ph["guo_source"], ph["noneq_stress_norm"]
+    periodic = tuple(bool(p) for p in cfg.periodic)
+    collision = cfg.collision
+    trt_magic = float(cfg.trt_magic)
+    smag_c2 = float(cfg.smagorinsky_constant) ** 2
+    any_bc = cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc
+
+    @wp.func
+    def load_cell(f_in: wp.array2d(dtype=dtype), idx: int) -> vecQ:
+        out = vecQ()
+        for i in range(wp.static(Q)):
+            out[i] = f_in[i, idx]
+        return out
+
+    @wp.func
+    def open_boundary(f: vecQ, own: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype) -> vecQ:
+        """Rebuild the populations of the boundary links of an open-boundary cell.
+
+        Outflow: zero gradient, the population from outside equals this cell's own previous value.
+        Velocity / pressure: non-equilibrium bounce-back (Zou & He 1997) generalised to any set U of
+        unknown links: f_i = f_opp(i) + 6 w_i rho c_i.u for i in U, rho (or u along the boundary
+        normal sum_U w_i c_i, for a prescribed density) from the mass balance.
+        """
+        known = dtype(0.0)
+        wcn = vec3()
+        for i in range(wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            known += bit * f[wp.static(OPP[i])] + (dtype(1.0) - bit) * f[i]
+            wcn += bit * dtype(wp.static(W[i])) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
+                                                       dtype(wp.static(C[i][2])))
+        ub = ub_in
+        rho_b = rho_in
+        if kind == KIND_VELOCITY:
+            rho_b = known / (dtype(1.0) - dtype(6.0) * wp.dot(wcn, ub))
+        if kind == KIND_PRESSURE:
+            ub = (dtype(1.0) - known / rho_b) / (dtype(6.0) * wp.dot(wcn, wcn)) * wcn
+        out = vecQ()
+        out[0] = f[0]
+        for i in range(1, wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            cu = (dtype(wp.static(C[i][0])) * ub[0] + dtype(wp.static(C[i][1])) * ub[1]
+                  + dtype(wp.static(C[i][2])) * ub[2])
+            rebuilt = f[wp.static(OPP[i])] + dtype(wp.static(6.0 * W[i])) * rho_b * cu
+            if kind == KIND_OUTFLOW:
+                rebuilt = own[i]
+            out[i] = bit * rebuilt + (dtype(1.0) - bit) * f[i]
+        return out
+
+    @wp.kernel(module="unique", module_options=MODULE_OPTIONS)
+    def lbm_step(
+        f_in: wp.array2d(dtype=dtype),
+        f_out: wp.array2d(dtype=dtype),
+        code: wp.array(dtype=wp.uint32),
+        slot: wp.array(dtype=wp.int32),
+        solid_wall: wp.array(dtype=wp.int32),
+        face_wall: wp.array(dtype=wp.int32),
+        wall_velocity: wp.array(dtype=vec3),
+        inlet_velocity: wp.array(dtype=vec3),
+        outlet_density: wp.array(dtype=dtype),
+        link_q: wp.array2d(dtype=dtype),
+        omega_arr: wp.array(dtype=dtype),
+        force_arr: wp.array(dtype=vec3),
+        solid_fraction: wp.array(dtype=dtype),
+        nx: int,
+        ny: int,
+        nz: int,
+    ):
+        idx = wp.tid()
+        cell = code[idx]
+        kind = int(cell >> wp.uint32(KIND_SHIFT))
+        if kind == KIND_SOLID:
+            for i in range(wp.static(Q)):
+                f_out[i, idx] = f_in[i, idx]
+            return
+        z = idx % nz
+        y = (idx / nz) % ny
+        x = idx / (ny * nz)
+        s_here = dtype(0.0)
+        if wp.static(cfg.porosity):
+            s_here = solid_fraction[idx]
+
+        # --- streaming (pull) with half-way / interpolated bounce-back on boundary links.
+        # Vector components are assigned only outside dynamic branches: Warp's adjoint of a
+        # component store inside a data-dependent branch is not reliable.
+        f = vecQ()
+        f[0] = f_in[0, idx]
+        for i in range(1, wp.static(Q)):
+            cx = wp.static(C[i][0])
+            cy = wp.static(C[i][1])
+            cz = wp.static(C[i][2])
+            val = dtype(0.0)
+            if (cell >> wp.uint32(i)) & wp.uint32(1):
+                val = f_in[wp.static(OPP[i]), idx]
+                if wp.static(cfg.curved):
+                    # Bouzidi, Firdaouss & Lallemand (2001), linear interpolation
+                    q = link_q[i, idx]
+                    if q < dtype(0.5):
+                        nb = neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
+                        val = dtype(2.0) * q * val + (dtype(1.0) - dtype(2.0) * q) * f_in[wp.static(OPP[i]), nb]
+                    else:
+                        inv = dtype(0.5) / q
+                        val = inv * val + (dtype(1.0) - inv) * f_in[i, idx]
+                if wp.static(cfg.moving_walls):
+                    wid = link_wall_group(x, y, z, cx, cy, cz, nx, ny, nz, solid_wall, face_wall)
+                    if wid > 0:
+                        uw = wall_velocity[wid]
+                        cu = (dtype(wp.static(C[i][0])) * uw[0] + dtype(wp.static(C[i][1])) * uw[1]
+                              + dtype(wp.static(C[i][2])) * uw[2])
+                        val = val + dtype(wp.static(6.0 * W[i])) * cu
+            else:
+                src = neighbour(x, y, z, cx, cy, cz, nx, ny, nz)
+                val = f_in[i, src]
+                if wp.static(cfg.porosity):
+                    # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
+                    t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
+                    val = t * val + (dtype(1.0) - t) * f_in[wp.static(OPP[i]), idx]
+            f[i] = val
+
+        # --- open boundaries: rebuild the populations of boundary links
+        if wp.static(any_bc):
+            if kind >= KIND_VELOCITY:
+                own = vecQ()
+                ub = vec3()
+                rho_b = dtype(1.0)
+                if kind == KIND_OUTFLOW:
+                    own = load_cell(f_in, idx)
+                if kind == KIND_VELOCITY:
+                    ub = inlet_velocity[slot[idx]]
+                if kind == KIND_PRESSURE:
+                    rho_b = outlet_density[slot[idx]]
+                f = open_boundary(f, own, cell, kind, ub, rho_b)
+
+        # --- collision
+        omega = dtype(0.0)
+        if wp.static(cfg.omega_field):
+            omega = omega_arr[idx]
+        else:
+            omega = omega_arr[0]
+        rho = density(f)
+        m = momentum(f)
+        force = vec3()
+        if wp.static(cfg.force == FORCE_UNIFORM):
+            force = force_arr[0]
+        if wp.static(cfg.force == FORCE_FIELD):
+            force = force_arr[idx]
+        if wp.static(cfg.force != FORCE_NONE):
+            m = m + dtype(0.5) * force
+        u = m / rho
+        feq = equilibrium(rho, u)
+        if wp.static(collision == COLLISION_SMAGORINSKY):
+            # Hou et al. (1996): tau solves tau^2 - tau0 tau - 9/sqrt(2) C^2 |Pi|/rho = 0
+            tau0 = dtype(1.0) / omega
+            pin = noneq_stress_norm(f, feq)
+            tau = dtype(0.5) * (tau0 + wp.sqrt(tau0 * tau0 + dtype(wp.static(18.0 * 2.0**0.5 * smag_c2)) * pin / rho))
+            omega = dtype(1.0) / tau
+        out = vecQ()
+        if wp.static(collision == COLLISION_TRT):
+            # Ginzburg (2008) two-relaxation-time, magic parameter Lambda fixed per configuration
+            lam = dtype(wp.static(trt_magic))
+            omega_m = dtype(1.0) / (lam / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
+            for i in range(wp.static(Q)):
+                fp = dtype(0.5) * (f[i] + f[wp.static(OPP[i])])
+                fm = dtype(0.5) * (f[i] - f[wp.static(OPP[i])])
+                ep = dtype(0.5) * (feq[i] + feq[wp.static(OPP[i])])
+                em = dtype(0.5) * (feq[i] - feq[wp.static(OPP[i])])
+                out[i] = f[i] - omega * (fp - ep) - omega_m * (fm - em)
+        else:
+            for i in range(wp.static(Q)):
+                out[i] = f[i] + omega * (feq[i] - f[i])
+        if wp.static(cfg.force != FORCE_NONE):
+            out = out + guo_source(u, force, omega)
+        for i in range(wp.static(Q)):
+            f_out[i, idx] = out[i]
+
+    return lbm_step
+
+
+@lru_cache(maxsize=None)
+def equilibrium_kernel(lattice_name: str, precision: str):
+    """Populations at equilibrium from density and velocity fields (differentiable)."""
+    ph = physics(lattice_name, precision)
+    dtype, vec3, Q, equilibrium = ph["dtype"], ph["vec3"], ph["Q"], ph["equilibrium"]
+
+    @wp.kernel(module="unique", module_options=MODULE_OPTIONS)
+    def lbm_equilibrium(rho: wp.array(dtype=dtype), u: wp.array(dtype=vec3), f: wp.array2d(dtype=dtype)):
+        idx = wp.tid()
+        feq = equilibrium(rho[idx], u[idx])
+        for i in range(wp.static(Q)):
+            f[i, idx] = feq[i]
+
+    return lbm_equilibrium
+
+
+@lru_cache(maxsize=None)
+def macroscopic_kernel(lattice_name: str, precision: str, force_mode: int):
+    """Density and velocity (with Guo's half-force shift when a force acts) per cell."""
+    ph = physics(lattice_name, precision)
+    dtype, vec3, vecQ, Q = ph["dtype"], ph["vec3"], ph["vecQ"], ph["Q"]
+    density, momentum = ph["density"], ph["momentum"]
+
+    @wp.kernel(module="unique", module_options=MODULE_OPTIONS)
+    def lbm_macroscopic(f: wp.array2d(dtype=dtype), force_arr: wp.array(dtype=vec3),
+                        rho_out: wp.array(dtype=dtype), u_out: wp.array(dtype=vec3)):
+        idx = wp.tid()
+        fl = vecQ()
+        for i in range(wp.static(Q)):
+            fl[i] = f[i, idx]
+        rho = density(fl)
+        m = momentum(fl)
+        if wp.static(force_mode == FORCE_UNIFORM):
+            m = m + dtype(0.5) * force_arr[0]
+        if wp.static(force_mode == FORCE_FIELD):
+            m = m + dtype(0.5) * force_arr[idx]
+        rho_out[idx] = rho
+        u_out[idx] = m / rho
+
+    return lbm_macroscopic
+
+
+@lru_cache(maxsize=None)
+def finite_check_kernel(precision: str):
+    """Record the smallest flat index (direction * cell_count + cell) holding a non-finite value."""
+    dtype = wp_dtype(precision)
+
+    @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS)
+    def lbm_first_nonfinite(f: wp.array2d(dtype=dtype), first: wp.array(dtype=wp.int64)):
+        i, idx = wp.tid()
+        v = f[i, idx]
+        if not wp.isfinite(v):
+            wp.atomic_min(first, 0, wp.int64(i) * wp.int64(f.shape[1]) + wp.int64(idx))
+
+    return lbm_first_nonfinite
+
+
+@lru_cache(maxsize=None)
+def momentum_exchange_func(lattice_name: str, precision: str, curved: bool):
+    """Per-cell force on one wall group by momentum exchange (Ladd 1994; curved links after Mei et al. 2002).
+
+    For each boundary link i of fluid cell x whose solid end is in ``group``, the wall receives
+    -c_i (f*_opp(i)(x, t) + f_i(x, t+1)), where f_i(x, t+1) is the value the next step bounces back,
+    rebuilt here from the post-collision state ``f`` (without the wall-velocity term).
+    """
+    ph = physics(lattice_name, precision)
+    dtype, vec3, Q, C, OPP = ph["dtype"], ph["vec3"], ph["Q"], ph["C"], ph["OPP"]
+
+    @wp.func
+    def cell_momentum_exchange(f: wp.array2d(dtype=dtype), code: wp.array(dtype=wp.uint32),
+                               solid_wall: wp.array(dtype=wp.int32), face_wall: wp.array(dtype=wp.int32),
+                               link_q: wp.array2d(dtype=dtype), group: int, nx: int, ny: int, nz: int,
+                               idx: int) -> vec3:
+        cell = code[idx]
+        total = vec3()
+        if int(cell >> wp.uint32(KIND_SHIFT)) == KIND_SOLID:
+            return total
+        z = idx % nz
+        y = (idx / nz) % ny
+        x = idx / (ny * nz)
+        for i in range(1, wp.static(Q)):
+            cx = wp.static(C[i][0])
+            cy = wp.static(C[i][1])
+            cz = wp.static(C[i][2])
+            if (cell >> wp.uint32(i)) & wp.uint32(1):
+                if link_wall_group(x, y, z, cx, cy, cz, nx, ny, nz, solid_wall, face_wall) == group:
+                    fo = f[wp.static(OPP[i]), idx]
+                    back = fo
+                    if wp.static(curved):
+                        q = link_q[i, idx]
+                        if q < dtype(0.5):
+                            nb = neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
+                            back = dtype(2.0) * q * fo + (dtype(1.0) - dtype(2.0) * q) * f[wp.static(OPP[i]), nb]
+                        else:
+                            inv = dtype(0.5) / q
+                            back = inv * fo + (dtype(1.0) - inv) * f[i, idx]
+                    total -= (fo + back) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+        return total
+
+    return cell_momentum_exchange
+
+
+@lru_cache(maxsize=None)
+def momentum_exchange_kernel(lattice_name: str, precision: str, curved: bool):
+    """Total force (vec3) on one wall group, summed into ``force[0]``."""
+    ph = physics(lattice_name, precision)
+    dtype, vec3 = ph["dtype"], ph["vec3"]
+    exchange = momentum_exchange_func(lattice_name, precision, curved)
+
+    @wp.kernel(module="unique", module_options=MODULE_OPTIONS)
+    def lbm_momentum_exchange(f: wp.array2d(dtype=dtype), code: wp.array(dtype=wp.uint32),
+                              solid_wall: wp.array(dtype=wp.int32), face_wall: wp.array(dtype=wp.int32),
+                              link_q: wp.array2d(dtype=dtype), group: int, nx: int, ny: int, nz: int,
+                              force: wp.array(dtype=vec3)):
+        idx = wp.tid()
+        wp.atomic_add(force, 0, exchange(f, code, solid_wall, face_wall, link_q, group, nx, ny, nz, idx))
+
+    return lbm_momentum_exchange

@@ -1,0 +1,110 @@
+"""The stepper: advances a :class:`State` by fused kernel launches; holds no per-step data."""
+
+from __future__ import annotations
+
+import numpy as np
+import warp as wp
+
+from . import kernels as K
+from .problem import Parameters, Problem, State
+
+__all__ = ["Solver", "DivergenceError"]
+
+
+class DivergenceError(FloatingPointError):
+    """The simulation produced a non-finite population; ``step`` and ``cell`` say where first."""
+
+    def __init__(self, step: int, cell: tuple, direction: int):
+        self.step, self.cell, self.direction = step, cell, direction
+        super().__init__(f"simulation diverged: non-finite population at step {step}, cell {cell}, "
+                         f"direction {direction}; lower the velocity or raise the resolution")
+
+
+class Solver:
+    """Advances states of ``problem``: ``step(state_in, state_out, params, t)`` with distinct buffers."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        self.kernel = K.step_kernel(problem.config)
+        self._check = K.finite_check_kernel(problem.precision)
+        self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
+
+    def window(self, t: int, steps: int | None = None) -> int:
+        """Inlet window used at step t: windows split [0, steps) evenly; one window means constant."""
+        nw = self.problem.inlet_windows
+        if nw == 1:
+            return 0
+        if steps is None:
+            raise ValueError("steps must be given to map a step to its inlet window when inlet_windows > 1")
+        return min(t * nw // steps, nw - 1)
+
+    def step_inputs(self, state_in: State, params: Parameters, window: int) -> list:
+        p = self.problem
+        return [state_in.f, None, p.code, p.slot, p.solid_wall, p.face_wall, params.wall_velocity,
+                params.inlet_velocity[window], params.outlet_density, p.link_q, params.omega, params.force,
+                params.solid_fraction, p.grid3[0], p.grid3[1], p.grid3[2]]
+
+    def step(self, state_in: State, state_out: State, params: Parameters, window: int = 0):
+        """One fused time step: pull streaming, boundaries, collision; ``state_out`` must differ."""
+        if state_in.f.ptr == state_out.f.ptr:
+            raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
+        args = self.step_inputs(state_in, params, window)
+        args[1] = state_out.f
+        wp.launch(self.kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device)
+
+    def check_finite(self, state: State, step: int):
+        """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""
+        big = np.iinfo(np.int64).max
+        self._first.fill_(big)
+        wp.launch(self._check, dim=state.f.shape, inputs=[state.f, self._first], device=self.problem.device)
+        first = int(self._first.numpy()[0])
+        if first != big:
+            direction, cell = divmod(first, self.problem.cell_count)
+            raise DivergenceError(step, tuple(int(i) for i in np.unravel_index(cell, self.problem.shape)), direction)
+
+    def run(self, state: State, steps: int, params: Parameters | None = None, check_every: int = 0,
+            callback=None, progress: bool = False) -> State:
+        """Advance ``state`` by ``steps`` steps and return the final state (``state`` is left intact).
+
+        ``check_every`` > 0 checks for non-finite values that often (and at the end) and raises
+        :class:`DivergenceError` with the step and cell; ``callback(t, state)`` runs after step t.
+        """
+        if int(steps) < 0:
+            raise ValueError(f"steps={steps} must be >= 0")
+        params = params if params is not None else self.problem.parameters()
+        a, b = state.copy(), State.empty(self.problem)
+        bar = None
+        if progress:
+            try:
+                from tqdm import tqdm
+                bar = tqdm(total=steps, unit="step")
+            except ImportError:
+                bar = None
+        good = a.copy() if check_every else None
+        good_step = 0
+        for t in range(int(steps)):
+            self.step(a, b, params, self.window(t, steps))
+            a, b = b, a
+            if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
+                try:
+                    self.check_finite(a, t + 1)
+                except DivergenceError:
+                    self._locate(good, good_step, t + 1, params, steps)
+                    raise
+                wp.copy(good.f, a.f)
+                good_step = t + 1
+            if callback is not None:
+                callback(t + 1, a)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return a
+
+    def _locate(self, good: State, good_step: int, bad_step: int, params, steps):
+        """Re-run from the last finite state, checking every step, to name the first bad step."""
+        a, b = good.copy(), State.empty(self.problem)
+        for t in range(good_step, bad_step):
+            self.step(a, b, params, self.window(t, steps))
+            a, b = b, a
+            self.check_finite(a, t + 1)

@@ -1,0 +1,3 @@
+import warp as wp
+
+wp.config.quiet = True

@@ -1,0 +1,151 @@
+"""Gradients through rollouts: the seed check, finite differences in float64, strategies agree."""
+
+import numpy as np
+import pytest
+
+import difflbm as lbm
+from difflbm import adjoint as A, losses as L
+from difflbm.gradcheck import gradcheck
+
+TOL = 1e-6
+
+
+def _state(p, seed=0):
+    rng = np.random.default_rng(seed)
+    D = p.lattice.dim
+    return p.state(1 + 0.01 * rng.standard_normal(p.shape), 0.02 * rng.standard_normal(p.shape + (D,)))
+
+
+def test_seed_check_norm_192():
+    """d sum(rho^2) / d f_in after one step on a 32x32 periodic D2Q9 grid at rest has norm 192."""
+    p = lbm.Problem((32, 32), "D2Q9", omega=1.8, precision="float64", device="cpu")
+    value, g = A.value_and_grad(p, p.parameters(), p.state(), 1, L.DensitySquared(), wrt=("initial",))
+    assert abs(value - 1024.0) < 1e-9
+    assert abs(np.linalg.norm(g.initial) - 192.0) < 1e-9
+
+
+def _channel(collision, lattice="D2Q9"):
+    sh = (12, 10) if lattice == "D2Q9" else (6, 5, 4)
+    mask = np.zeros(sh, bool)
+    mask[(slice(5, 7), slice(4, 6)) + (slice(None),) * (len(sh) - 2)] = True
+    return lbm.Problem(sh, lattice, collision, omega=1.2, precision="float64", device="cpu",
+                       boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.02,) + (0.0,) * (len(sh) - 1)),
+                                   lbm.Wall(mask=mask), lbm.VelocityInlet(face="x-", velocity=(0.03,) + (0.0,) * (len(sh) - 1)),
+                                   lbm.PressureOutlet(face="x+", density=1.0)])
+
+
+@pytest.mark.parametrize("collision", ["bgk", "trt", "smagorinsky"])
+def test_fd_channel_all_boundaries(collision):
+    """Channel with walls, moving wall, obstacle, velocity inlet, pressure outlet: adjoint = FD."""
+    p = _channel(collision)
+    loss = L.Drag(2, when="every") + L.KineticEnergy()
+    r = gradcheck(p, p.parameters(), _state(p), 20, loss,
+                  wrt=("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_density"))
+    for k, v in r.items():
+        if k != "pairs":
+            assert v <= TOL, (k, v)
+
+
+@pytest.mark.parametrize("lattice", ["D3Q19", "D3Q27"])
+def test_fd_3d_channel(lattice):
+    """3D channel with every boundary kind: adjoint = FD for the initial state and the inlet."""
+    p = _channel("bgk", lattice)
+    r = gradcheck(p, p.parameters(), _state(p), 20, L.KineticEnergy(), wrt=("initial", "inlet_velocity", "omega"),
+                  directions=1)
+    for k, v in r.items():
+        if k != "pairs":
+            assert v <= TOL, (k, v)
+
+
+def test_fd_force_porosity_outflow_fields():
+    """Body-force field, per-cell omega, solid fraction and outflow: adjoint = FD."""
+    rng = np.random.default_rng(4)
+    sh = (12, 10)
+    p = lbm.Problem(sh, "D2Q9", "bgk", omega=rng.uniform(1.0, 1.8, sh), force=1e-4 * rng.standard_normal(sh + (2,)),
+                    solid_fraction=rng.uniform(0.1, 0.9, sh), precision="float64", device="cpu",
+                    boundaries=[lbm.VelocityInlet(face="x-", velocity=(0.03, 0.0)), lbm.Outflow(face="x+")])
+    target = 0.01 * rng.standard_normal(sh + (2,))
+    r = gradcheck(p, p.parameters(), _state(p), 20, L.VelocityMismatch(target=target),
+                  wrt=("initial", "omega", "force", "solid_fraction", "inlet_velocity"))
+    for k, v in r.items():
+        if k != "pairs":
+            assert v <= TOL, (k, v)
+
+
+def test_fd_curved_wall():
+    """Interpolated bounce-back around a disc, drag accumulated over steps: adjoint = FD."""
+    sh = (14, 12)
+    m, q = lbm.circle_link_fractions("D2Q9", sh, (6.3, 5.6), 2.4)
+    p = lbm.Problem(sh, "D2Q9", omega=1.5, force=(1e-4, 0.0), boundaries=[lbm.Wall(mask=m, link_fraction=q)],
+                    precision="float64", device="cpu")
+    r = gradcheck(p, p.parameters(), _state(p), 20, L.Drag(0, when="every"), wrt=("initial", "omega", "force"))
+    for k, v in r.items():
+        if k != "pairs":
+            assert v <= TOL, (k, v)
+
+
+def test_time_varying_inlet():
+    """Inlet profile per window (4 windows over 20 steps): adjoint = FD."""
+    p = lbm.Problem((10, 8), "D2Q9", omega=1.3, precision="float64", device="cpu", inlet_windows=4,
+                    boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+"),
+                                lbm.VelocityInlet(face="x-", velocity=(0.03, 0.0)), lbm.Outflow(face="x+")])
+    r = gradcheck(p, p.parameters(), _state(p), 20, L.Probe((7, 4), "ux"), wrt=("inlet_velocity",))
+    assert r["inlet_velocity"] <= TOL
+
+
+@pytest.mark.parametrize("steps", [1, 7, 20])
+def test_strategies_agree(steps):
+    """Store-all, checkpointing (several segment lengths) and memory budgets give the same gradient."""
+    p = _channel("bgk")
+    st = _state(p)
+    loss = L.KineticEnergy(when="every") + L.Drag(2)
+    ref_v, ref = A.value_and_grad(p, p.parameters(), st, steps, loss, adjoint=A.StoreAll())
+    for strat in (A.Checkpointed(), A.Checkpointed(1), A.Checkpointed(3), A.Checkpointed(steps + 5),
+                  A.MemoryBudget(states=12), A.MemoryBudget(states=6, host=True)):
+        v, g = A.value_and_grad(p, p.parameters(), st, steps, loss, adjoint=strat)
+        assert v == ref_v
+        for name in ("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_density"):
+            a, b = getattr(g, name), getattr(ref, name)
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15 * np.abs(b).max(), err_msg=f"{strat} {name}")
+
+
+def test_float32_matches_float64():
+    """float32 gradients agree with float64 within 1e-3 relative on the same problem."""
+    g = {}
+    for prec in ("float32", "float64"):
+        p = lbm.Problem((12, 10), "D2Q9", omega=1.3, precision=prec, device="cpu",
+                        boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.05, 0.0))])
+        _, gr = A.value_and_grad(p, p.parameters(), _state(p), 20, L.KineticEnergy(), wrt=("initial", "wall_velocity"))
+        g[prec] = gr
+    for name in ("initial", "wall_velocity"):
+        a, b = getattr(g["float32"], name).astype(np.float64), getattr(g["float64"], name)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 1e-3
+
+
+def test_initial_field_gradients():
+    """Gradients with respect to the initial density and velocity fields (through the equilibrium) = FD."""
+    rng = np.random.default_rng(5)
+    p = lbm.Problem((8, 8), "D2Q9", omega=1.4, precision="float64", device="cpu")
+    rho = 1 + 0.01 * rng.standard_normal(p.shape)
+    u = 0.02 * rng.standard_normal(p.shape + (2,))
+    loss = L.KineticEnergy()
+    _, g = A.value_and_grad(p, p.parameters(), p.state(rho, u), 10, loss, wrt=("initial",))
+    g_rho, g_u = A.equilibrium_adjoint(p, rho, u, g.initial)
+    d = rng.standard_normal(u.shape)
+    h = 1e-6
+    fd = (A.rollout_loss(p, p.parameters(), p.state(rho, u + h * d), 10, loss)
+          - A.rollout_loss(p, p.parameters(), p.state(rho, u - h * d), 10, loss)) / (2 * h)
+    assert abs(fd - np.sum(g_u * d)) <= TOL * abs(fd)
+    d = rng.standard_normal(rho.shape)
+    fd = (A.rollout_loss(p, p.parameters(), p.state(rho + h * d, u), 10, loss)
+          - A.rollout_loss(p, p.parameters(), p.state(rho - h * d, u), 10, loss)) / (2 * h)
+    assert abs(fd - np.sum(g_rho * d)) <= TOL * abs(fd)
+
+
+def test_zero_gradient_warns():
+    """A loss that does not depend on a requested parameter returns zeros and says so."""
+    p = lbm.Problem((6, 6), "D2Q9", omega=1.4, precision="float64", device="cpu", force=(1e-5, 0.0))
+    A._warned_zero.clear()
+    with pytest.warns(UserWarning, match="does not depend on force"):
+        _, g = A.value_and_grad(p, p.parameters(), p.state(), 0, L.DensitySquared(), wrt=("force",))
+    assert not g.force.any()

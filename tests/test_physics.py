@@ -1,0 +1,95 @@
+"""Physics unit tests: lattices, equilibrium moments, collision invariants, streaming."""
+
+import numpy as np
+import pytest
+import warp as wp
+
+import difflbm as lbm
+from difflbm.lattice import LATTICE_NAMES
+
+
+@pytest.mark.parametrize("name", LATTICE_NAMES)
+def test_lattice_weights_and_opposites(name):
+    """Weights sum to one, c[opposite] = -c, and the second moment is isotropic with cs^2 = 1/3."""
+    lat = lbm.get_lattice(name)
+    c, w = lat.velocities, lat.weights
+    assert abs(w.sum() - 1.0) < 1e-15
+    np.testing.assert_array_equal(c[lat.opposite], -c)
+    second = np.einsum("i,ia,ib->ab", w, c, c)
+    np.testing.assert_allclose(second, np.eye(lat.dim) / 3.0, atol=1e-15)
+    assert not c[0].any()
+
+
+def test_unknown_lattice_named():
+    """An unknown lattice name raises, naming the value and the allowed ones."""
+    with pytest.raises(ValueError, match="D2Q7.*D2Q9"):
+        lbm.get_lattice("D2Q7")
+
+
+@pytest.mark.parametrize("name,shape", [("D2Q9", (5, 4)), ("D3Q19", (3, 4, 2)), ("D3Q27", (2, 3, 2))])
+def test_equilibrium_moments_exact(name, shape):
+    """The equilibrium's density and momentum equal the rho and rho*u it was built from."""
+    rng = np.random.default_rng(0)
+    p = lbm.Problem(shape, name, precision="float64", device="cpu")
+    rho = 1.0 + 0.1 * rng.random(shape)
+    u = 0.05 * rng.standard_normal(shape + (p.lattice.dim,))
+    f = p.state(rho, u).populations()
+    c = p.lattice.velocities
+    np.testing.assert_allclose(f.sum(0), rho, rtol=1e-14)
+    mom = np.einsum("ia,i...->...a", c, f)
+    np.testing.assert_allclose(mom, rho[..., None] * u, atol=1e-14)
+
+
+@pytest.mark.parametrize("collision", ["bgk", "trt", "smagorinsky"])
+def test_collision_conserves_mass_and_momentum(collision):
+    """A periodic step conserves total mass and momentum to round-off for every collision model."""
+    rng = np.random.default_rng(1)
+    p = lbm.Problem((8, 6), "D2Q9", collision, omega=1.7, precision="float64", device="cpu")
+    st = p.state(1 + 0.05 * rng.random(p.shape), 0.05 * rng.standard_normal(p.shape + (2,)))
+    f0 = st.populations()
+    st.set_populations(f0 + 1e-3 * rng.random(f0.shape))  # off equilibrium so collision acts
+    f0 = st.populations()
+    f1 = lbm.Solver(p).run(st, 1).populations()
+    c = p.lattice.velocities
+    assert abs(f1.sum() - f0.sum()) < 1e-12
+    np.testing.assert_allclose(c.T @ f1.reshape(9, -1).sum(1), c.T @ f0.reshape(9, -1).sum(1), atol=1e-13)
+    assert np.abs(f1 - f0).max() > 1e-6  # the step did something
+
+
+def test_streaming_is_a_permutation():
+    """With omega near 0 a step is pure streaming: each direction's field is rolled by c_i."""
+    rng = np.random.default_rng(2)
+    p = lbm.Problem((5, 7, 3), "D3Q19", omega=1e-12, precision="float64", device="cpu")
+    st = p.state()
+    f0 = 0.05 + rng.random((19,) + p.shape)
+    st.set_populations(f0)
+    f1 = lbm.Solver(p).run(st, 1).populations()
+    for i, ci in enumerate(p.lattice.velocities):
+        np.testing.assert_allclose(f1[i], np.roll(f0[i], shift=tuple(ci), axis=(0, 1, 2)), rtol=1e-10)
+
+
+def test_bounce_back_reverses_populations():
+    """At a stationary wall face, the population pulled from outside is the opposite one of the cell."""
+    rng = np.random.default_rng(3)
+    p = lbm.Problem((4, 5), "D2Q9", omega=1e-12, boundaries=[lbm.Wall(face="y-")], precision="float64", device="cpu")
+    st = p.state()
+    f0 = 0.05 + rng.random((9, 4, 5))
+    st.set_populations(f0)
+    f1 = lbm.Solver(p).run(st, 1).populations()
+    lat = p.lattice
+    for i, ci in enumerate(lat.velocities):
+        if ci[1] == 1:  # pulled from y = -1: bounced back
+            np.testing.assert_allclose(f1[i][:, 0], f0[lat.opposite[i]][:, 0], rtol=1e-10)
+
+
+def test_poiseuille_force_driven():
+    """Force-driven channel with half-way bounce-back walls matches the parabola (rel. L2 <= 1e-3)."""
+    ny, nu, g = 32, 0.1, 1e-6
+    p = lbm.Problem((2, ny), "D2Q9", omega=1 / (3 * nu + 0.5), force=(g, 0.0),
+                    boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+")], precision="float64", device="cpu")
+    f = lbm.Solver(p).run(p.state(), 30000, check_every=5000).populations()
+    c = p.lattice.velocities
+    ux = ((np.tensordot(c[:, 0], f, 1) + 0.5 * g) / f.sum(0))[0]
+    y = np.arange(ny) + 0.5
+    exact = g / (2 * nu) * y * (ny - y)
+    assert np.linalg.norm(ux - exact) / np.linalg.norm(exact) <= 1e-3
