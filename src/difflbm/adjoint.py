@@ -194,7 +194,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             solver.step(buffer[t - s], buffer[t - s + 1], params, solver.window(t, steps))
         for t in reversed(range(s, e)):
             adj_prev.f.zero_()
-            _step_adjoint(solver, buffer[t - s], adj, adj_prev, params, grads, solver.window(t, steps), scratch)
+            _step_adjoint(solver, buffer[t - s], adj, adj_prev, params, grads, solver.window(t, steps), scratch, wrt)
             for term in terms:
                 if term.active(t, steps):
                     term.adjoint(problem, buffer[t - s].f, params, adj_out, adj_prev.f, grads)
@@ -227,14 +227,20 @@ def _is_used(problem: Problem, name: str) -> bool:
 
 
 def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State, params: Parameters,
-                  grads: Parameters, window: int, scratch: State):
+                  grads: Parameters, window: int, scratch: State, wrt=GRAD_TARGETS):
     """Accumulate the vector-Jacobian product of one step: adj_in += J^T adj_out, params likewise."""
     p = solver.problem
     inputs = solver.step_inputs(state_in, params, window)
     inputs[1] = scratch.f  # the adjoint replays the forward, which may store into its output
-    adj_inputs = [adj_in.f, adj_out.f, None, None, None, None, grads.wall_velocity,
-                  grads.inlet_velocity[window], grads.outlet_density, None, grads.omega, grads.force,
-                  grads.solid_fraction, 0, 0, 0]
+    # controls not asked for get no adjoint array: Warp then skips their accumulation, which for a
+    # scalar omega would otherwise be one contended atomic add per cell and step
+    def want(name, arr):
+        return arr if name in wrt else None
+
+    adj_inputs = [adj_in.f, adj_out.f, None, None, None, None, want("wall_velocity", grads.wall_velocity),
+                  want("inlet_velocity", grads.inlet_velocity[window]), want("outlet_density", grads.outlet_density),
+                  None, want("omega", grads.omega), want("force", grads.force),
+                  want("solid_fraction", grads.solid_fraction), 0, 0, 0]
     wp.launch(solver.kernel, dim=p.cell_count, inputs=inputs, adj_inputs=adj_inputs, adjoint=True, device=p.device)
 
 
