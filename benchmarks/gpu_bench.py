@@ -44,6 +44,7 @@ if plan == "forward":
     record("d2q9-fp32-4096", lattice="D2Q9", precision="fp32", size=4096, steps=100)
     record("d3q19-fp64-256", lattice="D3Q19", precision="fp64", size=256, steps=50)
 if plan == "gradient":
+    record("d3q19-fp32-256-fwdonly", lattice="D3Q19", precision="fp32", size=256, steps=100)
     # the mempool high-water mark cannot be reset: measure memory in increasing order first
     for T in (16, 64, 256):
         record(f"grad-mem-d3q19-fp32-64-T{T}", lattice="D3Q19", precision="fp32", size=64, steps=T, gradient=True,

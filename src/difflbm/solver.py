@@ -26,6 +26,7 @@ class Solver:
     def __init__(self, problem: Problem):
         self.problem = problem
         self.kernel = K.step_kernel(problem.config)
+        self.forward_kernel = K.step_kernel(problem.config, backward=False)
         self._check = K.finite_check_kernel(problem.precision)
         self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
 
@@ -50,7 +51,7 @@ class Solver:
             raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         args = self.step_inputs(state_in, params, window)
         args[1] = state_out.f
-        wp.launch(self.kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device)
+        wp.launch(self.forward_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device)
 
     def check_finite(self, state: State, step: int):
         """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""

@@ -1,0 +1,1 @@
+"""Bridges that expose difflbm rollouts to autodiff frameworks (``difflbm.bridges.torch``, ``difflbm.bridges.jax``)."""

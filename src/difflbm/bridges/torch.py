@@ -1,0 +1,209 @@
+"""PyTorch bridge: a difflbm rollout as a ``torch.library`` custom op with a checkpointed backward.
+
+:func:`rollout_op` binds a problem, a step count and a loss, and returns a callable that maps tensors
+for the chosen controls (initial populations, parameters) to the scalar loss. The forward and the
+vector-Jacobian product are two custom ops (``difflbm::rollout`` and ``difflbm::rollout_vjp``), so
+``torch.compile`` sees opaque nodes with known output shapes instead of tracing into Warp.
+
+Custom ops accept only tensors and simple scalars, so the Python objects of a rollout (problem, loss,
+adjoint strategy) live in a module-level registry and the ops receive an integer key to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import warp as wp
+
+from .. import adjoint as A
+from .. import kernels as K
+from ..losses import Loss
+from ..problem import Parameters, Problem, State
+
+__all__ = ["rollout_op", "Rollout", "CONTROLS"]
+
+CONTROLS = A.GRAD_TARGETS
+_VECTOR_CONTROLS = ("force", "wall_velocity", "inlet_velocity")
+
+
+@dataclass
+class _Entry:
+    problem: Problem
+    steps: int
+    loss: Loss
+    adjoint: object
+    controls: tuple
+    params: Parameters
+    initial: State
+    dtype: torch.dtype
+    shapes: tuple
+
+
+_registry: dict[int, _Entry] = {}
+_keys = itertools.count()
+
+
+def _torch_dtype(problem: Problem) -> torch.dtype:
+    return torch.float32 if problem.precision == "float32" else torch.float64
+
+
+def _torch_device(problem: Problem) -> torch.device:
+    return torch.device("cpu" if problem.device.is_cpu else f"cuda:{problem.device.ordinal}")
+
+
+def control_shape(problem: Problem, params: Parameters, name: str) -> tuple:
+    """The tensor shape a control has at the bridge: (Q, *shape) for ``initial``, vec3 fields end in 3."""
+    if name == "initial":
+        return (problem.lattice.q,) + problem.shape
+    shape = tuple(getattr(params, name).shape)
+    return shape + (3,) if name in _VECTOR_CONTROLS else shape
+
+
+def _check(entry: _Entry, tensors) -> None:
+    # Runs on real and on fake tensors, so shape/dtype/device errors surface at call or trace time,
+    # before any Warp code sees the data.
+    if len(tensors) != len(entry.controls):
+        raise ValueError(f"got {len(tensors)} tensors; this rollout takes {len(entry.controls)}: "
+                         f"{', '.join(entry.controls)}")
+    device = _torch_device(entry.problem)
+    for name, shape, t in zip(entry.controls, entry.shapes, tensors):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}={type(t).__name__} must be a torch.Tensor")
+        if t.dtype != entry.dtype:
+            raise ValueError(f"{name} has dtype={t.dtype}; the problem's precision is {entry.problem.precision}, "
+                             f"so allowed: {entry.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on device={t.device}; allowed: {device} (the problem's device)")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} has shape={tuple(t.shape)}; allowed: {shape}")
+
+
+def _bind(entry: _Entry, tensors):
+    """Wrap the tensors as Warp arrays (zero copy when contiguous) inside a fresh State and Parameters."""
+    problem = entry.problem
+    dtype = K.wp_dtype(problem.precision)
+    vec3 = wp.types.vector(3, dtype)
+    params = Parameters.__new__(Parameters)
+    params.problem = problem
+    for name in Parameters.NAMES:
+        setattr(params, name, getattr(entry.params, name))
+    initial = entry.initial
+    # Warp kernels index with dense strides; .contiguous() is a no-op (no copy) for dense tensors.
+    for name, t in zip(entry.controls, tensors):
+        t = t.detach().contiguous()
+        if name == "initial":
+            initial = State(problem, wp.from_torch(t.view(problem.lattice.q, problem.cell_count), dtype=dtype,
+                                                   requires_grad=False))
+        else:
+            arr = wp.from_torch(t, dtype=vec3 if name in _VECTOR_CONTROLS else dtype, requires_grad=False)
+            setattr(params, name, arr)
+    return params, initial
+
+
+@torch.library.custom_op("difflbm::rollout", mutates_args=())
+def _rollout(key: int, xs: list[torch.Tensor]) -> torch.Tensor:
+    entry = _registry[key]
+    params, initial = _bind(entry, xs)
+    value = A.rollout_loss(entry.problem, params, initial, entry.steps, entry.loss)
+    return torch.tensor(value, dtype=entry.dtype, device=_torch_device(entry.problem))
+
+
+@_rollout.register_fake
+def _(key, xs):
+    entry = _registry[key]
+    return xs[0].new_empty((), dtype=entry.dtype)
+
+
+@torch.library.custom_op("difflbm::rollout_vjp", mutates_args=())
+def _rollout_vjp(key: int, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d xs for a unit cotangent; the caller scales by the incoming gradient."""
+    entry = _registry[key]
+    params, initial = _bind(entry, xs)
+    _, g = A.value_and_grad(entry.problem, params, initial, entry.steps, entry.loss, adjoint=entry.adjoint,
+                            wrt=entry.controls)
+    out = []
+    for name, shape in zip(entry.controls, entry.shapes):
+        # The gradient buffers are allocated per call, so handing their memory to torch is safe.
+        arr = g._initial_device if name == "initial" else getattr(g._device, name)
+        out.append(wp.to_torch(arr, requires_grad=False).reshape(shape))
+    return out
+
+
+@_rollout_vjp.register_fake
+def _(key, xs):
+    return [torch.empty_like(x) for x in xs]
+
+
+def _setup_context(ctx, inputs, output):
+    key, xs = inputs
+    ctx.key = key
+    ctx.save_for_backward(*xs)
+
+
+def _backward(ctx, grad):
+    grads = torch.ops.difflbm.rollout_vjp(ctx.key, list(ctx.saved_tensors))
+    return None, [g * grad for g in grads]
+
+
+_rollout.register_autograd(_backward, setup_context=_setup_context)
+
+
+class Rollout:
+    """A bound rollout; call it with one tensor per control (in ``controls`` order) to get the loss.
+
+    ``shapes`` lists the tensor shape each control must have; ``dtype`` and ``device`` follow the
+    problem's precision and device.
+    """
+
+    def __init__(self, key: int):
+        self.key = key
+        entry = _registry[key]
+        self.controls, self.shapes, self.dtype = entry.controls, entry.shapes, entry.dtype
+        self.device = _torch_device(entry.problem)
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        _check(_registry[self.key], tensors)
+        return torch.ops.difflbm.rollout(self.key, list(tensors))
+
+    def __repr__(self):
+        return f"Rollout(key={self.key}, controls={self.controls}, shapes={self.shapes})"
+
+
+def rollout_op(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=("initial",),
+               params: Parameters | None = None, initial: State | None = None) -> Rollout:
+    """Bind a rollout of ``steps`` steps and ``loss`` on ``problem`` as a differentiable torch function.
+
+    ``controls`` names the inputs (``initial`` and fields of :class:`~difflbm.Parameters`); the
+    returned :class:`Rollout` takes one tensor for each: ``initial`` of shape (Q, *shape), parameters
+    in the layout of :class:`~difflbm.Parameters` with vector fields ending in 3 (``inlet_velocity``:
+    (windows, inlet cells, 3)). Controls not given come from ``params`` and ``initial`` (defaults:
+    ``problem.parameters()`` and the state at rest). The backward runs
+    :func:`difflbm.adjoint.value_and_grad` with ``adjoint`` (default checkpointed).
+    """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem={problem!r} must be a difflbm.Problem")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss={loss!r} must be a difflbm.losses.Loss")
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0")
+    controls = (controls,) if isinstance(controls, str) else tuple(controls)
+    if not controls:
+        raise ValueError(f"controls is empty; allowed: {', '.join(CONTROLS)}")
+    for name in controls:
+        if name not in CONTROLS:
+            raise ValueError(f"controls={name!r} is not differentiable; allowed: {', '.join(CONTROLS)}")
+    if len(set(controls)) != len(controls):
+        raise ValueError(f"controls={controls} names a control twice")
+    params = problem.parameters() if params is None else params
+    initial = problem.state() if initial is None else initial
+    if params.problem is not problem or initial.problem is not problem:
+        raise ValueError("params and initial must belong to problem")
+    adjoint = A.Checkpointed() if adjoint is None else adjoint
+    A._segment_length(adjoint, max(steps, 1), initial.f.capacity)  # reject a bad strategy now, not in backward
+    shapes = tuple(control_shape(problem, params, n) for n in controls)
+    key = next(_keys)
+    _registry[key] = _Entry(problem, steps, loss, adjoint, controls, params, initial, _torch_dtype(problem), shapes)
+    return Rollout(key)
