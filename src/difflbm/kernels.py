@@ -55,6 +55,9 @@ class StepConfig:
     pressure_bc: bool = False
     outflow_bc: bool = False
     periodic: tuple = (True, True, True)
+    # CUDA register cap per thread. None: 96 for the forward kernel (H100, D3Q19 fp32 256^3: 8,558
+    # MLUPS at 96 vs 5,652 uncapped, see BENCHMARKS.md), the compiler's choice for the adjoint
+    max_registers: int | None = None
 
 
 def wp_dtype(precision: str):
@@ -245,7 +248,8 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
             out[i] = bit * rebuilt + (dtype(1.0) - bit) * f[i]
         return out
 
-    @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward})
+    @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward},
+               cuda_max_registers=cfg.max_registers if cfg.max_registers else (None if backward else 96))
     def lbm_step(
         f_in: wp.array2d(dtype=dtype),
         f_out: wp.array2d(dtype=dtype),

@@ -11,6 +11,7 @@ adjoint strategy) live in a module-level registry and the ops receive an integer
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass
 
@@ -102,11 +103,19 @@ def _bind(entry: _Entry, tensors):
     return params, initial
 
 
+def _on_torch_stream(problem: Problem):
+    # Zero-copy inputs were written on torch's current CUDA stream; Warp must launch on the same one.
+    if problem.device.is_cpu:
+        return contextlib.nullcontext()
+    return wp.ScopedStream(wp.stream_from_torch(_torch_device(problem)))
+
+
 @torch.library.custom_op("difflbm::rollout", mutates_args=())
 def _rollout(key: int, xs: list[torch.Tensor]) -> torch.Tensor:
     entry = _registry[key]
     params, initial = _bind(entry, xs)
-    value = A.rollout_loss(entry.problem, params, initial, entry.steps, entry.loss)
+    with _on_torch_stream(entry.problem):
+        value = A.rollout_loss(entry.problem, params, initial, entry.steps, entry.loss)
     return torch.tensor(value, dtype=entry.dtype, device=_torch_device(entry.problem))
 
 
@@ -121,8 +130,9 @@ def _rollout_vjp(key: int, xs: list[torch.Tensor]) -> list[torch.Tensor]:
     """d loss / d xs for a unit cotangent; the caller scales by the incoming gradient."""
     entry = _registry[key]
     params, initial = _bind(entry, xs)
-    _, g = A.value_and_grad(entry.problem, params, initial, entry.steps, entry.loss, adjoint=entry.adjoint,
-                            wrt=entry.controls)
+    with _on_torch_stream(entry.problem):
+        _, g = A.value_and_grad(entry.problem, params, initial, entry.steps, entry.loss, adjoint=entry.adjoint,
+                                wrt=entry.controls)
     out = []
     for name, shape in zip(entry.controls, entry.shapes):
         # The gradient buffers are allocated per call, so handing their memory to torch is safe.
