@@ -122,12 +122,16 @@ def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: in
 
 
 def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: int, loss: Loss,
-                   adjoint=None, wrt=("initial",) + Parameters.NAMES, check: bool = True):
+                   adjoint=None, wrt=("initial",) + Parameters.NAMES, check: bool = True,
+                   step_adjoint: str = "auto"):
     """Run ``steps`` steps from ``initial`` and return ``(loss, Gradients)``.
 
     ``adjoint`` is the strategy (default :class:`Checkpointed`); ``wrt`` names what to return
     (``initial`` and the fields of :class:`Parameters`). With ``check`` a non-finite loss or gradient
     raises :class:`DivergenceError`-style errors naming the step where it first appeared.
+    ``step_adjoint`` picks the kernel that differentiates a step: ``"fused"`` (hand-written, no
+    atomics; BGK with walls only), ``"warp"`` (Warp's generated adjoint; every configuration) or
+    ``"auto"`` (fused where it applies).
     """
     adjoint = Checkpointed() if adjoint is None else adjoint
     steps = int(steps)
@@ -142,7 +146,14 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         raise TypeError(f"loss={loss!r} must be a difflbm.losses.Loss")
     if initial.problem is not problem or params.problem is not problem:
         raise ValueError("initial and params must belong to the same problem")
+    if step_adjoint not in ("auto", "fused", "warp"):
+        raise ValueError(f"step_adjoint={step_adjoint!r} is not allowed; allowed: 'auto', 'fused', 'warp'")
+    supported = K.fused_adjoint_supported(problem.config)
+    if step_adjoint == "fused" and not supported:
+        raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK, no force, no solid "
+                         "fraction, no curved walls, no open boundaries); use 'warp' or 'auto'")
     solver = Solver(problem)
+    fused = K.step_adjoint_kernel(problem.config) if supported and step_adjoint != "warp" else None
     dev = problem.device
     terms = [t.bind(problem) for t in loss.terms()]
     state_bytes = initial.f.capacity
@@ -183,6 +194,11 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         if term.active(steps, steps):
             term.adjoint(problem, final.f, params, adj_out, adj.f, grads)
     buffer = [State.empty(problem) for _ in range(min(seg, steps))]
+    # the fused adjoint adds d loss / d omega per cell; a scalar omega is summed once at the end
+    omega_cells = None
+    if fused is not None and "omega" in wrt:
+        omega_cells = grads.omega if problem.config.omega_field else wp.zeros(problem.cell_count,
+                                                                              dtype=grads.omega.dtype, device=dev)
     for s in reversed(range(0, steps, seg)):
         e = min(s + seg, steps)
         ck = checkpoints.pop(s)
@@ -193,8 +209,12 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         for t in range(s, e - 1):
             solver.step(buffer[t - s], buffer[t - s + 1], params, solver.window(t, steps))
         for t in reversed(range(s, e)):
-            adj_prev.f.zero_()
-            _step_adjoint(solver, buffer[t - s], adj, adj_prev, params, grads, solver.window(t, steps), scratch, wrt)
+            if fused is not None:
+                _fused_step_adjoint(solver, fused, buffer[t - s], adj, adj_prev, params, grads, omega_cells, wrt)
+            else:
+                adj_prev.f.zero_()
+                _step_adjoint(solver, buffer[t - s], adj, adj_prev, params, grads, solver.window(t, steps), scratch,
+                              wrt)
             for term in terms:
                 if term.active(t, steps):
                     term.adjoint(problem, buffer[t - s].f, params, adj_out, adj_prev.f, grads)
@@ -202,6 +222,8 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             if check and (t == s or t % 64 == 0):
                 _check_adjoint(solver, adj, t)
 
+    if omega_cells is not None and not problem.config.omega_field:
+        grads.omega.assign(np.array([omega_cells.numpy().astype(np.float64).sum()]).astype(grads.omega.numpy().dtype))
     g = Gradients(initial=None, _device=grads, _initial_device=adj.f)
     if "initial" in wrt:
         g.initial = adj.f.numpy().reshape((problem.lattice.q,) + problem.shape)
@@ -242,6 +264,19 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
                   None, want("omega", grads.omega), want("force", grads.force),
                   want("solid_fraction", grads.solid_fraction), 0, 0, 0]
     wp.launch(solver.kernel, dim=p.cell_count, inputs=inputs, adj_inputs=adj_inputs, adjoint=True, device=p.device)
+
+
+def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State, adj_in: State, params: Parameters,
+                        grads: Parameters, omega_cells, wrt):
+    """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored)."""
+    p = solver.problem
+    g = p.grid3
+    want_wall = int("wall_velocity" in wrt)
+    want_omega = int(omega_cells is not None)
+    wp.launch(kernel, dim=p.cell_count, device=p.device,
+              inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, params.wall_velocity,
+                      params.omega, grads.wall_velocity, omega_cells if want_omega else grads.omega, want_wall,
+                      want_omega, g[0], g[1], g[2]])
 
 
 def _check_adjoint(solver: Solver, adj: State, t: int):

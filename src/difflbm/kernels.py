@@ -496,3 +496,129 @@ def momentum_exchange_kernel(lattice_name: str, precision: str, curved: bool):
         wp.atomic_add(force, 0, exchange(f, code, solid_wall, face_wall, link_q, group, nx, ny, nz, idx))
 
     return lbm_momentum_exchange
+
+
+def fused_adjoint_supported(cfg: StepConfig) -> bool:
+    """Whether :func:`step_adjoint_kernel` covers ``cfg``; other configurations use Warp's adjoint.
+
+    The fused adjoint needs every population of the input state to be read by exactly one cell
+    (streaming plus half-way bounce-back is a permutation), so that the adjoint can scatter with
+    plain stores. Interpolated walls, partially-solid cells and open boundaries read some
+    populations twice; forcing and TRT/Smagorinsky need more derivative terms than written here.
+    """
+    return (cfg.collision == COLLISION_BGK and cfg.force == FORCE_NONE and not cfg.porosity and not cfg.curved
+            and not (cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc))
+
+
+@lru_cache(maxsize=None)
+def step_adjoint_kernel(cfg: StepConfig):
+    """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK with (moving) walls.
+
+    Per cell it gathers f exactly as the forward does, recomputes rho, u and feq, and applies the
+    transposed Jacobian of out = (1 - omega) f + omega feq(rho(f), u(f)) to adj_out. The result
+    for direction i belongs to the population the forward pulled, so it is *stored* there: every
+    entry of ``adj_in`` is written once, no atomics and no zeroing. Warp's generated adjoint does
+    the same with an atomic add per read and about twice the registers.
+    ``adj_omega`` accumulates d loss / d omega per cell (summed by the caller for a scalar omega);
+    ``adj_wall_velocity`` accumulates per wall group (atomic: only boundary links contribute).
+    """
+    if not fused_adjoint_supported(cfg):
+        raise ValueError(f"the fused adjoint does not cover {cfg}")
+    ph = physics(cfg.lattice, cfg.precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+    equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
+
+    @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,
+               cuda_max_registers=cfg.max_registers if cfg.max_registers else 128)
+    def lbm_step_adjoint(
+        f_in: wp.array2d(dtype=dtype),
+        adj_out: wp.array2d(dtype=dtype),
+        adj_in: wp.array2d(dtype=dtype),
+        code: wp.array(dtype=wp.uint32),
+        solid_wall: wp.array(dtype=wp.int32),
+        face_wall: wp.array(dtype=wp.int32),
+        wall_velocity: wp.array(dtype=vec3),
+        omega_arr: wp.array(dtype=dtype),
+        adj_wall_velocity: wp.array(dtype=vec3),
+        adj_omega: wp.array(dtype=dtype),
+        want_wall: int,
+        want_omega: int,
+        nx: int,
+        ny: int,
+        nz: int,
+    ):
+        idx = wp.tid()
+        cell = code[idx]
+        kind = int(cell >> wp.uint32(KIND_SHIFT))
+        if kind == KIND_SOLID:
+            for i in range(wp.static(Q)):
+                adj_in[i, idx] = adj_out[i, idx]
+            return
+        z = idx % nz
+        y = (idx / nz) % ny
+        x = idx / (ny * nz)
+        f = vecQ()
+        f[0] = f_in[0, idx]
+        for i in range(1, wp.static(Q)):
+            cx = wp.static(C[i][0])
+            cy = wp.static(C[i][1])
+            cz = wp.static(C[i][2])
+            val = dtype(0.0)
+            if (cell >> wp.uint32(i)) & wp.uint32(1):
+                val = f_in[wp.static(OPP[i]), idx]
+                if wp.static(cfg.moving_walls):
+                    wid = link_wall_group(x, y, z, cx, cy, cz, nx, ny, nz, solid_wall, face_wall)
+                    if wid > 0:
+                        uw = wall_velocity[wid]
+                        cu = (dtype(wp.static(C[i][0])) * uw[0] + dtype(wp.static(C[i][1])) * uw[1]
+                              + dtype(wp.static(C[i][2])) * uw[2])
+                        val = val + dtype(wp.static(6.0 * W[i])) * cu
+            else:
+                val = f_in[i, neighbour(x, y, z, cx, cy, cz, nx, ny, nz)]
+            f[i] = val
+        omega = dtype(0.0)
+        if wp.static(cfg.omega_field):
+            omega = omega_arr[idx]
+        else:
+            omega = omega_arr[0]
+        rho = density(f)
+        u = momentum(f) / rho
+        feq = equilibrium(rho, u)
+        adj_rho = dtype(0.0)
+        adj_u = vec3()
+        d_omega = dtype(0.0)
+        a = vecQ()
+        for i in range(wp.static(Q)):
+            a[i] = adj_out[i, idx]
+        for i in range(wp.static(Q)):
+            ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+            cu = wp.dot(ci, u)
+            ae = omega * a[i]
+            adj_rho += ae * feq[i] / rho
+            adj_u += (ae * dtype(wp.static(W[i])) * rho) * (dtype(3.0) * ci + dtype(9.0) * cu * ci - dtype(3.0) * u)
+            d_omega += a[i] * (feq[i] - f[i])
+        adj_m = adj_u / rho
+        adj_rho = adj_rho - wp.dot(adj_u, u) / rho
+        keep = dtype(1.0) - omega
+        adj_in[0, idx] = keep * a[0] + adj_rho
+        for i in range(1, wp.static(Q)):
+            cx = wp.static(C[i][0])
+            cy = wp.static(C[i][1])
+            cz = wp.static(C[i][2])
+            g = keep * a[i] + adj_rho + (dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
+                                         + dtype(wp.static(C[i][2])) * adj_m[2])
+            if (cell >> wp.uint32(i)) & wp.uint32(1):
+                adj_in[wp.static(OPP[i]), idx] = g
+                if wp.static(cfg.moving_walls):
+                    if want_wall != 0:
+                        wid = link_wall_group(x, y, z, cx, cy, cz, nx, ny, nz, solid_wall, face_wall)
+                        if wid > 0:
+                            ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+                            wp.atomic_add(adj_wall_velocity, wid, (g * dtype(wp.static(6.0 * W[i]))) * ci)
+            else:
+                adj_in[i, neighbour(x, y, z, cx, cy, cz, nx, ny, nz)] = g
+        if want_omega != 0:
+            adj_omega[idx] = adj_omega[idx] + d_omega
+
+    return lbm_step_adjoint
