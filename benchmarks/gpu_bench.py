@@ -34,6 +34,13 @@ def record(tag, **kw):
 
 
 plan = sys.argv[1] if len(sys.argv) > 1 else "forward"
+if plan == "fused":
+    record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
+    record("d3q19-fp32-512", lattice="D3Q19", precision="fp32", size=512, steps=20, repeats=3)
+    record("grad-d3q19-fp32-128-T50", lattice="D3Q19", precision="fp32", size=128, steps=50, gradient=True, repeats=2)
+    record("grad-d3q19-fp32-256-T20", lattice="D3Q19", precision="fp32", size=256, steps=20, gradient=True, repeats=2)
+    record("grad-d3q19-fp32-256-T100", lattice="D3Q19", precision="fp32", size=256, steps=100, gradient=True,
+           repeats=2)
 if plan == "forward":
     record("d3q19-fp32-128", lattice="D3Q19", precision="fp32", size=128, steps=200)
     record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
