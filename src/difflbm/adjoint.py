@@ -65,23 +65,36 @@ class MemoryBudget:
             raise ValueError("MemoryBudget needs exactly one of states= or bytes=")
 
 
-@dataclass
 class Gradients:
-    """Gradients in the layout of their controls (host numpy arrays).
+    """Gradients in the layout of their controls; host numpy arrays made on first access.
 
     ``initial``: d loss / d initial populations, shape (Q, *shape); parameters as in
-    :class:`Parameters` (``omega`` (1,) or (cell_count,), vectors with 3 components, ...).
+    :class:`Parameters` (``omega`` (1,) or (cell_count,), vectors with 3 components, ...). Only the
+    names asked for in ``wrt`` are set; the others are None. ``device(name)`` gives the Warp array
+    without a copy to the host.
     """
 
-    initial: np.ndarray | None
-    omega: np.ndarray | None = None
-    force: np.ndarray | None = None
-    wall_velocity: np.ndarray | None = None
-    inlet_velocity: np.ndarray | None = None
-    outlet_density: np.ndarray | None = None
-    solid_fraction: np.ndarray | None = None
-    _device: Parameters | None = None
-    _initial_device: wp.array | None = None
+    def __init__(self, problem: Problem, wrt, device_params: Parameters, initial_device: wp.array):
+        self._problem, self._wrt = problem, tuple(wrt)
+        self._device, self._initial_device = device_params, initial_device
+        self._host = {}
+
+    def device(self, name: str) -> wp.array:
+        if name not in self._wrt:
+            raise ValueError(f"name={name!r} was not requested; requested: {', '.join(self._wrt)}")
+        return self._initial_device if name == "initial" else getattr(self._device, name)
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in GRAD_TARGETS:
+            raise AttributeError(name)
+        if name not in self._wrt:
+            return None
+        if name not in self._host:
+            arr = self.device(name).numpy()
+            if name == "initial":
+                arr = arr.reshape((self._problem.lattice.q,) + self._problem.shape)
+            self._host[name] = arr
+        return self._host[name]
 
 
 def _segment_length(adjoint, steps: int, state_bytes: int) -> tuple[int, bool]:
@@ -224,20 +237,28 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
 
     if omega_cells is not None and not problem.config.omega_field:
         grads.omega.assign(np.array([omega_cells.numpy().astype(np.float64).sum()]).astype(grads.omega.numpy().dtype))
-    g = Gradients(initial=None, _device=grads, _initial_device=adj.f)
-    if "initial" in wrt:
-        g.initial = adj.f.numpy().reshape((problem.lattice.q,) + problem.shape)
-    for name in Parameters.NAMES:
-        if name in wrt:
-            setattr(g, name, getattr(grads, name).numpy())
+    g = Gradients(problem, wrt, grads, adj.f)
     for name in wrt:
-        arr = g.initial if name == "initial" else getattr(g, name)
-        if check and not np.all(np.isfinite(arr)):
-            raise FloatingPointError(f"gradient with respect to {name} is not finite")
-        if not np.any(arr) and name not in _warned_zero and _is_used(problem, name):
+        if name == "initial":
+            # checked on the device: the populations' gradient can be gigabytes
+            if check:
+                _check_adjoint(solver, adj, 0)
+            nonzero = _any_nonzero(adj.f)
+        else:
+            arr = getattr(g, name)
+            if check and not np.all(np.isfinite(arr)):
+                raise FloatingPointError(f"gradient with respect to {name} is not finite")
+            nonzero = bool(np.any(arr))
+        if not nonzero and name not in _warned_zero and _is_used(problem, name):
             _warned_zero.add(name)
             warnings.warn(f"the loss does not depend on {name}: its gradient is zero", stacklevel=2)
     return value, g
+
+
+def _any_nonzero(arr: wp.array) -> bool:
+    flag = wp.zeros(1, dtype=wp.int32, device=arr.device)
+    wp.launch(K.any_nonzero_kernel(arr.dtype), dim=arr.shape, inputs=[arr, flag], device=arr.device)
+    return bool(flag.numpy()[0])
 
 
 def _is_used(problem: Problem, name: str) -> bool:

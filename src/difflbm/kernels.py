@@ -436,6 +436,19 @@ def finite_check_kernel(precision: str):
 
 
 @lru_cache(maxsize=None)
+def any_nonzero_kernel(dtype):
+    """Set flag[0] = 1 when any entry of a 2D array is non-zero."""
+
+    @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS)
+    def lbm_any_nonzero(a: wp.array2d(dtype=dtype), flag: wp.array(dtype=wp.int32)):
+        i, j = wp.tid()
+        if a[i, j] != dtype(0.0):
+            flag[0] = 1
+
+    return lbm_any_nonzero
+
+
+@lru_cache(maxsize=None)
 def momentum_exchange_func(lattice_name: str, precision: str, curved: bool):
     """Per-cell force on one wall group by momentum exchange (Ladd 1994; curved links after Mei et al. 2002).
 

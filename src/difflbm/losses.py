@@ -61,8 +61,10 @@ class LossSum(Loss):
 
 
 def _cells_array(problem, mask, name):
+    """Indices of the region's cells; a region of None (every cell) gets an empty array and the
+    kernels index by thread id, so a whole-domain loss needs no per-cell host data."""
     if mask is None:
-        return wp.array(np.arange(problem.cell_count, dtype=np.int32), dtype=wp.int32, device=problem.device)
+        return wp.zeros(0, dtype=wp.int32, device=problem.device)
     m = np.asarray(mask)
     if m.dtype != np.bool_ or m.shape != problem.shape:
         raise ValueError(f"{name} must be a bool array of shape {problem.shape}; got {m.dtype} {m.shape}")
@@ -83,7 +85,9 @@ def _field_loss_kernel(lattice: str, precision: str, kind: str):
                        target_rho: wp.array(dtype=dtype), target_u: wp.array(dtype=vec3),
                        weight: float, out: wp.array(dtype=wp.float64)):
         j = wp.tid()
-        idx = cells[j]
+        idx = j
+        if cells.shape[0] > 0:
+            idx = cells[j]
         fl = vecQ()
         for i in range(wp.static(Q)):
             fl[i] = f[i, idx]
@@ -114,12 +118,14 @@ class _FieldLoss(Loss):
 
     def bind(self, problem):
         self.cells = _cells_array(problem, self.region, "region")
-        n = self.cells.shape[0]
+        self.count = self.cells.shape[0] if self.region is not None else problem.cell_count
         dtype = K.wp_dtype(problem.precision)
         vec3 = wp.types.vector(3, dtype)
         np_dt = np.float32 if problem.precision == "float32" else np.float64
-        sel = self.cells.numpy()
+        sel = self.cells.numpy() if self.region is not None else slice(None)
         D = problem.lattice.dim
+        # targets only where the loss reads them: a whole-domain kinetic energy needs none
+        n = self.count if self.kind in ("velocity", "density") else 1
         tr = np.zeros(n)
         tu = np.zeros((n, 3))
         if self.kind == "velocity":
@@ -140,9 +146,9 @@ class _FieldLoss(Loss):
     def _launch(self, problem, f, params, out, adj):
         inputs = [f, self.cells, self.target_rho, self.target_u, self.weight, out]
         if adj is None:
-            wp.launch(self.kernel, dim=self.cells.shape[0], inputs=inputs, device=problem.device)
+            wp.launch(self.kernel, dim=self.count, inputs=inputs, device=problem.device)
         else:
-            wp.launch(self.kernel, dim=self.cells.shape[0], inputs=inputs,
+            wp.launch(self.kernel, dim=self.count, inputs=inputs,
                       adj_inputs=[adj[0], None, None, None, 0.0, out], adjoint=True, device=problem.device)
 
 
@@ -181,8 +187,8 @@ class PressureDrop(Loss):
     def bind(self, problem):
         self.a.bind(problem)
         self.b.bind(problem)
-        self.a.weight = self.weight / self.a.cells.shape[0]
-        self.b.weight = self.weight / self.b.cells.shape[0]
+        self.a.weight = self.weight / self.a.count
+        self.b.weight = self.weight / self.b.count
         return self
 
     def _launch(self, problem, f, params, out, adj):
@@ -207,9 +213,9 @@ class DensitySum(_FieldLoss):
     def _launch(self, problem, f, params, out, adj):
         inputs = [f, self.cells, self.weight * self.scale, out]
         if adj is None:
-            wp.launch(self.kernel, dim=self.cells.shape[0], inputs=inputs, device=problem.device)
+            wp.launch(self.kernel, dim=self.count, inputs=inputs, device=problem.device)
         else:
-            wp.launch(self.kernel, dim=self.cells.shape[0], inputs=inputs, adj_inputs=[adj[0], None, 0.0, out],
+            wp.launch(self.kernel, dim=self.count, inputs=inputs, adj_inputs=[adj[0], None, 0.0, out],
                       adjoint=True, device=problem.device)
 
 
@@ -221,7 +227,9 @@ def _density_sum_kernel(lattice: str, precision: str):
     @wp.kernel(module="unique", module_options=K.MODULE_OPTIONS)
     def lbm_density_sum(f: wp.array2d(dtype=dtype), cells: wp.array(dtype=wp.int32), scale: float,
                         out: wp.array(dtype=wp.float64)):
-        idx = cells[wp.tid()]
+        idx = wp.tid()
+        if cells.shape[0] > 0:
+            idx = cells[idx]
         rho = dtype(0.0)
         for i in range(wp.static(Q)):
             rho += f[i, idx]

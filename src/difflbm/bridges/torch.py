@@ -136,7 +136,7 @@ def _rollout_vjp(key: int, xs: list[torch.Tensor]) -> list[torch.Tensor]:
     out = []
     for name, shape in zip(entry.controls, entry.shapes):
         # The gradient buffers are allocated per call, so handing their memory to torch is safe.
-        arr = g._initial_device if name == "initial" else getattr(g._device, name)
+        arr = g.device(name)
         out.append(wp.to_torch(arr, requires_grad=False).reshape(shape))
     return out
 
