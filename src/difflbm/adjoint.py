@@ -207,6 +207,10 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         if term.active(steps, steps):
             term.adjoint(problem, final.f, params, adj_out, adj.f, grads)
     buffer = [State.empty(problem) for _ in range(min(seg, steps))]
+    # d loss / d (moving-wall term per link), summed over all steps and mapped to the wall
+    # velocities once at the end (the map is linear and the velocities fixed during a rollout)
+    adj_wall_term = wp.zeros_like(solver.wall_term)
+    solver.update_wall_term(params)
     # the fused adjoint adds d loss / d omega per cell; a scalar omega is summed once at the end
     omega_cells = None
     if fused is not None and "omega" in wrt:
@@ -223,11 +227,12 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             solver.step(buffer[t - s], buffer[t - s + 1], params, solver.window(t, steps))
         for t in reversed(range(s, e)):
             if fused is not None:
-                _fused_step_adjoint(solver, fused, buffer[t - s], adj, adj_prev, params, grads, omega_cells, wrt)
+                _fused_step_adjoint(solver, fused, buffer[t - s], adj, adj_prev, params, grads, omega_cells, wrt,
+                                    adj_wall_term)
             else:
                 adj_prev.f.zero_()
                 _step_adjoint(solver, buffer[t - s], adj, adj_prev, params, grads, solver.window(t, steps), scratch,
-                              wrt)
+                              wrt, adj_wall_term)
             for term in terms:
                 if term.active(t, steps):
                     term.adjoint(problem, buffer[t - s].f, params, adj_out, adj_prev.f, grads)
@@ -235,6 +240,10 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             if check and (t == s or t % 64 == 0):
                 _check_adjoint(solver, adj, t)
 
+    if problem.moving_walls and "wall_velocity" in wrt:
+        wp.launch(K.wall_term_kernel(problem.lattice.name, problem.precision), dim=problem.wall_link_group.shape[0],
+                  inputs=[problem.wall_link_group, params.wall_velocity, solver.wall_term],
+                  adj_inputs=[None, grads.wall_velocity, adj_wall_term], adjoint=True, device=dev)
     if omega_cells is not None and not problem.config.omega_field:
         grads.omega.assign(np.array([omega_cells.numpy().astype(np.float64).sum()]).astype(grads.omega.numpy().dtype))
     g = Gradients(problem, wrt, grads, adj.f)
@@ -270,7 +279,7 @@ def _is_used(problem: Problem, name: str) -> bool:
 
 
 def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State, params: Parameters,
-                  grads: Parameters, window: int, scratch: State, wrt=GRAD_TARGETS):
+                  grads: Parameters, window: int, scratch: State, wrt, adj_wall_term):
     """Accumulate the vector-Jacobian product of one step: adj_in += J^T adj_out, params likewise."""
     p = solver.problem
     inputs = solver.step_inputs(state_in, params, window)
@@ -280,7 +289,7 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
     def want(name, arr):
         return arr if name in wrt else None
 
-    adj_inputs = [adj_in.f, adj_out.f, None, None, None, None, want("wall_velocity", grads.wall_velocity),
+    adj_inputs = [adj_in.f, adj_out.f, None, None, None, None, None, want("wall_velocity", adj_wall_term),
                   want("inlet_velocity", grads.inlet_velocity[window]), want("outlet_density", grads.outlet_density),
                   None, want("omega", grads.omega), want("force", grads.force),
                   want("solid_fraction", grads.solid_fraction), 0, 0, 0]
@@ -288,15 +297,15 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
 
 
 def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State, adj_in: State, params: Parameters,
-                        grads: Parameters, omega_cells, wrt):
+                        grads: Parameters, omega_cells, wrt, adj_wall_term):
     """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored)."""
     p = solver.problem
     g = p.grid3
     want_wall = int("wall_velocity" in wrt)
     want_omega = int(omega_cells is not None)
     wp.launch(kernel, dim=p.cell_count, device=p.device,
-              inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, params.wall_velocity,
-                      params.omega, grads.wall_velocity, omega_cells if want_omega else grads.omega, want_wall,
+              inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
+                      params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, want_wall,
                       want_omega, g[0], g[1], g[2]])
 
 

@@ -122,7 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_cmd_bench)
+    o = sub.add_parser("optimize", help="gradient-based inverse design problems")
+    from .optimize import add_arguments  # the optimize package owns its options
+    add_arguments(o)
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=_cmd_optimize)
     return parser
+
+
+def _cmd_optimize(args) -> int:
+    from .optimize import run_from_args
+    result = run_from_args(args)
+    _print(result, args.json)
+    return 0
 
 
 def main(argv=None) -> int:

@@ -86,6 +86,28 @@ def neighbour(x: int, y: int, z: int, cx: int, cy: int, cz: int, nx: int, ny: in
 
 
 @wp.func
+def source_index(x: int, y: int, z: int, xm: int, xp: int, ym: int, yp: int, zm: int, zp: int,
+                 cx: int, cy: int, cz: int, ny: int, nz: int) -> int:
+    """Flat index of (x, y, z) - c from pre-wrapped neighbour coordinates (c components in -1..1)."""
+    sx = x
+    if cx == 1:
+        sx = xm
+    if cx == -1:
+        sx = xp
+    sy = y
+    if cy == 1:
+        sy = ym
+    if cy == -1:
+        sy = yp
+    sz = z
+    if cz == 1:
+        sz = zm
+    if cz == -1:
+        sz = zp
+    return (sx * ny + sy) * nz + sz
+
+
+@wp.func
 def link_wall_group(x: int, y: int, z: int, cx: int, cy: int, cz: int, nx: int, ny: int, nz: int,
                     solid_wall: wp.array(dtype=wp.int32), face_wall: wp.array(dtype=wp.int32)) -> int:
     """Wall group at the solid end of the link from (x, y, z) - c to (x, y, z).
@@ -257,7 +279,8 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
         slot: wp.array(dtype=wp.int32),
         solid_wall: wp.array(dtype=wp.int32),
         face_wall: wp.array(dtype=wp.int32),
-        wall_velocity: wp.array(dtype=vec3),
+        wall_slot: wp.array(dtype=wp.int32),
+        wall_term: wp.array2d(dtype=dtype),
         inlet_velocity: wp.array(dtype=vec3),
         outlet_density: wp.array(dtype=dtype),
         link_q: wp.array2d(dtype=dtype),
@@ -282,6 +305,13 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
         if wp.static(cfg.porosity):
             s_here = solid_fraction[idx]
 
+        # wrapped neighbour coordinates, computed once per cell
+        xm = wp.where(x == 0, nx - 1, x - 1)
+        xp = wp.where(x == nx - 1, 0, x + 1)
+        ym = wp.where(y == 0, ny - 1, y - 1)
+        yp = wp.where(y == ny - 1, 0, y + 1)
+        zm = wp.where(z == 0, nz - 1, z - 1)
+        zp = wp.where(z == nz - 1, 0, z + 1)
         # --- streaming (pull) with half-way / interpolated bounce-back on boundary links.
         # Vector components are assigned only outside dynamic branches: Warp's adjoint of a
         # component store inside a data-dependent branch is not reliable.
@@ -304,14 +334,11 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
                         inv = dtype(0.5) / q
                         val = inv * val + (dtype(1.0) - inv) * f_in[i, idx]
                 if wp.static(cfg.moving_walls):
-                    wid = link_wall_group(x, y, z, cx, cy, cz, nx, ny, nz, solid_wall, face_wall)
-                    if wid > 0:
-                        uw = wall_velocity[wid]
-                        cu = (dtype(wp.static(C[i][0])) * uw[0] + dtype(wp.static(C[i][1])) * uw[1]
-                              + dtype(wp.static(C[i][2])) * uw[2])
-                        val = val + dtype(wp.static(6.0 * W[i])) * cu
+                    ws = wall_slot[idx]
+                    if ws >= 0:
+                        val = val + wall_term[ws, i]
             else:
-                src = neighbour(x, y, z, cx, cy, cz, nx, ny, nz)
+                src = source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)
                 val = f_in[i, src]
                 if wp.static(cfg.porosity):
                     # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
@@ -349,33 +376,63 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
         if wp.static(cfg.force != FORCE_NONE):
             m = m + dtype(0.5) * force
         u = m / rho
-        feq = equilibrium(rho, u)
         if wp.static(collision == COLLISION_SMAGORINSKY):
             # Hou et al. (1996): tau solves tau^2 - tau0 tau - 9/sqrt(2) C^2 |Pi|/rho = 0
             tau0 = dtype(1.0) / omega
-            pin = noneq_stress_norm(f, feq)
+            pin = noneq_stress_norm(f, equilibrium(rho, u))
             tau = dtype(0.5) * (tau0 + wp.sqrt(tau0 * tau0 + dtype(wp.static(18.0 * 2.0**0.5 * smag_c2)) * pin / rho))
             omega = dtype(1.0) / tau
-        out = vecQ()
+        omega_m = omega
         if wp.static(collision == COLLISION_TRT):
             # Ginzburg (2008) two-relaxation-time, magic parameter Lambda fixed per configuration
-            lam = dtype(wp.static(trt_magic))
-            omega_m = dtype(1.0) / (lam / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
-            for i in range(wp.static(Q)):
-                fp = dtype(0.5) * (f[i] + f[wp.static(OPP[i])])
-                fm = dtype(0.5) * (f[i] - f[wp.static(OPP[i])])
-                ep = dtype(0.5) * (feq[i] + feq[wp.static(OPP[i])])
-                em = dtype(0.5) * (feq[i] - feq[wp.static(OPP[i])])
-                out[i] = f[i] - omega * (fp - ep) - omega_m * (fm - em)
-        else:
-            for i in range(wp.static(Q)):
-                out[i] = f[i] + omega * (feq[i] - f[i])
-        if wp.static(cfg.force != FORCE_NONE):
-            out = out + guo_source(u, force, omega)
+            omega_m = dtype(1.0) / (dtype(wp.static(trt_magic)) / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
+        usq = dtype(1.5) * wp.dot(u, u)
+        guo = dtype(1.0) - dtype(0.5) * omega
+        # one direction at a time, equilibrium inline: no Q-vectors of feq or output stay live,
+        # which keeps the kernel in registers (see docs/PERF_NOTES.md)
         for i in range(wp.static(Q)):
-            f_out[i, idx] = out[i]
+            cu = dtype(3.0) * (dtype(wp.static(C[i][0])) * u[0] + dtype(wp.static(C[i][1])) * u[1]
+                               + dtype(wp.static(C[i][2])) * u[2])
+            wr = dtype(wp.static(W[i])) * rho
+            feq_i = wr * (dtype(1.0) + cu + dtype(0.5) * cu * cu - usq)
+            val = dtype(0.0)
+            if wp.static(collision == COLLISION_TRT):
+                feq_o = wr * (dtype(1.0) - cu + dtype(0.5) * cu * cu - usq)
+                fo = f[wp.static(OPP[i])]
+                val = (f[i] - omega * dtype(0.5) * ((f[i] + fo) - (feq_i + feq_o))
+                       - omega_m * dtype(0.5) * ((f[i] - fo) - (feq_i - feq_o)))
+            else:
+                val = f[i] + omega * (feq_i - f[i])
+            if wp.static(cfg.force != FORCE_NONE):
+                # Guo, Zheng & Shi (2002): (1 - omega/2) w_i [3 (c_i - u) + 9 (c_i.u) c_i] . F
+                ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+                val = val + guo * dtype(wp.static(W[i])) * wp.dot(dtype(3.0) * (ci - u) + cu * dtype(3.0) * ci, force)
+            f_out[i, idx] = val
 
     return lbm_step
+
+
+@lru_cache(maxsize=None)
+def wall_term_kernel(lattice_name: str, precision: str):
+    """Moving-wall bounce-back term 6 w_i c_i . u_w per boundary link of the wall table (Ladd 1994,
+    wall density 1): ``term[slot, i]`` from ``group[slot, i]`` (0: stationary, no term)."""
+    ph = physics(lattice_name, precision)
+    dtype, vec3, Q, C, W = ph["dtype"], ph["vec3"], ph["Q"], ph["C"], ph["W"]
+
+    @wp.kernel(module="unique", module_options=MODULE_OPTIONS)
+    def lbm_wall_term(group: wp.array2d(dtype=wp.int32), wall_velocity: wp.array(dtype=vec3),
+                      term: wp.array2d(dtype=dtype)):
+        s = wp.tid()
+        for i in range(wp.static(Q)):
+            g = group[s, i]
+            val = dtype(0.0)
+            if g > 0:
+                uw = wall_velocity[g]
+                val = dtype(wp.static(6.0 * W[i])) * (dtype(wp.static(C[i][0])) * uw[0] + dtype(wp.static(C[i][1])) * uw[1]
+                                                       + dtype(wp.static(C[i][2])) * uw[2])
+            term[s, i] = val
+
+    return lbm_wall_term
 
 
 @lru_cache(maxsize=None)
@@ -533,7 +590,8 @@ def step_adjoint_kernel(cfg: StepConfig):
     entry of ``adj_in`` is written once, no atomics and no zeroing. Warp's generated adjoint does
     the same with an atomic add per read and about twice the registers.
     ``adj_omega`` accumulates d loss / d omega per cell (summed by the caller for a scalar omega);
-    ``adj_wall_velocity`` accumulates per wall group (atomic: only boundary links contribute).
+    ``adj_wall_term`` accumulates per (wall slot, link); :func:`wall_term_kernel`'s adjoint maps it to
+    the wall velocities once per rollout.
     """
     if not fused_adjoint_supported(cfg):
         raise ValueError(f"the fused adjoint does not cover {cfg}")
@@ -551,9 +609,10 @@ def step_adjoint_kernel(cfg: StepConfig):
         code: wp.array(dtype=wp.uint32),
         solid_wall: wp.array(dtype=wp.int32),
         face_wall: wp.array(dtype=wp.int32),
-        wall_velocity: wp.array(dtype=vec3),
+        wall_slot: wp.array(dtype=wp.int32),
+        wall_term: wp.array2d(dtype=dtype),
         omega_arr: wp.array(dtype=dtype),
-        adj_wall_velocity: wp.array(dtype=vec3),
+        adj_wall_term: wp.array2d(dtype=dtype),
         adj_omega: wp.array(dtype=dtype),
         want_wall: int,
         want_omega: int,
@@ -571,6 +630,12 @@ def step_adjoint_kernel(cfg: StepConfig):
         z = idx % nz
         y = (idx / nz) % ny
         x = idx / (ny * nz)
+        xm = wp.where(x == 0, nx - 1, x - 1)
+        xp = wp.where(x == nx - 1, 0, x + 1)
+        ym = wp.where(y == 0, ny - 1, y - 1)
+        yp = wp.where(y == ny - 1, 0, y + 1)
+        zm = wp.where(z == 0, nz - 1, z - 1)
+        zp = wp.where(z == nz - 1, 0, z + 1)
         f = vecQ()
         f[0] = f_in[0, idx]
         for i in range(1, wp.static(Q)):
@@ -581,14 +646,11 @@ def step_adjoint_kernel(cfg: StepConfig):
             if (cell >> wp.uint32(i)) & wp.uint32(1):
                 val = f_in[wp.static(OPP[i]), idx]
                 if wp.static(cfg.moving_walls):
-                    wid = link_wall_group(x, y, z, cx, cy, cz, nx, ny, nz, solid_wall, face_wall)
-                    if wid > 0:
-                        uw = wall_velocity[wid]
-                        cu = (dtype(wp.static(C[i][0])) * uw[0] + dtype(wp.static(C[i][1])) * uw[1]
-                              + dtype(wp.static(C[i][2])) * uw[2])
-                        val = val + dtype(wp.static(6.0 * W[i])) * cu
+                    ws = wall_slot[idx]
+                    if ws >= 0:
+                        val = val + wall_term[ws, i]
             else:
-                val = f_in[i, neighbour(x, y, z, cx, cy, cz, nx, ny, nz)]
+                val = f_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)]
             f[i] = val
         omega = dtype(0.0)
         if wp.static(cfg.omega_field):
@@ -625,12 +687,12 @@ def step_adjoint_kernel(cfg: StepConfig):
                 adj_in[wp.static(OPP[i]), idx] = g
                 if wp.static(cfg.moving_walls):
                     if want_wall != 0:
-                        wid = link_wall_group(x, y, z, cx, cy, cz, nx, ny, nz, solid_wall, face_wall)
-                        if wid > 0:
-                            ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
-                            wp.atomic_add(adj_wall_velocity, wid, (g * dtype(wp.static(6.0 * W[i]))) * ci)
+                        ws = wall_slot[idx]
+                        if ws >= 0:
+                            # each (slot, link) belongs to this cell alone: accumulate without atomics
+                            adj_wall_term[ws, i] = adj_wall_term[ws, i] + g
             else:
-                adj_in[i, neighbour(x, y, z, cx, cy, cz, nx, ny, nz)] = g
+                adj_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)] = g
         if want_omega != 0:
             adj_omega[idx] = adj_omega[idx] + d_omega
 

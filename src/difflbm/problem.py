@@ -368,6 +368,7 @@ class Problem:
             raise ValueError(f"open boundary cell {cell} has no link to a wall or face; put inlets and outlets "
                              "on a non-periodic face or next to solid cells")
         self.moving_walls = any(np.any(w != 0) for w in walls[1:])
+        self._build_wall_links(code, solid_wall, face_wall, D) if self.moving_walls else None
         self.curved = link_q is not None
         self.inlet_slots = sum(len(v) for v in inlet_values)
         self.outlet_slots = sum(len(v) for v in outlet_values)
@@ -379,6 +380,10 @@ class Problem:
         self._outlet = np.concatenate(outlet_values) if outlet_values else np.ones(1)
         self._link_q = link_q
         dev = self.device
+        if not self.moving_walls:
+            self.wall_slot_np, self.wall_link_group_np = np.full(1, -1, np.int32), np.zeros((1, lat.q), np.int32)
+        self.wall_slot = wp.array(self.wall_slot_np, dtype=wp.int32, device=dev)
+        self.wall_link_group = wp.array(self.wall_link_group_np, dtype=wp.int32, device=dev)
         self.code = wp.array(self.code_np, dtype=wp.uint32, device=dev)
         self.slot = wp.array(self._arrays["slot"], dtype=wp.int32, device=dev)
         self.solid_wall = wp.array(self._arrays["solid_wall"], dtype=wp.int32, device=dev)
@@ -386,6 +391,41 @@ class Problem:
         dtype = K.wp_dtype(self.precision)
         self.link_q = wp.array((link_q.reshape(lat.q, -1) if link_q is not None else np.full((lat.q, 1), 0.5)),
                                dtype=dtype, device=dev)
+
+    def _build_wall_links(self, code, solid_wall, face_wall, D):
+        """Wall group of every boundary link of cells next to user walls, as a compact table.
+
+        The step kernel then adds the moving-wall term as one table read per boundary link
+        instead of working out, per link, which face or solid cell it crosses (that search cost
+        ~100 registers on CUDA). Links through an edge or corner take the smallest group of the
+        faces they cross (the default stationary wall before a lid); see docs/DESIGN.md.
+        """
+        lat = self.lattice
+        links = (code & np.uint32(K.LINK_MASK))
+        coords = np.indices(self.shape)
+        groups = np.zeros((lat.q,) + self.shape, dtype=np.int64)
+        big = 1 << 30
+        for i, ci in enumerate(lat.velocities):
+            if not ci.any():
+                continue
+            bit = ((links >> np.uint32(i)) & np.uint32(1)).astype(bool)
+            g = np.full(self.shape, big, dtype=np.int64)
+            src = [coords[a] - ci[a] for a in range(D)]
+            out_any = np.zeros(self.shape, dtype=bool)
+            for a in range(D):
+                lo, hi = src[a] < 0, src[a] >= self.shape[a]
+                g = np.where(lo, np.minimum(g, face_wall[2 * a]), g)
+                g = np.where(hi, np.minimum(g, face_wall[2 * a + 1]), g)
+                out_any |= lo | hi
+            wrapped = tuple(np.mod(src[a], self.shape[a]) for a in range(D))
+            g = np.where(out_any, g, solid_wall[wrapped])
+            groups[i] = np.where(bit, g, 0)
+        cells = np.flatnonzero((groups > 0).any(axis=0).ravel())
+        self.wall_slot_np = np.full(self.cell_count, -1, dtype=np.int32)
+        self.wall_slot_np[cells] = np.arange(len(cells), dtype=np.int32)
+        self.wall_link_group_np = np.ascontiguousarray(groups.reshape(lat.q, -1)[:, cells].T.astype(np.int32))
+        if len(cells) == 0:
+            self.wall_link_group_np = np.zeros((1, lat.q), np.int32)
 
     # -- parameters and states
     def parameters(self, requires_grad: bool = False) -> "Parameters":

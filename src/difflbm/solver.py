@@ -29,6 +29,17 @@ class Solver:
         self.forward_kernel = K.step_kernel(problem.config, backward=False)
         self._check = K.finite_check_kernel(problem.precision)
         self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
+        # moving-wall terms per boundary link, derived from the parameters at every step
+        self.wall_term = wp.zeros(problem.wall_link_group.shape, dtype=K.wp_dtype(problem.precision),
+                                  device=problem.device)
+        self._wall_kernel = K.wall_term_kernel(problem.lattice.name, problem.precision)
+
+    def update_wall_term(self, params: Parameters):
+        """Recompute the moving-wall bounce-back terms from ``params.wall_velocity``."""
+        p = self.problem
+        if p.moving_walls:
+            wp.launch(self._wall_kernel, dim=p.wall_link_group.shape[0], device=p.device,
+                      inputs=[p.wall_link_group, params.wall_velocity], outputs=[self.wall_term])
 
     def window(self, t: int, steps: int | None = None) -> int:
         """Inlet window used at step t: windows split [0, steps) evenly; one window means constant."""
@@ -41,7 +52,8 @@ class Solver:
 
     def step_inputs(self, state_in: State, params: Parameters, window: int) -> list:
         p = self.problem
-        return [state_in.f, None, p.code, p.slot, p.solid_wall, p.face_wall, params.wall_velocity,
+        self.update_wall_term(params)
+        return [state_in.f, None, p.code, p.slot, p.solid_wall, p.face_wall, p.wall_slot, self.wall_term,
                 params.inlet_velocity[window], params.outlet_density, p.link_q, params.omega, params.force,
                 params.solid_fraction, p.grid3[0], p.grid3[1], p.grid3[2]]
 

@@ -16,6 +16,10 @@ from ..solver import Solver
 
 DATA = Path(__file__).with_name("data")
 REYNOLDS = (100, 400, 1000)
+# Ghia's Table II, Re 400, x = 0.9063: v = -0.23827 breaks the smooth profile between -0.228
+# (x = 0.9453) and -0.450 (x = 0.8594), a likely misprint; solutions here give -0.383 at N = 64
+# and 128. Excluded from max_err, reported as "excluded".
+MISPRINTS = {("v", 400, 0.9063)}
 OMEGA_MAX = 1.95  # BGK above this is close to its stability limit in the lid corners
 
 
@@ -93,6 +97,13 @@ def run(resolution=None, device=None, precision="float64", reynolds=100, lid_vel
     inside_u = (yu > 0) & (yu < 1)
     xv = gv["x"]
     inside_v = (xv > 0) & (xv < 1)
+    excluded = []
+    for comp, re_, pos in MISPRINTS:
+        if re_ == reynolds and comp == "v":
+            bad = np.isclose(xv, pos)
+            excluded += [{"component": "v", "x": pos, "ghia": float(gv[f"v_Re{reynolds}"][bad][0]),
+                          "computed": float(np.interp(pos, x, v_line))}]
+            inside_v &= ~bad
     err_u = np.abs(np.interp(yu[inside_u], x, u_line) - gu[f"u_Re{reynolds}"][inside_u])
     err_v = np.abs(np.interp(xv[inside_v], x, v_line) - gv[f"v_Re{reynolds}"][inside_v])
     err = float(max(err_u.max(), err_v.max()))
@@ -101,7 +112,7 @@ def run(resolution=None, device=None, precision="float64", reynolds=100, lid_vel
         "reynolds": reynolds, "resolution": N, "lid_velocity": U, "omega": omega, "precision": precision,
         "collision": p.collision.name, "steps": steps, "steady_change": change, "converged": change < tol,
         "tol": tol, "max_err_u_vertical": float(err_u.max()), "max_err_v_horizontal": float(err_v.max()),
-        "max_err": err, "mass_per_cell": mass / p.cell_count,
+        "max_err": err, "excluded": excluded, "mass_per_cell": mass / p.cell_count,
         "goal": "max |u - u_Ghia| / U over both centrelines <= 0.02 at 256 cells",
         "passed": bool(err <= 0.02 and change < tol) if N >= 256 else None,
     }

@@ -3,7 +3,8 @@
 Channel H = 0.41 with N cells across (half-way bounce-back walls on the y faces, so physical
 y = (j + 1/2) H / N), length 2.2, cylinder D = 0.1 at (0.2, 0.2) with interpolated bounce-back
 (Bouzidi et al. 2001) on exact link fractions. Inlet x-: parabola 4 U_m y (H - y) / H^2 by Zou-He;
-outlet x+: fixed density. Forces by momentum exchange (Ladd 1994); Re = U_bar D / nu, U_bar = 2 U_m / 3.
+outlet x+: fixed density (Zou & He 1997), both without the corner cells, behind a viscous sponge in
+the last H / 2. Forces by momentum exchange (Ladd 1994); Re = U_bar D / nu, U_bar = 2 U_m / 3.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ CASES = {
 
 
 def build(N: int, reynolds: float, u_max: float, device=None, precision="float64", collision="trt"):
-    """The channel problem and its scales: (problem, cylinder boundary index, D in cells, U_bar)."""
+    """The channel problem and its scales.
+
+    Returns (problem, cylinder boundary index, D in cells, U_bar, omega of the fluid, initial velocity).
+    """
     dx = H / N
     nx = int(round(L / dx))
     shape = (nx, N)
@@ -41,10 +45,22 @@ def build(N: int, reynolds: float, u_max: float, device=None, precision="float64
     if omega >= 1.95:
         raise ValueError(f"resolution={N} gives omega={omega:.3f} at Re={reynolds}; allowed omega < 1.95: "
                          "raise the resolution or u_max")
-    boundaries = [Wall(face="y-"), Wall(face="y+"), VelocityInlet(face="x-", velocity=profile),
-                  PressureOutlet(face="x+", density=1.0), Wall(mask=mask, link_fraction=q)]
-    p = Problem(shape, "D2Q9", collision, omega=omega, boundaries=boundaries, precision=precision, device=device)
-    return p, len(boundaries) - 1, diameter, u_bar
+    # Zou-He is ill-posed in the four corner cells, where the open face meets a wall's links: they
+    # stay plain bounce-back cells, where the parabola is ~0 anyway
+    inlet, outlet = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    inlet[0, 1:-1] = True
+    outlet[-1, 1:-1] = True
+    boundaries = [Wall(face="x-"), Wall(face="x+"), Wall(face="y-"), Wall(face="y+"),
+                  VelocityInlet(mask=inlet, velocity=profile), PressureOutlet(mask=outlet, density=1.0),
+                  Wall(mask=mask, link_fraction=q)]
+    # sponge: the viscosity rises smoothly to 0.1 over the last H / 2 (18 D behind the cylinder),
+    # so the wake and pressure waves reach the Zou-He outlet damped instead of reflecting upstream
+    ramp = np.clip((np.arange(nx) - (nx - N / 2)) / (N / 2), 0.0, 1.0)
+    nu_x = nu + (max(0.1, nu) - nu) * np.sin(0.5 * np.pi * ramp) ** 2
+    omega_field = np.repeat((1.0 / (3.0 * nu_x + 0.5))[:, None], N, axis=1)
+    p = Problem(shape, "D2Q9", collision, omega=omega_field, boundaries=boundaries, precision=precision,
+                device=device)
+    return p, len(boundaries) - 1, diameter, u_bar, omega, np.where(mask[..., None], 0.0, profile)
 
 
 class ForceProbe:
@@ -75,8 +91,8 @@ def _strouhal(t: np.ndarray, cl: np.ndarray):
     return 1.0 / float(np.diff(tc).mean())
 
 
-def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=None, tol=1e-7, max_steps=None,
-        collision="trt", **_):
+def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=None, tol=1e-5, max_steps=None,
+        collision=None, **_):
     if case not in CASES:
         raise ValueError(f"case={case!r} is not known; allowed: {', '.join(CASES)}")
     N = int(resolution or 41)
@@ -86,15 +102,21 @@ def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=No
     if not (0.0 < u_max <= 0.15):
         raise ValueError(f"u_max={u_max} is outside (0, 0.15]; 0.05 to 0.1 keeps Mach <= 0.17")
     spec = CASES[case]
-    p, cyl, diameter, u_bar = build(N, spec["reynolds"], u_max, device, precision, collision)
+    if collision is None:
+        # TRT places the bounce-back wall independently of viscosity (Ginzburg 2008); at Re 100 with
+        # D = 10 cells TRT diverged near the inlet, Smagorinsky (Hou et al. 1996) stays stable
+        collision = "trt" if case == "2D-1" else "smagorinsky"
+    p, cyl, diameter, u_bar, omega, u0 = build(N, spec["reynolds"], u_max, device, precision, collision)
     solver = Solver(p)
     params = p.parameters()
     probe = ForceProbe(p, cyl)
     scale = 0.5 * u_bar * u_bar * diameter  # rho = 1: c = F / (rho U_bar^2 D / 2)
     t_conv = diameter / u_bar  # steps per convective time D / U_bar
-    a, b = p.state(), p.state()
+    # start from the channel's Poiseuille flow: an impulsive start from rest launches a strong
+    # pressure wave that rings between the Zou-He ends and slows convergence
+    a, b = p.state(velocity=u0), p.state()
     out = {"case": "cylinder", "benchmark": case, "reynolds": spec["reynolds"], "resolution": N,
-           "diameter_cells": diameter, "shape": list(p.shape), "u_max": u_max, "omega": float(p._omega),
+           "diameter_cells": diameter, "shape": list(p.shape), "u_max": u_max, "omega": omega,
            "collision": p.collision.name, "precision": precision}
     if case == "2D-1":
         # steady: stop when the coefficients change less than tol per convective time
@@ -136,7 +158,7 @@ def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=No
     out.update(metrics)
     out["reference"] = {k: list(v) for k, v in spec["intervals"].items()}
     out["inside_reference"] = inside
-    out["goal"] = ("metrics inside the Schaefer & Turek (1996) reference intervals (expected only at fine "
-                   "resolution; D = 10 cells gives a few per cent)")
+    out["goal"] = ("metrics inside the Schaefer & Turek (1996) reference intervals; at D = 10 cells expect only "
+                   "St (2D-2) and c_L (2D-1) there, c_D a few per cent high, c_L,max (Smagorinsky) low")
     out["passed"] = bool(all(inside.values()))
     return out
