@@ -34,6 +34,16 @@ def record(tag, **kw):
 
 
 plan = sys.argv[1] if len(sys.argv) > 1 else "forward"
+if plan == "final":
+    record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
+    record("d3q19-fp32-512", lattice="D3Q19", precision="fp32", size=512, steps=20, repeats=3)
+    record("d3q19-fp32-64", lattice="D3Q19", precision="fp32", size=64, steps=400)
+    record("d3q19-fp32-128", lattice="D3Q19", precision="fp32", size=128, steps=200)
+    record("grad-d3q19-fp32-256-T100", lattice="D3Q19", precision="fp32", size=256, steps=100, gradient=True,
+           repeats=2)
+    record("d3q27-fp32-256", lattice="D3Q27", precision="fp32", size=256, steps=100)
+    record("d2q9-fp32-4096", lattice="D2Q9", precision="fp32", size=4096, steps=100)
+    record("d3q19-fp64-256", lattice="D3Q19", precision="fp64", size=256, steps=50)
 if plan == "fused":
     record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
     record("d3q19-fp32-512", lattice="D3Q19", precision="fp32", size=512, steps=20, repeats=3)

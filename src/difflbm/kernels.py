@@ -55,8 +55,9 @@ class StepConfig:
     pressure_bc: bool = False
     outflow_bc: bool = False
     periodic: tuple = (True, True, True)
-    # CUDA register cap per thread. None: 96 for the forward kernel (H100, D3Q19 fp32 256^3: 8,558
-    # MLUPS at 96 vs 5,652 uncapped, see BENCHMARKS.md), the compiler's choice for the adjoint
+    # CUDA register cap per thread. None: 128 for the forward kernel (the most it needs once the
+    # moving-wall terms come from a table; uncapped it took 243-252 before), 128 for the fused
+    # adjoint, the compiler's choice for Warp's generated adjoint. See BENCHMARKS.md.
     max_registers: int | None = None
 
 
@@ -271,7 +272,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
         return out
 
     @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward},
-               cuda_max_registers=cfg.max_registers if cfg.max_registers else (None if backward else 96))
+               cuda_max_registers=cfg.max_registers if cfg.max_registers else (None if backward else 128))
     def lbm_step(
         f_in: wp.array2d(dtype=dtype),
         f_out: wp.array2d(dtype=dtype),
@@ -321,30 +322,33 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
             cx = wp.static(C[i][0])
             cy = wp.static(C[i][1])
             cz = wp.static(C[i][2])
-            val = dtype(0.0)
-            if (cell >> wp.uint32(i)) & wp.uint32(1):
-                val = f_in[wp.static(OPP[i]), idx]
+            # the pull is loaded unconditionally (the wrapped source always exists) so that all
+            # Q loads are independent and in flight together; boundary links replace it below,
+            # and wp.where sends no adjoint to the discarded value
+            src = source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)
+            pulled = f_in[i, src]
+            if wp.static(cfg.porosity):
+                # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
+                t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
+                pulled = t * pulled + (dtype(1.0) - t) * f_in[wp.static(OPP[i]), idx]
+            bounced = dtype(0.0)
+            is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
+            if is_link:
+                bounced = f_in[wp.static(OPP[i]), idx]
                 if wp.static(cfg.curved):
                     # Bouzidi, Firdaouss & Lallemand (2001), linear interpolation
                     q = link_q[i, idx]
                     if q < dtype(0.5):
                         nb = neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
-                        val = dtype(2.0) * q * val + (dtype(1.0) - dtype(2.0) * q) * f_in[wp.static(OPP[i]), nb]
+                        bounced = dtype(2.0) * q * bounced + (dtype(1.0) - dtype(2.0) * q) * f_in[wp.static(OPP[i]), nb]
                     else:
                         inv = dtype(0.5) / q
-                        val = inv * val + (dtype(1.0) - inv) * f_in[i, idx]
+                        bounced = inv * bounced + (dtype(1.0) - inv) * f_in[i, idx]
                 if wp.static(cfg.moving_walls):
                     ws = wall_slot[idx]
                     if ws >= 0:
-                        val = val + wall_term[ws, i]
-            else:
-                src = source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)
-                val = f_in[i, src]
-                if wp.static(cfg.porosity):
-                    # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
-                    t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
-                    val = t * val + (dtype(1.0) - t) * f_in[wp.static(OPP[i]), idx]
-            f[i] = val
+                        bounced = bounced + wall_term[ws, i]
+            f[i] = wp.where(is_link, bounced, pulled)
 
         # --- open boundaries: rebuild the populations of boundary links
         if wp.static(any_bc):
@@ -642,16 +646,16 @@ def step_adjoint_kernel(cfg: StepConfig):
             cx = wp.static(C[i][0])
             cy = wp.static(C[i][1])
             cz = wp.static(C[i][2])
-            val = dtype(0.0)
-            if (cell >> wp.uint32(i)) & wp.uint32(1):
-                val = f_in[wp.static(OPP[i]), idx]
+            pulled = f_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)]
+            bounced = dtype(0.0)
+            is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
+            if is_link:
+                bounced = f_in[wp.static(OPP[i]), idx]
                 if wp.static(cfg.moving_walls):
                     ws = wall_slot[idx]
                     if ws >= 0:
-                        val = val + wall_term[ws, i]
-            else:
-                val = f_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)]
-            f[i] = val
+                        bounced = bounced + wall_term[ws, i]
+            f[i] = wp.where(is_link, bounced, pulled)
         omega = dtype(0.0)
         if wp.static(cfg.omega_field):
             omega = omega_arr[idx]
