@@ -11,7 +11,7 @@ import time
 
 import warp as wp
 
-wp.config.quiet = True
+wp.config.log_level = wp.LOG_WARNING  # Warp 1.19 logs module loads at INFO, on stdout
 from difflbm.bench import run_bench  # noqa: E402
 
 out_dir = os.environ.get("OUT", ".")

@@ -1,7 +1,7 @@
 """cProfile of one checkpointed gradient (D3Q19 fp32 cavity) on the GPU: where the host time goes."""
 import cProfile, pstats, sys
 import warp as wp
-wp.config.quiet = True
+wp.config.log_level = wp.LOG_WARNING  # Warp 1.19 logs module loads at INFO, on stdout
 from difflbm import adjoint as A, losses as L
 from difflbm.bench import cavity_problem
 size, T = int(sys.argv[1]), int(sys.argv[2])

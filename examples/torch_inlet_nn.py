@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import warp as wp
 
-wp.config.quiet = True  # keep Warp's start-up and kernel-cache messages out of the example's output
+wp.config.log_level = wp.LOG_WARNING  # keep Warp start-up and module-load messages out of the output
 
 import difflbm as lbm
 from difflbm import losses

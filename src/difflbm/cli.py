@@ -139,7 +139,7 @@ def _cmd_optimize(args) -> int:
 
 def main(argv=None) -> int:
     import warp as wp
-    wp.config.quiet = True
+    wp.config.log_level = wp.LOG_WARNING  # Warp 1.19 logs module loads at INFO, on stdout
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

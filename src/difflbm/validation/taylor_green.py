@@ -63,14 +63,21 @@ def _one(N, dim, device, precision, nu=0.05, u16=0.04):
         u_num = u_num[:, :, 0]
     ex, ey, _ = field(steps)
     err = float(np.sqrt(((u_num[..., 0] - ex) ** 2 + (u_num[..., 1] - ey) ** 2).sum() / (ex ** 2 + ey ** 2).sum()))
+    # amplitude of the Taylor-Green mode alone: the rest of the error is the longitudinal (2k, 0)
+    # sound mode excited by the start, which falls only at first order under diffusive scaling
+    amplitude = float(((u_num[..., 0] * ex).sum() + (u_num[..., 1] * ey).sum()) / (ex ** 2 + ey ** 2).sum())
     ke_num = float((u_num ** 2).sum())
     ke_ex = float((ex ** 2 + ey ** 2).sum())
-    return dict(N=N, steps=steps, rel_l2_velocity=err, kinetic_energy_ratio=ke_num / ke_ex)
+    return dict(N=N, steps=steps, rel_l2_velocity=err, mode_amplitude_error=abs(1.0 - amplitude),
+                kinetic_energy_ratio=ke_num / ke_ex)
 
 
 def run(resolution=None, device=None, precision="float64", dim=2, levels=3, **_):
     N0 = int(resolution or 16)
     rows = [_one(N0 * 2 ** i, dim, device, precision) for i in range(int(levels))]
     orders = [math.log2(a["rel_l2_velocity"] / b["rel_l2_velocity"]) for a, b in zip(rows, rows[1:])]
+    mode_orders = [math.log2(a["mode_amplitude_error"] / b["mode_amplitude_error"]) for a, b in zip(rows, rows[1:])]
     return {"dim": dim, "levels": rows, "orders": orders, "order": orders[-1] if orders else None,
-            "goal": "second order: measured order >= 1.8", "passed": bool(orders and orders[-1] >= 1.8)}
+            "mode_amplitude_orders": mode_orders,
+            "goal": "second order of the velocity error: measured order >= 1.8",
+            "passed": bool(orders and orders[-1] >= 1.8)}
