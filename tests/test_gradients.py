@@ -95,13 +95,15 @@ def test_time_varying_inlet():
 
 @pytest.mark.parametrize("steps", [1, 7, 20])
 def test_strategies_agree(steps):
-    """Store-all, checkpointing (several segment lengths) and memory budgets give the same gradient."""
+    """Store-all, checkpointing (several segment lengths) and memory budgets (two-level, host, and
+    recursive bisection when two levels do not fit) give the same gradient."""
     p = _channel("bgk")
     st = _state(p)
     loss = L.KineticEnergy(when="every") + L.Drag(2)
     ref_v, ref = A.value_and_grad(p, p.parameters(), st, steps, loss, adjoint=A.StoreAll())
     for strat in (A.Checkpointed(), A.Checkpointed(1), A.Checkpointed(3), A.Checkpointed(steps + 5),
-                  A.MemoryBudget(states=12), A.MemoryBudget(states=6, host=True)):
+                  A.MemoryBudget(states=12), A.MemoryBudget(states=6, host=True), A.MemoryBudget(states=3),
+                  A.MemoryBudget(states=5)):
         v, g = A.value_and_grad(p, p.parameters(), st, steps, loss, adjoint=strat)
         assert v == ref_v
         for name in ("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_density"):
@@ -190,3 +192,16 @@ def test_fused_refused_where_it_does_not_apply():
     p = _channel("bgk")
     with pytest.raises(ValueError, match="step_adjoint='fused' does not cover"):
         A.value_and_grad(p, p.parameters(), _state(p), 2, L.KineticEnergy(), step_adjoint="fused")
+
+
+def test_recursive_budget_fused_long_rollout():
+    """A 300-step rollout within 6 stored states (recursive bisection) equals store-all, fused adjoint."""
+    p = lbm.Problem((10, 9), "D2Q9", omega=1.7, precision="float64", device="cpu",
+                    boundaries=[lbm.Wall(face="y+", velocity=(0.05, 0.0))])
+    st = _state(p)
+    loss = L.KineticEnergy(when="every", every=7)
+    v1, g1 = A.value_and_grad(p, p.parameters(), st, 300, loss, adjoint=A.StoreAll(), wrt=("initial", "omega"))
+    v2, g2 = A.value_and_grad(p, p.parameters(), st, 300, loss, adjoint=A.MemoryBudget(states=6), wrt=("initial", "omega"))
+    assert v1 == v2
+    np.testing.assert_allclose(g2.initial, g1.initial, rtol=1e-12, atol=1e-15 * np.abs(g1.initial).max())
+    np.testing.assert_allclose(g2.omega, g1.omega, rtol=1e-12)

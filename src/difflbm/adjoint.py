@@ -106,12 +106,13 @@ def _segment_length(adjoint, steps: int, state_bytes: int) -> tuple[int, bool]:
         n = adjoint.states if adjoint.states is not None else adjoint.bytes // state_bytes
         n = int(n)
         # device states: segment buffer k (+ checkpoints ceil(T/k) unless on the host)
+        if n < 2:
+            raise ValueError(f"MemoryBudget allows {n} states; at least 2 are needed; raise states or bytes")
         for k in range(1, steps + 1):
             need = k + (0 if adjoint.host else math.ceil(steps / k))
             if need <= n:
                 return k, adjoint.host
-        raise ValueError(f"MemoryBudget allows {n} states; a rollout of {steps} steps needs at least "
-                         f"{2 if adjoint.host else 2 * math.isqrt(steps)}; raise states/bytes or set host=True")
+        return -n, False  # two levels do not fit: recursive bisection within n states
     raise TypeError(f"adjoint={adjoint!r} is not a strategy; allowed: StoreAll(), Checkpointed(), MemoryBudget()")
 
 
@@ -171,7 +172,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     terms = [t.bind(problem) for t in loss.terms()]
     state_bytes = initial.f.capacity
     seg, host = _segment_length(adjoint, steps, state_bytes)
-    seg = min(seg, max(steps, 1))
+    recursive_budget = -seg if seg < 0 else 0
+    if seg > 0:
+        seg = min(seg, max(steps, 1))
 
     # ---- forward: checkpoints every `seg` steps, loss accumulated on the way
     out = wp.zeros(1, dtype=wp.float64, device=dev)
@@ -187,7 +190,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                 term.evaluate(problem, a.f, params, out)
         if t == steps:
             break
-        if t % seg == 0:
+        if seg > 0 and t % seg == 0:
             keep(t, a)
         solver.step(a, b, params, solver.window(t, steps))
         a, b = b, a
@@ -206,7 +209,6 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     for term in terms:
         if term.active(steps, steps):
             term.adjoint(problem, final.f, params, adj_out, adj.f, grads)
-    buffer = [State.empty(problem) for _ in range(min(seg, steps))]
     # d loss / d (moving-wall term per link), summed over all steps and mapped to the wall
     # velocities once at the end (the map is linear and the velocities fixed during a rollout)
     adj_wall_term = wp.zeros_like(solver.wall_term)
@@ -216,29 +218,61 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     if fused is not None and "omega" in wrt:
         omega_cells = grads.omega if problem.config.omega_field else wp.zeros(problem.cell_count,
                                                                               dtype=grads.omega.dtype, device=dev)
-    for s in reversed(range(0, steps, seg)):
-        e = min(s + seg, steps)
-        ck = checkpoints.pop(s)
+    adjs = [adj, adj_prev]
+    if recursive_budget:
+        # leaf segments of L states plus a stack of about log2(T / L) checkpoints fit the budget
+        leaf = max(1, recursive_budget // 2)
+        while leaf > 1 and leaf + math.ceil(math.log2(max(steps / leaf, 1.0))) > recursive_budget:
+            leaf -= 1
+    else:
+        leaf = min(seg, steps)
+    buffer = [State.empty(problem) for _ in range(max(leaf, 0))]
+
+    def run_leaf(s0, e0, start: wp.array):
+        """Replay states s0..e0-1 from ``start`` and run the adjoint of steps e0-1 down to s0."""
         if host:
-            buffer[0].f.assign(ck)
+            buffer[0].f.assign(start)
         else:
-            wp.copy(buffer[0].f, ck)
-        for t in range(s, e - 1):
-            solver.step(buffer[t - s], buffer[t - s + 1], params, solver.window(t, steps))
-        for t in reversed(range(s, e)):
+            wp.copy(buffer[0].f, start)
+        for t in range(s0, e0 - 1):
+            solver.step(buffer[t - s0], buffer[t - s0 + 1], params, solver.window(t, steps))
+        for t in reversed(range(s0, e0)):
+            cur, prev = adjs
             if fused is not None:
-                _fused_step_adjoint(solver, fused, buffer[t - s], adj, adj_prev, params, grads, omega_cells, wrt,
+                _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term)
             else:
-                adj_prev.f.zero_()
-                _step_adjoint(solver, buffer[t - s], adj, adj_prev, params, grads, solver.window(t, steps), scratch,
+                prev.f.zero_()
+                _step_adjoint(solver, buffer[t - s0], cur, prev, params, grads, solver.window(t, steps), scratch,
                               wrt, adj_wall_term)
             for term in terms:
                 if term.active(t, steps):
-                    term.adjoint(problem, buffer[t - s].f, params, adj_out, adj_prev.f, grads)
-            adj, adj_prev = adj_prev, adj
-            if check and (t == s or t % 64 == 0):
-                _check_adjoint(solver, adj, t)
+                    term.adjoint(problem, buffer[t - s0].f, params, adj_out, prev.f, grads)
+            adjs.reverse()
+            if check and (t == s0 or t % 64 == 0):
+                _check_adjoint(solver, adjs[0], t)
+
+    def run_recursive(s0, e0, start: wp.array):
+        """Bisect [s0, e0) until a part fits the leaf buffer; one checkpoint per level is alive."""
+        if e0 - s0 <= leaf:
+            run_leaf(s0, e0, start)
+            return
+        mid = s0 + (e0 - s0) // 2
+        wp.copy(a.f, start)
+        for t in range(s0, mid):
+            solver.step(a, b, params, solver.window(t, steps))
+            a.f, b.f = b.f, a.f
+        checkpoint = wp.clone(a.f)
+        run_recursive(mid, e0, checkpoint)
+        del checkpoint
+        run_recursive(s0, mid, start)
+
+    if recursive_budget:
+        run_recursive(0, steps, initial.f)
+    else:
+        for s0 in reversed(range(0, steps, seg)):
+            run_leaf(s0, min(s0 + seg, steps), checkpoints.pop(s0))
+    adj = adjs[0]
 
     if problem.moving_walls and "wall_velocity" in wrt:
         wp.launch(K.wall_term_kernel(problem.lattice.name, problem.precision), dim=problem.wall_link_group.shape[0],
