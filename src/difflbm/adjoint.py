@@ -144,7 +144,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     (``initial`` and the fields of :class:`Parameters`). With ``check`` a non-finite loss or gradient
     raises :class:`DivergenceError`-style errors naming the step where it first appeared.
     ``step_adjoint`` picks the kernel that differentiates a step: ``"fused"`` (hand-written, no
-    atomics; BGK with walls only), ``"warp"`` (Warp's generated adjoint; every configuration) or
+    atomics; BGK or TRT, force, walls), ``"warp"`` (Warp's generated adjoint; every configuration) or
     ``"auto"`` (fused where it applies).
     """
     adjoint = Checkpointed() if adjoint is None else adjoint
@@ -164,7 +164,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         raise ValueError(f"step_adjoint={step_adjoint!r} is not allowed; allowed: 'auto', 'fused', 'warp'")
     supported = K.fused_adjoint_supported(problem.config)
     if step_adjoint == "fused" and not supported:
-        raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK, no force, no solid "
+        raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK or TRT, no solid "
                          "fraction, no curved walls, no open boundaries); use 'warp' or 'auto'")
     solver = Solver(problem)
     fused = K.step_adjoint_kernel(problem.config) if supported and step_adjoint != "warp" else None
@@ -218,6 +218,10 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     if fused is not None and "omega" in wrt:
         omega_cells = grads.omega if problem.config.omega_field else wp.zeros(problem.cell_count,
                                                                               dtype=grads.omega.dtype, device=dev)
+    force_cells = None
+    if fused is not None and "force" in wrt and problem.config.force != K.FORCE_NONE:
+        force_cells = grads.force if problem.config.force == K.FORCE_FIELD else wp.zeros(
+            problem.cell_count, dtype=grads.force.dtype, device=dev)
     adjs = [adj, adj_prev]
     if recursive_budget:
         # leaf segments of L states plus a stack of about log2(T / L) checkpoints fit the budget
@@ -240,7 +244,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             cur, prev = adjs
             if fused is not None:
                 _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, params, grads, omega_cells, wrt,
-                                    adj_wall_term)
+                                    adj_wall_term, force_cells)
             else:
                 prev.f.zero_()
                 _step_adjoint(solver, buffer[t - s0], cur, prev, params, grads, solver.window(t, steps), scratch,
@@ -278,8 +282,12 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         wp.launch(K.wall_term_kernel(problem.lattice.name, problem.precision), dim=problem.wall_link_group.shape[0],
                   inputs=[problem.wall_link_group, params.wall_velocity, solver.wall_term],
                   adj_inputs=[None, grads.wall_velocity, adj_wall_term], adjoint=True, device=dev)
+    if force_cells is not None and problem.config.force == K.FORCE_UNIFORM:
+        total = force_cells.numpy().astype(np.float64).sum(axis=0) + grads.force.numpy()[0]  # + loss terms
+        grads.force.assign(total[None, :].astype(grads.force.numpy().dtype))
     if omega_cells is not None and not problem.config.omega_field:
-        grads.omega.assign(np.array([omega_cells.numpy().astype(np.float64).sum()]).astype(grads.omega.numpy().dtype))
+        total = omega_cells.numpy().astype(np.float64).sum() + grads.omega.numpy()[0]
+        grads.omega.assign(np.array([total]).astype(grads.omega.numpy().dtype))
     g = Gradients(problem, wrt, grads, adj.f)
     for name in wrt:
         if name == "initial":
@@ -331,7 +339,7 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
 
 
 def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State, adj_in: State, params: Parameters,
-                        grads: Parameters, omega_cells, wrt, adj_wall_term):
+                        grads: Parameters, omega_cells, wrt, adj_wall_term, force_cells):
     """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored)."""
     p = solver.problem
     g = p.grid3
@@ -339,8 +347,9 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State,
     want_omega = int(omega_cells is not None)
     wp.launch(kernel, dim=p.cell_count, device=p.device,
               inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
-                      params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, want_wall,
-                      want_omega, g[0], g[1], g[2]])
+                      params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, params.force,
+                      force_cells if force_cells is not None else grads.force, want_wall, want_omega,
+                      int(force_cells is not None), g[0], g[1], g[2]])
 
 
 def _check_adjoint(solver: Solver, adj: State, t: int):

@@ -113,28 +113,30 @@ def link_wall_group(x: int, y: int, z: int, cx: int, cy: int, cz: int, nx: int, 
                     solid_wall: wp.array(dtype=wp.int32), face_wall: wp.array(dtype=wp.int32)) -> int:
     """Wall group at the solid end of the link from (x, y, z) - c to (x, y, z).
 
-    A link that leaves the domain takes its face's group; through an edge or a corner it touches
-    several faces and the smallest group wins (group 0, the default stationary wall, before a lid).
+    A link that leaves the domain through a closed face takes the face's group (``face_wall`` is -1
+    on periodic faces, whose links wrap to the solid cell on the other side); through an edge or a
+    corner it touches several faces and the smallest group wins (group 0, the default stationary
+    wall, before a lid).
     """
     sx = x - cx
     sy = y - cy
     sz = z - cz
     big = int(1 << 30)
     wid = big
-    if sx < 0:
+    if sx < 0 and face_wall[0] >= 0:
         wid = wp.min(wid, face_wall[0])
-    if sx >= nx:
+    if sx >= nx and face_wall[1] >= 0:
         wid = wp.min(wid, face_wall[1])
-    if sy < 0:
+    if sy < 0 and face_wall[2] >= 0:
         wid = wp.min(wid, face_wall[2])
-    if sy >= ny:
+    if sy >= ny and face_wall[3] >= 0:
         wid = wp.min(wid, face_wall[3])
-    if sz < 0:
+    if sz < 0 and face_wall[4] >= 0:
         wid = wp.min(wid, face_wall[4])
-    if sz >= nz:
+    if sz >= nz and face_wall[5] >= 0:
         wid = wp.min(wid, face_wall[5])
     if wid == big:
-        wid = solid_wall[(sx * ny + sy) * nz + sz]
+        wid = solid_wall[neighbour(x, y, z, cx, cy, cz, nx, ny, nz)]
     return wid
 
 
@@ -179,6 +181,7 @@ def physics(lattice_name: str, precision: str):
         """Guo, Zheng & Shi (2002) forcing term, already scaled by (1 - omega/2)."""
         s = vecQ()
         pref = dtype(1.0) - dtype(0.5) * omega
+        pref_odd = dtype(1.0) - dtype(0.5) * omega_m
         for i in range(wp.static(Q)):
             ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
             cu = wp.dot(ci, u)
@@ -391,7 +394,10 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
             # Ginzburg (2008) two-relaxation-time, magic parameter Lambda fixed per configuration
             omega_m = dtype(1.0) / (dtype(wp.static(trt_magic)) / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
         usq = dtype(1.5) * wp.dot(u, u)
-        guo = dtype(1.0) - dtype(0.5) * omega
+        # Guo forcing: the odd part of the source relaxes with omega_m, the even part with omega,
+        # so that the first moment is (1 - omega_m/2) F (for BGK both are omega)
+        guo_even = dtype(1.0) - dtype(0.5) * omega
+        guo_odd = dtype(1.0) - dtype(0.5) * omega_m
         # one direction at a time, equilibrium inline: no Q-vectors of feq or output stay live,
         # which keeps the kernel in registers (see docs/PERF_NOTES.md)
         for i in range(wp.static(Q)):
@@ -408,9 +414,11 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
             else:
                 val = f[i] + omega * (feq_i - f[i])
             if wp.static(cfg.force != FORCE_NONE):
-                # Guo, Zheng & Shi (2002): (1 - omega/2) w_i [3 (c_i - u) + 9 (c_i.u) c_i] . F
+                # Guo, Zheng & Shi (2002): w_i [3 (c_i - u) + 9 (c_i.u) c_i] . F, odd / even parts
                 ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
-                val = val + guo * dtype(wp.static(W[i])) * wp.dot(dtype(3.0) * (ci - u) + cu * dtype(3.0) * ci, force)
+                cf = wp.dot(ci, force)
+                val = val + dtype(wp.static(W[i])) * (guo_odd * dtype(3.0) * cf
+                                                      + guo_even * (cu * dtype(3.0) * cf - dtype(3.0) * wp.dot(u, force)))
             f_out[i, idx] = val
 
     return lbm_step
@@ -457,7 +465,7 @@ def equilibrium_kernel(lattice_name: str, precision: str):
 
 @lru_cache(maxsize=None)
 def macroscopic_kernel(lattice_name: str, precision: str, force_mode: int):
-    """Density and velocity (with Guo's half-force shift when a force acts) per cell."""
+    """Density and velocity per cell of a (post-collision) state, with Guo's half-force shift."""
     ph = physics(lattice_name, precision)
     dtype, vec3, vecQ, Q = ph["dtype"], ph["vec3"], ph["vecQ"], ph["Q"]
     density, momentum = ph["density"], ph["momentum"]
@@ -471,10 +479,12 @@ def macroscopic_kernel(lattice_name: str, precision: str, force_mode: int):
             fl[i] = f[i, idx]
         rho = density(fl)
         m = momentum(fl)
+        # states hold post-collision populations, whose momentum already has the step's full force:
+        # the velocity at their time level is (sum_i c_i f_i - F/2) / rho (Guo et al. 2002)
         if wp.static(force_mode == FORCE_UNIFORM):
-            m = m + dtype(0.5) * force_arr[0]
+            m = m - dtype(0.5) * force_arr[0]
         if wp.static(force_mode == FORCE_FIELD):
-            m = m + dtype(0.5) * force_arr[idx]
+            m = m - dtype(0.5) * force_arr[idx]
         rho_out[idx] = rho
         u_out[idx] = m / rho
 
@@ -578,15 +588,16 @@ def fused_adjoint_supported(cfg: StepConfig) -> bool:
     The fused adjoint needs every population of the input state to be read by exactly one cell
     (streaming plus half-way bounce-back is a permutation), so that the adjoint can scatter with
     plain stores. Interpolated walls, partially-solid cells and open boundaries read some
-    populations twice; forcing and TRT/Smagorinsky need more derivative terms than written here.
+    populations twice; Smagorinsky's omega depends on the stress, a derivative not written here.
     """
-    return (cfg.collision == COLLISION_BGK and cfg.force == FORCE_NONE and not cfg.porosity and not cfg.curved
+    return (cfg.collision in (COLLISION_BGK, COLLISION_TRT) and not cfg.porosity and not cfg.curved
             and not (cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc))
 
 
 @lru_cache(maxsize=None)
 def step_adjoint_kernel(cfg: StepConfig):
-    """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK with (moving) walls.
+    """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK or TRT, Guo forcing and
+    (moving) walls.
 
     Per cell it gathers f exactly as the forward does, recomputes rho, u and feq, and applies the
     transposed Jacobian of out = (1 - omega) f + omega feq(rho(f), u(f)) to adj_out. The result
@@ -618,8 +629,11 @@ def step_adjoint_kernel(cfg: StepConfig):
         omega_arr: wp.array(dtype=dtype),
         adj_wall_term: wp.array2d(dtype=dtype),
         adj_omega: wp.array(dtype=dtype),
+        force_arr: wp.array(dtype=vec3),
+        adj_force: wp.array(dtype=vec3),
         want_wall: int,
         want_omega: int,
+        want_force: int,
         nx: int,
         ny: int,
         nz: int,
@@ -662,30 +676,73 @@ def step_adjoint_kernel(cfg: StepConfig):
         else:
             omega = omega_arr[0]
         rho = density(f)
-        u = momentum(f) / rho
-        feq = equilibrium(rho, u)
+        m = momentum(f)
+        force = vec3()
+        if wp.static(cfg.force == FORCE_UNIFORM):
+            force = force_arr[0]
+        if wp.static(cfg.force == FORCE_FIELD):
+            force = force_arr[idx]
+        if wp.static(cfg.force != FORCE_NONE):
+            m = m + dtype(0.5) * force
+        u = m / rho
+        usq = dtype(1.5) * wp.dot(u, u)
+        # out_i = (1 - A) f_i - B f_opp + A feq_i + B feq_opp (+ Guo source); BGK: A = omega, B = 0
+        omega_m = omega
+        if wp.static(cfg.collision == COLLISION_TRT):
+            omega_m = dtype(1.0) / (dtype(wp.static(cfg.trt_magic)) / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
+        coef_a = dtype(0.5) * (omega + omega_m)
+        coef_b = dtype(0.5) * (omega - omega_m)
+        pref = dtype(1.0) - dtype(0.5) * omega
+        pref_odd = dtype(1.0) - dtype(0.5) * omega_m
         adj_rho = dtype(0.0)
         adj_u = vec3()
+        adj_force_direct = vec3()
         d_omega = dtype(0.0)
+        d_omega_m = dtype(0.0)
         a = vecQ()
         for i in range(wp.static(Q)):
             a[i] = adj_out[i, idx]
         for i in range(wp.static(Q)):
             ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
             cu = wp.dot(ci, u)
-            ae = omega * a[i]
-            adj_rho += ae * feq[i] / rho
-            adj_u += (ae * dtype(wp.static(W[i])) * rho) * (dtype(3.0) * ci + dtype(9.0) * cu * ci - dtype(3.0) * u)
-            d_omega += a[i] * (feq[i] - f[i])
+            wr = dtype(wp.static(W[i])) * rho
+            feq_i = wr * (dtype(1.0) + dtype(3.0) * cu + dtype(4.5) * cu * cu - usq)
+            ae = coef_a * a[i] + coef_b * a[wp.static(OPP[i])]
+            adj_rho += ae * feq_i / rho
+            adj_u += (ae * wr) * (dtype(3.0) * ci + dtype(9.0) * cu * ci - dtype(3.0) * u)
+            if wp.static(cfg.collision == COLLISION_TRT):
+                feq_o = wr * (dtype(1.0) - dtype(3.0) * cu + dtype(4.5) * cu * cu - usq)
+                fo = f[wp.static(OPP[i])]
+                d_omega -= a[i] * dtype(0.5) * ((f[i] + fo) - (feq_i + feq_o))
+                d_omega_m -= a[i] * dtype(0.5) * ((f[i] - fo) - (feq_i - feq_o))
+            else:
+                d_omega += a[i] * (feq_i - f[i])
+            if wp.static(cfg.force != FORCE_NONE):
+                # Guo source S_i = w_i [(1 - omega_m/2) 3 c_i.F + (1 - omega/2)(9 (c_i.u)(c_i.F) - 3 u.F)]
+                cf = wp.dot(ci, force)
+                aw = a[i] * dtype(wp.static(W[i]))
+                adj_u += (aw * pref) * (dtype(9.0) * cf * ci - dtype(3.0) * force)
+                adj_force_direct += aw * (pref_odd * dtype(3.0) * ci + pref * (dtype(9.0) * cu * ci - dtype(3.0) * u))
+                d_omega -= dtype(0.5) * aw * (dtype(9.0) * cu * cf - dtype(3.0) * wp.dot(u, force))
+                d_omega_m -= dtype(0.5) * aw * dtype(3.0) * cf
+        if wp.static(cfg.collision == COLLISION_TRT):
+            # omega_m = 1 / (Lambda / (1/omega - 1/2) + 1/2)
+            xm1 = dtype(1.0) / omega - dtype(0.5)
+            d_omega -= d_omega_m * (dtype(wp.static(cfg.trt_magic)) * omega_m * omega_m / (xm1 * xm1 * omega * omega))
+        else:
+            d_omega += d_omega_m  # BGK: omega_m is omega
         adj_m = adj_u / rho
         adj_rho = adj_rho - wp.dot(adj_u, u) / rho
-        keep = dtype(1.0) - omega
-        adj_in[0, idx] = keep * a[0] + adj_rho
+        if wp.static(cfg.force != FORCE_NONE):
+            if want_force != 0:
+                adj_force[idx] = adj_force[idx] + adj_force_direct + dtype(0.5) * adj_m
+        keep = dtype(1.0) - coef_a
+        adj_in[0, idx] = (keep - coef_b) * a[0] + adj_rho  # the rest population is its own opposite
         for i in range(1, wp.static(Q)):
             cx = wp.static(C[i][0])
             cy = wp.static(C[i][1])
             cz = wp.static(C[i][2])
-            g = keep * a[i] + adj_rho + (dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
+            g = keep * a[i] - coef_b * a[wp.static(OPP[i])] + adj_rho + (dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
                                          + dtype(wp.static(C[i][2])) * adj_m[2])
             if (cell >> wp.uint32(i)) & wp.uint32(1):
                 adj_in[wp.static(OPP[i]), idx] = g

@@ -75,7 +75,7 @@ def _cells_array(problem, mask, name):
 
 
 @lru_cache(maxsize=None)
-def _field_loss_kernel(lattice: str, precision: str, kind: str):
+def _field_loss_kernel(lattice: str, precision: str, kind: str, force_mode: int):
     ph = K.physics(lattice, precision)
     dtype, vec3, vecQ, Q = ph["dtype"], ph["vec3"], ph["vecQ"], ph["Q"]
     density, momentum = ph["density"], ph["momentum"]
@@ -83,7 +83,7 @@ def _field_loss_kernel(lattice: str, precision: str, kind: str):
     @wp.kernel(module="unique", module_options=K.MODULE_OPTIONS)
     def lbm_field_loss(f: wp.array2d(dtype=dtype), cells: wp.array(dtype=wp.int32),
                        target_rho: wp.array(dtype=dtype), target_u: wp.array(dtype=vec3),
-                       weight: float, out: wp.array(dtype=wp.float64)):
+                       force_arr: wp.array(dtype=vec3), weight: float, out: wp.array(dtype=wp.float64)):
         j = wp.tid()
         idx = j
         if cells.shape[0] > 0:
@@ -92,14 +92,19 @@ def _field_loss_kernel(lattice: str, precision: str, kind: str):
         for i in range(wp.static(Q)):
             fl[i] = f[i, idx]
         rho = density(fl)
+        # post-collision populations: the velocity is (sum_i c_i f_i - F/2) / rho (see kernels)
+        m = momentum(fl)
+        if wp.static(force_mode == K.FORCE_UNIFORM):
+            m = m - dtype(0.5) * force_arr[0]
+        if wp.static(force_mode == K.FORCE_FIELD):
+            m = m - dtype(0.5) * force_arr[idx]
         val = dtype(0.0)
         if wp.static(kind == "rho2"):
             val = rho * rho
         if wp.static(kind == "kinetic"):
-            m = momentum(fl)
             val = dtype(0.5) * wp.dot(m, m) / rho
         if wp.static(kind == "velocity"):
-            d = momentum(fl) / rho - target_u[j]
+            d = m / rho - target_u[j]
             val = wp.dot(d, d)
         if wp.static(kind == "density"):
             d = rho - target_rho[j]
@@ -140,16 +145,17 @@ class _FieldLoss(Loss):
             tr = t.ravel()[sel]
         self.target_rho = wp.array(tr.astype(np_dt), dtype=dtype, device=problem.device)
         self.target_u = wp.array(tu.astype(np_dt), dtype=vec3, device=problem.device)
-        self.kernel = _field_loss_kernel(problem.lattice.name, problem.precision, self.kind)
+        self.kernel = _field_loss_kernel(problem.lattice.name, problem.precision, self.kind, problem.force_mode)
         return self
 
     def _launch(self, problem, f, params, out, adj):
-        inputs = [f, self.cells, self.target_rho, self.target_u, self.weight, out]
+        inputs = [f, self.cells, self.target_rho, self.target_u, params.force, self.weight, out]
         if adj is None:
             wp.launch(self.kernel, dim=self.count, inputs=inputs, device=problem.device)
         else:
             wp.launch(self.kernel, dim=self.count, inputs=inputs,
-                      adj_inputs=[adj[0], None, None, None, 0.0, out], adjoint=True, device=problem.device)
+                      adj_inputs=[adj[0], None, None, None, adj[1].force, 0.0, out], adjoint=True,
+                      device=problem.device)
 
 
 class DensitySquared(_FieldLoss):
@@ -252,33 +258,40 @@ class Probe(Loss):
         if len(self.cell) != problem.lattice.dim or any(not (0 <= c < s) for c, s in zip(self.cell, problem.shape)):
             raise ValueError(f"cell={self.cell} is not inside shape={problem.shape}")
         self.index = int(np.ravel_multi_index(self.cell, problem.shape))
-        self.kernel = _probe_kernel(problem.lattice.name, problem.precision, self.quantity)
+        self.kernel = _probe_kernel(problem.lattice.name, problem.precision, self.quantity, problem.force_mode)
         return self
 
     def _launch(self, problem, f, params, out, adj):
-        inputs = [f, self.index, self.weight, out]
+        inputs = [f, self.index, params.force, self.weight, out]
         if adj is None:
             wp.launch(self.kernel, dim=1, inputs=inputs, device=problem.device)
         else:
-            wp.launch(self.kernel, dim=1, inputs=inputs, adj_inputs=[adj[0], 0, 0.0, out], adjoint=True,
+            wp.launch(self.kernel, dim=1, inputs=inputs, adj_inputs=[adj[0], 0, adj[1].force, 0.0, out], adjoint=True,
                       device=problem.device)
 
 
 @lru_cache(maxsize=None)
-def _probe_kernel(lattice: str, precision: str, quantity: str):
+def _probe_kernel(lattice: str, precision: str, quantity: str, force_mode: int):
     ph = K.physics(lattice, precision)
     dtype, vecQ, Q, density, momentum = ph["dtype"], ph["vecQ"], ph["Q"], ph["density"], ph["momentum"]
+    vec3 = ph["vec3"]
     comp = {"ux": 0, "uy": 1, "uz": 2}.get(quantity, -1)
 
     @wp.kernel(module="unique", module_options=K.MODULE_OPTIONS)
-    def lbm_probe(f: wp.array2d(dtype=dtype), idx: int, weight: float, out: wp.array(dtype=wp.float64)):
+    def lbm_probe(f: wp.array2d(dtype=dtype), idx: int, force_arr: wp.array(dtype=vec3), weight: float,
+                  out: wp.array(dtype=wp.float64)):
         fl = vecQ()
         for i in range(wp.static(Q)):
             fl[i] = f[i, idx]
         rho = density(fl)
+        m = momentum(fl)
+        if wp.static(force_mode == K.FORCE_UNIFORM):
+            m = m - dtype(0.5) * force_arr[0]
+        if wp.static(force_mode == K.FORCE_FIELD):
+            m = m - dtype(0.5) * force_arr[idx]
         val = rho
         if wp.static(comp >= 0):
-            val = momentum(fl)[wp.static(comp)] / rho
+            val = m[wp.static(comp)] / rho
         wp.atomic_add(out, 0, wp.float64(val) * wp.float64(weight))
 
     return lbm_probe

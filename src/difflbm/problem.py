@@ -344,6 +344,9 @@ class Problem:
             else:
                 self.has_outflow = True
         self.periodic3 = tuple(not nonperiodic[a] if a < D else True for a in range(3))
+        for a in range(3):
+            if self.periodic3[a]:
+                face_wall[2 * a: 2 * a + 2] = -1  # periodic faces are not walls: links wrap
         kind[solid] = K.KIND_SOLID
         # boundary-link bits
         code = np.zeros(self.shape, dtype=np.uint32)
@@ -413,6 +416,8 @@ class Problem:
             src = [coords[a] - ci[a] for a in range(D)]
             out_any = np.zeros(self.shape, dtype=bool)
             for a in range(D):
+                if self.periodic3[a]:
+                    continue  # the link wraps to the cell on the other side
                 lo, hi = src[a] < 0, src[a] >= self.shape[a]
                 g = np.where(lo, np.minimum(g, face_wall[2 * a]), g)
                 g = np.where(hi, np.minimum(g, face_wall[2 * a + 1]), g)

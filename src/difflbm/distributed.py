@@ -1,0 +1,635 @@
+"""Domain decomposition in slabs along x on ``torch.distributed``: forward runs and gradients.
+
+Every rank builds the global :class:`~difflbm.problem.Problem` (host-side, cheap) and a local view
+of its slab of x-planes plus one halo plane on each side, sliced from the global arrays (cell codes,
+slots, wall tables, per-cell parameters), so that boundary links at global faces are exactly the
+global ones. The step kernel wraps every axis; on the local slab the wrap in x only ever connects
+the two halo planes, whose results are discarded.
+
+One step: exchange halo populations with the two ring neighbours (only the directions that cross
+the cut: c_x = +1 to the right, c_x = -1 to the left), then the existing fused step kernel on the
+extended slab. The adjoint of a step is the existing step adjoint (fused or Warp's) on the extended
+slab; what lands in the halo planes is sent back and *added* to the owner's boundary planes, and
+the halo planes of the adjoint are zeroed. Losses count owned cells only and are summed over ranks;
+parameter gradients are summed over ranks; per-cell gradients stay per rank (``gather=True``
+assembles them on every rank). See docs/DISTRIBUTED.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from functools import lru_cache
+
+import numpy as np
+import warp as wp
+
+from . import kernels as K
+from . import losses as L
+from .adjoint import GRAD_TARGETS, Checkpointed, MemoryBudget, StoreAll, _fused_step_adjoint, _step_adjoint
+from .problem import Parameters, Problem, State
+from .solver import Solver
+
+__all__ = ["slab_bounds", "SlabDecomposition", "distributed_run", "distributed_value_and_grad",
+           "DistributedGradients"]
+
+
+def _torch():
+    import torch
+    import torch.distributed as dist
+    return torch, dist
+
+
+def slab_bounds(nx: int, world: int) -> list[tuple[int, int]]:
+    """(first x-plane, plane count) of every rank; uneven splits give the first ranks one plane more."""
+    nx, world = int(nx), int(world)
+    if world < 1:
+        raise ValueError(f"world size {world} must be >= 1")
+    if world > nx:
+        raise ValueError(f"nx={nx} x-planes cannot be split over {world} ranks: every rank needs at least one "
+                         f"plane; allowed: at most {nx} ranks")
+    base, extra = divmod(nx, world)
+    out, x0 = [], 0
+    for r in range(world):
+        n = base + (1 if r < extra else 0)
+        out.append((x0, n))
+        x0 += n
+    return out
+
+
+def _rank_world(group):
+    _, dist = _torch()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+class SlabDecomposition:
+    """The slab of ``problem`` owned by this rank, as a local :class:`Problem` with one halo plane each side.
+
+    ``rank``/``world`` default to the ``torch.distributed`` group (or 0/1 without one). ``local`` is
+    the extended problem (shape (n + 2, ny[, nz])); ``owned`` the slice of its owned planes.
+    """
+
+    def __init__(self, problem: Problem, group=None, rank: int | None = None, world: int | None = None):
+        r, w = _rank_world(group)
+        self.rank = r if rank is None else int(rank)
+        self.world = w if world is None else int(world)
+        self.group = group
+        self.problem = problem
+        nx, ny, nz = problem.grid3
+        self.bounds = slab_bounds(nx, self.world)
+        self.x0, self.n = self.bounds[self.rank]
+        self.plane = ny * nz
+        self.xs = np.array([(self.x0 - 1) % nx] + list(range(self.x0, self.x0 + self.n)) + [(self.x0 + self.n) % nx])
+        self.left, self.right = (self.rank - 1) % self.world, (self.rank + 1) % self.world
+        C = problem.lattice.velocities3()
+        self.dirs_pos = [i for i in range(problem.lattice.q) if C[i][0] == 1]   # cross a cut going right
+        self.dirs_neg = [i for i in range(problem.lattice.q) if C[i][0] == -1]  # going left
+        self.local = self._local_problem()
+        S, n = self.plane, self.n
+        self.owned = slice(S, (n + 1) * S)
+
+    # -------------------------------------------------------------- local problem
+    def _x(self, arr, per_cell_trailing=()):
+        """Slice a global per-cell array (flat (N, ...) or grid-shaped) to the extended slab, flat."""
+        g = self.problem.grid3
+        a = np.asarray(arr)
+        a = a.reshape((g[0], g[1] * g[2]) + tuple(per_cell_trailing))
+        return np.ascontiguousarray(a[self.xs].reshape((-1,) + tuple(per_cell_trailing)))
+
+    def _local_problem(self) -> Problem:
+        gp = self.problem
+        lp = Problem.__new__(Problem)
+        ext = (self.n + 2,) + gp.shape[1:]
+        lp.lattice, lp.collision, lp.precision, lp.device = gp.lattice, gp.collision, gp.precision, gp.device
+        lp.shape, lp.grid3 = ext, (self.n + 2,) + gp.grid3[1:]
+        lp.cell_count = int(np.prod(ext))
+        lp.inlet_windows, lp.boundaries = gp.inlet_windows, gp.boundaries
+        lp._omega = gp._omega[self.xs] if np.ndim(gp._omega) else gp._omega
+        lp.force_mode = gp.force_mode
+        lp._force = gp._force[self.xs] if gp.force_mode == K.FORCE_FIELD else gp._force
+        lp._solid_fraction = gp._solid_fraction[self.xs] if gp._solid_fraction is not None else None
+        for name in ("wall_groups", "inlet_groups", "outlet_groups", "has_outflow", "moving_walls", "curved",
+                     "inlet_slots", "outlet_slots", "_walls", "_inlet", "_outlet"):
+            setattr(lp, name, getattr(gp, name))
+        # the local x axis wraps (the kernel wraps every axis; cell codes carry the global faces)
+        lp.periodic3 = (True,) + tuple(gp.periodic3[1:])
+        # same generated kernel as the global problem: the step kernel does not read cfg.periodic
+        lp.config = gp.config
+        lp.solid = gp.solid[self.xs]
+        lp.code_np = self._x(gp.code_np)
+        slot = self._x(gp._arrays["slot"])
+        solid_wall = self._x(gp._arrays["solid_wall"])
+        lp._arrays = dict(slot=slot, solid_wall=solid_wall, face_wall=gp._arrays["face_wall"])
+        # halo cells get no wall term: their results are discarded, and no table entry is then
+        # shared between an owned cell and a halo cell (with one rank they would be the same cell)
+        wall_slot = self._x(gp.wall_slot_np) if gp.moving_walls else gp.wall_slot_np
+        if gp.moving_walls:
+            wall_slot[: self.plane] = -1
+            wall_slot[-self.plane:] = -1
+        lp.wall_slot_np, lp.wall_link_group_np = wall_slot, gp.wall_link_group_np
+        lp._link_q = gp._link_q[:, self.xs] if gp._link_q is not None else None
+        dev, Q = gp.device, gp.lattice.q
+        lp.wall_slot = wp.array(wall_slot, dtype=wp.int32, device=dev)
+        lp.wall_link_group = gp.wall_link_group
+        lp.code = wp.array(lp.code_np, dtype=wp.uint32, device=dev)
+        lp.slot = wp.array(slot, dtype=wp.int32, device=dev)
+        lp.solid_wall = wp.array(solid_wall, dtype=wp.int32, device=dev)
+        lp.face_wall = gp.face_wall
+        dtype = K.wp_dtype(gp.precision)
+        lq = lp._link_q.reshape(Q, -1) if lp._link_q is not None else np.full((Q, 1), 0.5)
+        lp.link_q = wp.array(lq, dtype=dtype, device=dev)
+        lp.distributed_slab = (self.rank, self.world, self.x0, self.n)
+        return lp
+
+    def per_cell(self, name: str) -> bool:
+        """Whether parameter ``name`` has one entry per cell in this problem."""
+        cfg = self.problem.config
+        return {"omega": cfg.omega_field, "force": cfg.force == K.FORCE_FIELD, "solid_fraction": cfg.porosity}.get(name, False)
+
+    def local_parameters(self, params: Parameters | None = None) -> Parameters:
+        """The extended slab's :class:`Parameters` with the values of the global ``params``."""
+        lp = Parameters(self.local)
+        if params is None:
+            return lp
+        if params.problem is not self.problem:
+            raise ValueError("params must belong to the decomposed problem")
+        for name in Parameters.NAMES:
+            v = getattr(params, name).numpy()
+            if self.per_cell(name):
+                v = self._x(v, v.shape[1:])
+            getattr(lp, name).assign(v)
+        return lp
+
+    def local_state(self, initial=None) -> State:
+        """The extended slab's :class:`State` from a global State, a (Q, *shape) array, or None (rest)."""
+        gp = self.problem
+        if initial is None:
+            initial = gp.state()
+        f = initial.f.numpy() if isinstance(initial, State) else np.asarray(initial)
+        f = f.reshape(gp.lattice.q, gp.cell_count)
+        st = State.empty(self.local)
+        st.f.assign(np.ascontiguousarray(self._x(f.T, (gp.lattice.q,)).T).astype(st.f.numpy().dtype))
+        return st
+
+    # -------------------------------------------------------------- communication
+    def _sync(self):
+        """Order Warp's and torch's streams around the exchange (no-op on the CPU)."""
+        if self.problem.device.is_cuda:
+            torch, _ = _torch()
+            wp.synchronize_device(self.problem.device)
+            torch.cuda.synchronize()
+
+    def _swap(self, sends):
+        """Exchange with the ring neighbours. ``sends`` = [(tensor, to 'left'|'right', tag)];
+        returns the received tensors in the same order (from the opposite neighbour, same tag)."""
+        torch, dist = _torch()
+        if self.world == 1:
+            return [t.clone() for t, _, _ in sends]
+        backend = dist.get_backend(self.group)
+        stage = backend == "gloo" and sends and sends[0][0].is_cuda
+        ops, recvs = [], []
+        for t, to, tag in sends:
+            peer = self.right if to == "right" else self.left
+            src = self.left if to == "right" else self.right
+            out = torch.empty_like(t, device="cpu" if stage else t.device)
+            ops.append(dist.P2POp(dist.isend, (t.cpu() if stage else t).contiguous(), self._global(peer), self.group, tag))
+            ops.append(dist.P2POp(dist.irecv, out, self._global(src), self.group, tag))
+            recvs.append(out)
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+        return [r.to(sends[0][0].device) for r in recvs]
+
+    def _global(self, r):
+        _, dist = _torch()
+        return dist.get_global_rank(self.group, r) if self.group is not None else r
+
+    def exchange(self, f: wp.array):
+        """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes."""
+        torch, _ = _torch()
+        self._sync()
+        t = wp.to_torch(f)
+        S, n = self.plane, self.n
+        pos, neg = self.dirs_pos, self.dirs_neg
+        got = self._swap([(t[pos, n * S:(n + 1) * S].contiguous(), "right", 0),
+                          (t[neg, S:2 * S].contiguous(), "left", 1)])
+        t[pos, 0:S] = got[0]
+        t[neg, (n + 1) * S:] = got[1]
+        self._sync()
+
+    def reverse_exchange(self, adj: wp.array, rows_pos=None, rows_neg=None):
+        """Adjoint of :meth:`exchange`: halo values are added to the owners' boundary planes, halos zeroed.
+
+        ``adj`` is (Q, cells) populations, or a per-cell array (cells,) / (cells, k) with ``rows_*`` None.
+        """
+        self._sync()
+        t = wp.to_torch(adj)
+        S, n = self.plane, self.n
+        if t.dim() == 2 and t.shape[0] == self.problem.lattice.q and t.shape[1] == self.local.cell_count:
+            pos, neg = self.dirs_pos, self.dirs_neg
+            got = self._swap([(t[pos, 0:S].contiguous(), "left", 2),
+                              (t[neg, (n + 1) * S:].contiguous(), "right", 3)])
+            t[pos, n * S:(n + 1) * S] += got[0]
+            t[neg, S:2 * S] += got[1]
+            t[:, 0:S] = 0
+            t[:, (n + 1) * S:] = 0
+        else:  # per-cell field: every component of the halo cells goes back
+            got = self._swap([(t[0:S].contiguous(), "left", 4), (t[(n + 1) * S:].contiguous(), "right", 5)])
+            t[n * S:(n + 1) * S] += got[0]
+            t[S:2 * S] += got[1]
+            t[0:S] = 0
+            t[(n + 1) * S:] = 0
+        self._sync()
+
+    def all_reduce(self, arr: np.ndarray) -> np.ndarray:
+        """Sum of a host array over ranks (float64)."""
+        torch, dist = _torch()
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64).copy())
+        if self.world > 1:
+            dev = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+            t = t.to(dev)
+            dist.all_reduce(t, group=self.group)
+        return t.cpu().numpy()
+
+    def gather_cells(self, owned: np.ndarray) -> np.ndarray:
+        """Global per-cell array (cells first, flat) from every rank's owned part; on every rank."""
+        torch, dist = _torch()
+        if self.world == 1:
+            return owned
+        S = self.plane
+        nmax = max(n for _, n in self.bounds)
+        pad = np.zeros((nmax * S,) + owned.shape[1:], dtype=owned.dtype)
+        pad[: owned.shape[0]] = owned
+        t = torch.from_numpy(pad)
+        dev = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+        t = t.to(dev)
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t, group=self.group)
+        return np.concatenate([p.cpu().numpy()[: n * S] for p, (_, n) in zip(parts, self.bounds)])
+
+    def gather_populations(self, f_ext: np.ndarray) -> np.ndarray:
+        """Global (Q, *shape) populations from every rank's extended (Q, cells) array."""
+        gp = self.problem
+        owned = np.ascontiguousarray(f_ext[:, self.owned].T)
+        return self.gather_cells(owned).T.reshape((gp.lattice.q,) + gp.shape)
+
+    # -------------------------------------------------------------- losses
+    def local_loss_terms(self, loss: L.Loss) -> list:
+        """The terms of ``loss`` restricted to owned cells, bound to the local problem (some ranks may
+        get none of a term; the schedule of every term is the global one)."""
+        out = []
+        for term in loss.terms():
+            part = self._local_term(term)
+            if part is not None:
+                out.append(part)
+        return out
+
+    def _owned_mask(self):
+        m = np.zeros(self.local.shape, dtype=bool)
+        m[1:-1] = True
+        return m
+
+    def _local_field(self, term, weight=None):
+        t = copy.copy(term)
+        region = self._owned_mask()
+        if term.region is not None:
+            region &= np.asarray(term.region)[self.xs]
+        if not region.any():
+            return None
+        t.region = region
+        if term.target is not None and isinstance(term, (L.VelocityMismatch, L.DensityMismatch)):
+            t.target = np.asarray(term.target)[self.xs]
+        if weight is not None:
+            t.weight = weight
+        return t.bind(self.local)
+
+    def _local_term(self, term):
+        gp = self.problem
+        if isinstance(term, L.PressureDrop):
+            parts = []
+            for sub in (term.a, term.b):
+                count = int(np.count_nonzero(np.asarray(sub.region)))
+                part = self._local_field(sub, weight=term.weight / count)
+                if part is not None:
+                    parts.append(part)
+            return _Scheduled(term, parts) if parts else None
+        if isinstance(term, L._FieldLoss):
+            part = self._local_field(term)
+            return _Scheduled(term, [part]) if part is not None else None
+        if isinstance(term, L.Probe):
+            term.bind(gp)  # validates the cell
+            x = term.cell[0]
+            if not (self.x0 <= x < self.x0 + self.n):
+                return None
+            t = copy.copy(term)
+            t.cell = (x - self.x0 + 1,) + tuple(term.cell[1:])
+            return _Scheduled(term, [t.bind(self.local)])
+        if isinstance(term, L.Drag):
+            term.bind(gp)  # validates boundary and axis
+            return _Scheduled(term, [_OwnedDrag(self, term)])
+        raise ValueError(f"loss term {type(term).__name__} is not supported by the slab decomposition; "
+                         "supported: KineticEnergy, DensitySquared, VelocityMismatch, DensityMismatch, DensitySum, "
+                         "PressureDrop, Probe, Drag (a KernelLoss indexes global cells)")
+
+
+class _Scheduled:
+    """A loss term's global schedule with its local parts."""
+
+    def __init__(self, term, parts):
+        self.term, self.parts = term, parts
+
+    def active(self, t, steps):
+        return self.term.active(t, steps)
+
+    def evaluate(self, problem, f, params, out):
+        for p in self.parts:
+            p._launch(problem, f, params, out, None)
+
+    def adjoint(self, problem, f, params, adj_out, adj_f, adj_params):
+        for p in self.parts:
+            p._launch(problem, f, params, adj_out, (adj_f, adj_params))
+
+
+def _link_groups(problem: Problem) -> np.ndarray:
+    """Wall group of every link of every cell as :func:`kernels.link_wall_group` computes it on the
+    global grid (closed faces by coordinates, else the solid source's group); shape (Q, N)."""
+    lat, D = problem.lattice, problem.lattice.dim
+    sw = problem._arrays["solid_wall"].reshape(problem.shape)
+    fw = problem._arrays["face_wall"]
+    coords = np.indices(problem.shape)
+    groups = np.zeros((lat.q,) + problem.shape, dtype=np.int32)
+    big = 1 << 30
+    for i, ci in enumerate(lat.velocities):
+        if not ci.any():
+            continue
+        g = np.full(problem.shape, big, dtype=np.int64)
+        src = [coords[a] - ci[a] for a in range(D)]
+        out_any = np.zeros(problem.shape, dtype=bool)
+        for a in range(D):
+            if problem.periodic3[a]:
+                continue  # periodic faces are not walls: the link wraps to the other side
+            lo, hi = src[a] < 0, src[a] >= problem.shape[a]
+            g = np.where(lo, np.minimum(g, fw[2 * a]), g)
+            g = np.where(hi, np.minimum(g, fw[2 * a + 1]), g)
+            out_any |= lo | hi
+        wrapped = tuple(np.mod(src[a], problem.shape[a]) for a in range(D))
+        groups[i] = np.where(out_any, g, sw[wrapped])
+    return groups.reshape(lat.q, -1)
+
+
+class _OwnedDrag:
+    """:class:`losses.Drag` over the owned cells of a slab, with the link groups of the global grid."""
+
+    def __init__(self, dec: SlabDecomposition, term):
+        self.dec, self.term = dec, term
+        gp = dec.problem
+        groups = _link_groups(gp)
+        loc = dec._x(groups.T, (gp.lattice.q,)).T
+        self.groups = wp.array(np.ascontiguousarray(loc), dtype=wp.int32, device=gp.device)
+        self.kernel = _owned_drag_kernel(gp.lattice.name, gp.precision, gp.curved, term.axis)
+
+    def _launch(self, problem, f, params, out, adj):
+        g = problem.grid3
+        d = self.dec
+        inputs = [f, problem.code, self.groups, problem.link_q, self.term.group, d.plane, g[0], g[1], g[2],
+                  self.term.weight, out]
+        dim = d.n * d.plane
+        if adj is None:
+            wp.launch(self.kernel, dim=dim, inputs=inputs, device=problem.device)
+        else:
+            wp.launch(self.kernel, dim=dim, inputs=inputs,
+                      adj_inputs=[adj[0], None, None, None, 0, 0, 0, 0, 0, 0.0, out], adjoint=True,
+                      device=problem.device)
+
+
+@lru_cache(maxsize=None)
+def _owned_drag_kernel(lattice: str, precision: str, curved: bool, axis: int):
+    ph = K.physics(lattice, precision)
+    dtype, vec3, Q, C, OPP = ph["dtype"], ph["vec3"], ph["Q"], ph["C"], ph["OPP"]
+
+    @wp.kernel(module="unique", module_options=K.MODULE_OPTIONS)
+    def lbm_owned_drag(f: wp.array2d(dtype=dtype), code: wp.array(dtype=wp.uint32),
+                       groups: wp.array2d(dtype=wp.int32), link_q: wp.array2d(dtype=dtype), group: int,
+                       first: int, nx: int, ny: int, nz: int, weight: float, out: wp.array(dtype=wp.float64)):
+        idx = wp.tid() + first
+        cell = code[idx]
+        total = vec3()
+        if int(cell >> wp.uint32(K.KIND_SHIFT)) != K.KIND_SOLID:
+            z = idx % nz
+            y = (idx / nz) % ny
+            x = idx / (ny * nz)
+            for i in range(1, wp.static(Q)):
+                cx = wp.static(C[i][0])
+                cy = wp.static(C[i][1])
+                cz = wp.static(C[i][2])
+                if (cell >> wp.uint32(i)) & wp.uint32(1):
+                    if groups[i, idx] == group:
+                        fo = f[wp.static(OPP[i]), idx]
+                        back = fo
+                        if wp.static(curved):
+                            q = link_q[i, idx]
+                            if q < dtype(0.5):
+                                nb = K.neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
+                                back = dtype(2.0) * q * fo + (dtype(1.0) - dtype(2.0) * q) * f[wp.static(OPP[i]), nb]
+                            else:
+                                inv = dtype(0.5) / q
+                                back = inv * fo + (dtype(1.0) - inv) * f[i, idx]
+                        total -= (fo + back) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
+                                                    dtype(wp.static(C[i][2])))
+        wp.atomic_add(out, 0, wp.float64(total[wp.static(axis)]) * wp.float64(weight))
+
+    return lbm_owned_drag
+
+
+# ------------------------------------------------------------------ entry points
+def _resolve(problem, initial, params):
+    problem = problem() if callable(problem) and not isinstance(problem, Problem) else problem
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem={problem!r} must be a Problem or a callable returning one")
+    if callable(initial) and not isinstance(initial, State):
+        initial = initial(problem)
+    if callable(params) and not isinstance(params, Parameters):
+        params = params(problem)
+    return problem, initial, params
+
+
+def distributed_run(problem, steps: int, initial=None, params=None, group=None, gather: bool = True):
+    """Advance ``steps`` steps on this rank's slab; every rank of ``group`` must call it.
+
+    ``problem`` is a :class:`Problem` or a factory ``() -> Problem`` (each rank builds the global
+    problem); ``initial`` a global State, a (Q, *shape) array, a factory ``problem -> State`` or
+    None (rest); ``params`` global Parameters, a factory, or None. Returns the global populations
+    (Q, *shape) on every rank with ``gather``, else this rank's owned slab (Q, n, ny[, nz]).
+    """
+    problem, initial, params = _resolve(problem, initial, params)
+    if int(steps) < 0:
+        raise ValueError(f"steps={steps} must be >= 0")
+    dec = SlabDecomposition(problem, group=group)
+    lp = dec.local
+    lparams = dec.local_parameters(params)
+    solver = Solver(lp)
+    a, b = dec.local_state(initial), State.empty(lp)
+    for t in range(int(steps)):
+        dec.exchange(a.f)
+        solver.step(a, b, lparams, solver.window(t, steps))
+        a, b = b, a
+    f = a.f.numpy()
+    if gather:
+        return dec.gather_populations(f)
+    return f[:, dec.owned].reshape((problem.lattice.q, dec.n) + problem.shape[1:])
+
+
+class DistributedGradients:
+    """Gradients of a distributed rollout in the global layout of :class:`Parameters` (summed over
+    ranks), ``initial`` as (Q, *shape) when gathered, else this rank's slab (Q, n, ny[, nz]);
+    per-cell parameter gradients likewise gathered or owned-only. Names not asked for are None."""
+
+    def __init__(self, values: dict, wrt):
+        self._values, self.wrt = values, tuple(wrt)
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in GRAD_TARGETS:
+            raise AttributeError(name)
+        return self._values.get(name)
+
+
+def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, params=None, adjoint=None,
+                               wrt=GRAD_TARGETS, step_adjoint: str = "auto", group=None, gather: bool = True):
+    """Loss and gradients of a rollout decomposed in x-slabs; every rank of ``group`` must call it.
+
+    Arguments as in :func:`distributed_run` and :func:`difflbm.adjoint.value_and_grad`. ``adjoint``:
+    :class:`StoreAll` or :class:`Checkpointed` (default), applied per rank (each rank keeps the
+    checkpoints of its own slab, halos included; segments are replayed with halo exchanges).
+    Returns ``(value, DistributedGradients)`` with the same value on every rank.
+    """
+    problem, initial, params = _resolve(problem, initial, params)
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0")
+    wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    for name in wrt:
+        if name not in GRAD_TARGETS:
+            raise ValueError(f"wrt={name!r} is not differentiable; allowed: {', '.join(GRAD_TARGETS)}")
+    if not isinstance(loss, L.Loss):
+        raise TypeError(f"loss={loss!r} must be a difflbm.losses.Loss")
+    if step_adjoint not in ("auto", "fused", "warp"):
+        raise ValueError(f"step_adjoint={step_adjoint!r} is not allowed; allowed: 'auto', 'fused', 'warp'")
+    adjoint = Checkpointed() if adjoint is None else adjoint
+    if isinstance(adjoint, StoreAll):
+        seg = max(steps, 1)
+    elif isinstance(adjoint, Checkpointed):
+        seg = int(adjoint.segment) if adjoint.segment else max(1, math.isqrt(max(steps - 1, 0)) + 1)
+    elif isinstance(adjoint, MemoryBudget):
+        raise ValueError("adjoint=MemoryBudget(...) is not supported by distributed_value_and_grad; "
+                         "allowed: StoreAll(), Checkpointed(segment)")
+    else:
+        raise TypeError(f"adjoint={adjoint!r} is not a strategy; allowed: StoreAll(), Checkpointed()")
+    seg = min(seg, max(steps, 1))
+    supported = K.fused_adjoint_supported(problem.config)
+    if step_adjoint == "fused" and not supported:
+        raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK, no force, no solid "
+                         "fraction, no curved walls, no open boundaries); use 'warp' or 'auto'")
+
+    dec = SlabDecomposition(problem, group=group)
+    lp = dec.local
+    dev = lp.device
+    lparams = dec.local_parameters(params)
+    solver = Solver(lp)
+    fused = K.step_adjoint_kernel(lp.config) if supported and step_adjoint != "warp" else None
+    terms = dec.local_loss_terms(loss)
+
+    # ---- forward: states are kept after their halo exchange (what the step and the loss read)
+    out = wp.zeros(1, dtype=wp.float64, device=dev)
+    checkpoints = {}
+    a, b = dec.local_state(initial), State.empty(lp)
+    for t in range(steps + 1):
+        dec.exchange(a.f)
+        for term in terms:
+            if term.active(t, steps):
+                term.evaluate(lp, a.f, lparams, out)
+        if t == steps:
+            break
+        if t % seg == 0:
+            checkpoints[t] = wp.clone(a.f)
+        solver.step(a, b, lparams, solver.window(t, steps))
+        a, b = b, a
+    final = a
+    value = float(dec.all_reduce(out.numpy())[0])
+
+    # ---- backward
+    adj_out = wp.ones(1, dtype=wp.float64, device=dev)
+    grads = lparams.zeros_like()
+    adjs = [State.empty(lp), State.empty(lp)]
+    scratch = State.empty(lp)
+    for term in terms:
+        if term.active(steps, steps):
+            term.adjoint(lp, final.f, lparams, adj_out, adjs[0].f, grads)
+    dec.reverse_exchange(adjs[0].f)
+    adj_wall_term = wp.zeros_like(solver.wall_term)
+    solver.update_wall_term(lparams)
+    omega_cells = None
+    if fused is not None and "omega" in wrt:
+        omega_cells = grads.omega if lp.config.omega_field else wp.zeros(lp.cell_count, dtype=grads.omega.dtype,
+                                                                         device=dev)
+    # the fused adjoint takes a per-cell force accumulator where it covers forcing (newer adjoint.py)
+    fused_force = "force_cells" in inspect.signature(_fused_step_adjoint).parameters
+    force_cells = None
+    if fused is not None and fused_force and "force" in wrt and lp.config.force != K.FORCE_NONE:
+        force_cells = grads.force if lp.config.force == K.FORCE_FIELD else wp.zeros(
+            lp.cell_count, dtype=grads.force.dtype, device=dev)
+    extra = (force_cells,) if fused_force else ()
+    buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)))]
+    for s0 in reversed(range(0, steps, seg)):
+        e0 = min(s0 + seg, steps)
+        wp.copy(buffer[0].f, checkpoints.pop(s0))
+        for t in range(s0, e0 - 1):
+            solver.step(buffer[t - s0], buffer[t - s0 + 1], lparams, solver.window(t, steps))
+            dec.exchange(buffer[t - s0 + 1].f)
+        for t in reversed(range(s0, e0)):
+            cur, prev = adjs
+            prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
+            if fused is not None:
+                _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt,
+                                    adj_wall_term, *extra)
+            else:
+                _step_adjoint(solver, buffer[t - s0], cur, prev, lparams, grads, solver.window(t, steps), scratch,
+                              wrt, adj_wall_term)
+            for term in terms:
+                if term.active(t, steps):
+                    term.adjoint(lp, buffer[t - s0].f, lparams, adj_out, prev.f, grads)
+            dec.reverse_exchange(prev.f)
+            adjs.reverse()
+    adj = adjs[0]
+
+    if lp.moving_walls and "wall_velocity" in wrt:
+        wp.launch(K.wall_term_kernel(lp.lattice.name, lp.precision), dim=lp.wall_link_group.shape[0],
+                  inputs=[lp.wall_link_group, lparams.wall_velocity, solver.wall_term],
+                  adj_inputs=[None, grads.wall_velocity, adj_wall_term], adjoint=True, device=dev)
+    if force_cells is not None and lp.config.force == K.FORCE_UNIFORM:
+        total = force_cells.numpy().astype(np.float64).sum(axis=0)
+        grads.force.assign(total[None, :].astype(grads.force.numpy().dtype))
+    if omega_cells is not None and not lp.config.omega_field:
+        grads.omega.assign(np.array([omega_cells.numpy().astype(np.float64).sum()]).astype(grads.omega.numpy().dtype))
+    if lp.config.porosity and "solid_fraction" in wrt:
+        dec.reverse_exchange(grads.solid_fraction)  # interior cells read the halo's solid fraction
+
+    values = {}
+    for name in GRAD_TARGETS:  # every rank runs the same collectives in the same order
+        if name not in wrt:
+            continue
+        if name == "initial":
+            f = adj.f.numpy()
+            values[name] = dec.gather_populations(f) if gather else \
+                f[:, dec.owned].reshape((problem.lattice.q, dec.n) + problem.shape[1:])
+            continue
+        arr = getattr(grads, name).numpy()
+        if dec.per_cell(name):
+            owned = arr[dec.owned]
+            values[name] = dec.gather_cells(owned).astype(arr.dtype) if gather else owned
+        else:
+            values[name] = dec.all_reduce(arr).astype(arr.dtype)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} after {steps} steps")
+    return value, DistributedGradients(values, wrt)
