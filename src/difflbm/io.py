@@ -45,7 +45,8 @@ def _check_state(problem: Problem, state: State):
 def macroscopic(problem: Problem, state: State):
     """Density (shape ``shape``) and velocity (shape (*shape, 3)) in lattice units, on the host.
 
-    With a body force the velocity carries Guo's half-force shift, as the solver's own macroscopics.
+    States hold post-collision populations, so with a body force F (the problem's construction
+    value) the velocity is (sum_i c_i f_i - F/2) / rho, as the solver's own macroscopics.
     """
     f = state.populations().astype(np.float64)
     c = problem.lattice.velocities.astype(np.float64)
@@ -55,7 +56,7 @@ def macroscopic(problem: Problem, state: State):
         m[..., a] = np.tensordot(c[:, a], f, 1)
     if problem.force_mode != K.FORCE_NONE:
         # a uniform force (D,) and a field (*shape, D) both broadcast onto the momentum
-        m[..., : problem.lattice.dim] += 0.5 * problem._force
+        m[..., : problem.lattice.dim] -= 0.5 * problem._force
     return rho, m / rho[..., None]
 
 
