@@ -348,7 +348,8 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State,
     wp.launch(kernel, dim=p.cell_count, device=p.device,
               inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
                       params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, params.force,
-                      force_cells if force_cells is not None else grads.force, want_wall, want_omega,
+                      force_cells if force_cells is not None else grads.force, p.link_q, params.solid_fraction,
+                      want_wall, want_omega,
                       int(force_cells is not None), g[0], g[1], g[2]])
 
 

@@ -215,6 +215,76 @@ def physics(lattice_name: str, precision: str):
 
 
 @lru_cache(maxsize=None)
+def gather_func(cfg: StepConfig):
+    """Per-cell streaming for ``cfg``: the populations cell ``idx`` pulls, with half-way,
+    interpolated (Bouzidi) or partial bounce-back on its boundary links and moving-wall terms.
+
+    Shared by the step kernel and the fused adjoint so both see exactly the same gather.
+    """
+    ph = physics(cfg.lattice, cfg.precision)
+    Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
+    dtype, vecQ = ph["dtype"], ph["vecQ"]
+
+    @wp.func
+    def gather(f_in: wp.array2d(dtype=dtype), cell: wp.uint32, idx: int, nx: int, ny: int, nz: int,
+               wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=dtype),
+               link_q: wp.array2d(dtype=dtype), solid_fraction: wp.array(dtype=dtype)) -> vecQ:
+        z = idx % nz
+        y = (idx / nz) % ny
+        x = idx / (ny * nz)
+        s_here = dtype(0.0)
+        if wp.static(cfg.porosity):
+            s_here = solid_fraction[idx]
+
+        # wrapped neighbour coordinates, computed once per cell
+        xm = wp.where(x == 0, nx - 1, x - 1)
+        xp = wp.where(x == nx - 1, 0, x + 1)
+        ym = wp.where(y == 0, ny - 1, y - 1)
+        yp = wp.where(y == ny - 1, 0, y + 1)
+        zm = wp.where(z == 0, nz - 1, z - 1)
+        zp = wp.where(z == nz - 1, 0, z + 1)
+        # --- streaming (pull) with half-way / interpolated bounce-back on boundary links.
+        # Vector components are assigned only outside dynamic branches: Warp's adjoint of a
+        # component store inside a data-dependent branch is not reliable.
+        f = vecQ()
+        f[0] = f_in[0, idx]
+        for i in range(1, wp.static(Q)):
+            cx = wp.static(C[i][0])
+            cy = wp.static(C[i][1])
+            cz = wp.static(C[i][2])
+            # the pull is loaded unconditionally (the wrapped source always exists) so that all
+            # Q loads are independent and in flight together; boundary links replace it below,
+            # and wp.where sends no adjoint to the discarded value
+            src = source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)
+            pulled = f_in[i, src]
+            if wp.static(cfg.porosity):
+                # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
+                t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
+                pulled = t * pulled + (dtype(1.0) - t) * f_in[wp.static(OPP[i]), idx]
+            bounced = dtype(0.0)
+            is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
+            if is_link:
+                bounced = f_in[wp.static(OPP[i]), idx]
+                if wp.static(cfg.curved):
+                    # Bouzidi, Firdaouss & Lallemand (2001), linear interpolation
+                    q = link_q[i, idx]
+                    if q < dtype(0.5):
+                        nb = neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
+                        bounced = dtype(2.0) * q * bounced + (dtype(1.0) - dtype(2.0) * q) * f_in[wp.static(OPP[i]), nb]
+                    else:
+                        inv = dtype(0.5) / q
+                        bounced = inv * bounced + (dtype(1.0) - inv) * f_in[i, idx]
+                if wp.static(cfg.moving_walls):
+                    ws = wall_slot[idx]
+                    if ws >= 0:
+                        bounced = bounced + wall_term[ws, i]
+            f[i] = wp.where(is_link, bounced, pulled)
+        return f
+
+    return gather
+
+
+@lru_cache(maxsize=None)
 def step_kernel(cfg: StepConfig, backward: bool = True):
     """The fused pull-stream + boundary + collide kernel for ``cfg``.
 
@@ -232,6 +302,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
     trt_magic = float(cfg.trt_magic)
     smag_c2 = float(cfg.smagorinsky_constant) ** 2
     any_bc = cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc
+    gather = gather_func(cfg)
 
     @wp.func
     def load_cell(f_in: wp.array2d(dtype=dtype), idx: int) -> vecQ:
@@ -302,56 +373,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
             for i in range(wp.static(Q)):
                 f_out[i, idx] = f_in[i, idx]
             return
-        z = idx % nz
-        y = (idx / nz) % ny
-        x = idx / (ny * nz)
-        s_here = dtype(0.0)
-        if wp.static(cfg.porosity):
-            s_here = solid_fraction[idx]
-
-        # wrapped neighbour coordinates, computed once per cell
-        xm = wp.where(x == 0, nx - 1, x - 1)
-        xp = wp.where(x == nx - 1, 0, x + 1)
-        ym = wp.where(y == 0, ny - 1, y - 1)
-        yp = wp.where(y == ny - 1, 0, y + 1)
-        zm = wp.where(z == 0, nz - 1, z - 1)
-        zp = wp.where(z == nz - 1, 0, z + 1)
-        # --- streaming (pull) with half-way / interpolated bounce-back on boundary links.
-        # Vector components are assigned only outside dynamic branches: Warp's adjoint of a
-        # component store inside a data-dependent branch is not reliable.
-        f = vecQ()
-        f[0] = f_in[0, idx]
-        for i in range(1, wp.static(Q)):
-            cx = wp.static(C[i][0])
-            cy = wp.static(C[i][1])
-            cz = wp.static(C[i][2])
-            # the pull is loaded unconditionally (the wrapped source always exists) so that all
-            # Q loads are independent and in flight together; boundary links replace it below,
-            # and wp.where sends no adjoint to the discarded value
-            src = source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)
-            pulled = f_in[i, src]
-            if wp.static(cfg.porosity):
-                # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
-                t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
-                pulled = t * pulled + (dtype(1.0) - t) * f_in[wp.static(OPP[i]), idx]
-            bounced = dtype(0.0)
-            is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
-            if is_link:
-                bounced = f_in[wp.static(OPP[i]), idx]
-                if wp.static(cfg.curved):
-                    # Bouzidi, Firdaouss & Lallemand (2001), linear interpolation
-                    q = link_q[i, idx]
-                    if q < dtype(0.5):
-                        nb = neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
-                        bounced = dtype(2.0) * q * bounced + (dtype(1.0) - dtype(2.0) * q) * f_in[wp.static(OPP[i]), nb]
-                    else:
-                        inv = dtype(0.5) / q
-                        bounced = inv * bounced + (dtype(1.0) - inv) * f_in[i, idx]
-                if wp.static(cfg.moving_walls):
-                    ws = wall_slot[idx]
-                    if ws >= 0:
-                        bounced = bounced + wall_term[ws, i]
-            f[i] = wp.where(is_link, bounced, pulled)
+        f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
 
         # --- open boundaries: rebuild the populations of boundary links
         if wp.static(any_bc):
@@ -614,6 +636,7 @@ def step_adjoint_kernel(cfg: StepConfig):
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
     equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
+    gather = gather_func(cfg)
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,
                cuda_max_registers=cfg.max_registers if cfg.max_registers else 128)
@@ -631,6 +654,8 @@ def step_adjoint_kernel(cfg: StepConfig):
         adj_omega: wp.array(dtype=dtype),
         force_arr: wp.array(dtype=vec3),
         adj_force: wp.array(dtype=vec3),
+        link_q: wp.array2d(dtype=dtype),
+        solid_fraction: wp.array(dtype=dtype),
         want_wall: int,
         want_omega: int,
         want_force: int,
@@ -645,6 +670,8 @@ def step_adjoint_kernel(cfg: StepConfig):
             for i in range(wp.static(Q)):
                 adj_in[i, idx] = adj_out[i, idx]
             return
+        f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
+        # the scatter below needs the same wrapped neighbour coordinates as the gather
         z = idx % nz
         y = (idx / nz) % ny
         x = idx / (ny * nz)
@@ -654,22 +681,6 @@ def step_adjoint_kernel(cfg: StepConfig):
         yp = wp.where(y == ny - 1, 0, y + 1)
         zm = wp.where(z == 0, nz - 1, z - 1)
         zp = wp.where(z == nz - 1, 0, z + 1)
-        f = vecQ()
-        f[0] = f_in[0, idx]
-        for i in range(1, wp.static(Q)):
-            cx = wp.static(C[i][0])
-            cy = wp.static(C[i][1])
-            cz = wp.static(C[i][2])
-            pulled = f_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)]
-            bounced = dtype(0.0)
-            is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
-            if is_link:
-                bounced = f_in[wp.static(OPP[i]), idx]
-                if wp.static(cfg.moving_walls):
-                    ws = wall_slot[idx]
-                    if ws >= 0:
-                        bounced = bounced + wall_term[ws, i]
-            f[i] = wp.where(is_link, bounced, pulled)
         omega = dtype(0.0)
         if wp.static(cfg.omega_field):
             omega = omega_arr[idx]

@@ -75,7 +75,26 @@ def _cells_array(problem, mask, name):
 
 
 @lru_cache(maxsize=None)
+def _momentum_func(lattice: str, precision: str, force_mode: int):
+    """Momentum of a post-collision cell at its time level: sum_i c_i f_i - F/2 (see kernels)."""
+    ph = K.physics(lattice, precision)
+    dtype, vec3, vecQ, momentum = ph["dtype"], ph["vec3"], ph["vecQ"], ph["momentum"]
+
+    @wp.func
+    def cell_momentum(fl: vecQ, force_arr: wp.array(dtype=vec3), idx: int) -> vec3:
+        m = momentum(fl)
+        if wp.static(force_mode == K.FORCE_UNIFORM):
+            m = m - dtype(0.5) * force_arr[0]
+        if wp.static(force_mode == K.FORCE_FIELD):
+            m = m - dtype(0.5) * force_arr[idx]
+        return m
+
+    return cell_momentum
+
+
+@lru_cache(maxsize=None)
 def _field_loss_kernel(lattice: str, precision: str, kind: str, force_mode: int):
+    cell_momentum = _momentum_func(lattice, precision, force_mode)
     ph = K.physics(lattice, precision)
     dtype, vec3, vecQ, Q = ph["dtype"], ph["vec3"], ph["vecQ"], ph["Q"]
     density, momentum = ph["density"], ph["momentum"]
@@ -92,12 +111,7 @@ def _field_loss_kernel(lattice: str, precision: str, kind: str, force_mode: int)
         for i in range(wp.static(Q)):
             fl[i] = f[i, idx]
         rho = density(fl)
-        # post-collision populations: the velocity is (sum_i c_i f_i - F/2) / rho (see kernels)
-        m = momentum(fl)
-        if wp.static(force_mode == K.FORCE_UNIFORM):
-            m = m - dtype(0.5) * force_arr[0]
-        if wp.static(force_mode == K.FORCE_FIELD):
-            m = m - dtype(0.5) * force_arr[idx]
+        m = cell_momentum(fl, force_arr, idx)
         val = dtype(0.0)
         if wp.static(kind == "rho2"):
             val = rho * rho
@@ -272,6 +286,7 @@ class Probe(Loss):
 
 @lru_cache(maxsize=None)
 def _probe_kernel(lattice: str, precision: str, quantity: str, force_mode: int):
+    cell_momentum = _momentum_func(lattice, precision, force_mode)
     ph = K.physics(lattice, precision)
     dtype, vecQ, Q, density, momentum = ph["dtype"], ph["vecQ"], ph["Q"], ph["density"], ph["momentum"]
     vec3 = ph["vec3"]
@@ -284,11 +299,7 @@ def _probe_kernel(lattice: str, precision: str, quantity: str, force_mode: int):
         for i in range(wp.static(Q)):
             fl[i] = f[i, idx]
         rho = density(fl)
-        m = momentum(fl)
-        if wp.static(force_mode == K.FORCE_UNIFORM):
-            m = m - dtype(0.5) * force_arr[0]
-        if wp.static(force_mode == K.FORCE_FIELD):
-            m = m - dtype(0.5) * force_arr[idx]
+        m = cell_momentum(fl, force_arr, idx)
         val = rho
         if wp.static(comp >= 0):
             val = m[wp.static(comp)] / rho
