@@ -1,5 +1,5 @@
 """Forward MLUPS of the D3Q19 fp32 cavity at 256^3 under several CUDA register caps (one call)."""
-import dataclasses, json, os, sys
+import dataclasses, json
 import warp as wp
 wp.config.log_level = wp.LOG_WARNING  # Warp 1.19 logs module loads at INFO, on stdout
 from difflbm import bench

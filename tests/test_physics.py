@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import warp as wp
 
 import difflbm as lbm
 from difflbm.lattice import LATTICE_NAMES

@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
 import warp as wp
 
 from .adjoint import Checkpointed, value_and_grad

@@ -68,7 +68,7 @@ class Ensemble:
 
     def _stack(self) -> Problem:
         ms, B, first = self.members, self.count, self.members[0]
-        N, Q = first.cell_count, first.lattice.q
+        N = first.cell_count
         p = Problem.__new__(Problem)
         p.lattice, p.collision, p.precision, p.device = first.lattice, first.collision, first.precision, first.device
         p.inlet_windows, p.boundaries = first.inlet_windows, []

@@ -16,7 +16,6 @@ Bits 27..29 hold the cell kind (``KIND_*``).
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import warp as wp
 
 from .lattice import get_lattice
@@ -176,17 +175,6 @@ def physics(lattice_name: str, precision: str):
             m += f[i] * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
         return m
 
-    @wp.func
-    def guo_source(u: vec3, force: vec3, omega: dtype) -> vecQ:
-        """Guo, Zheng & Shi (2002) forcing term, already scaled by (1 - omega/2)."""
-        s = vecQ()
-        pref = dtype(1.0) - dtype(0.5) * omega
-        pref_odd = dtype(1.0) - dtype(0.5) * omega_m
-        for i in range(wp.static(Q)):
-            ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
-            cu = wp.dot(ci, u)
-            s[i] = pref * dtype(wp.static(W[i])) * wp.dot(dtype(3.0) * (ci - u) + dtype(9.0) * cu * ci, force)
-        return s
 
     @wp.func
     def noneq_stress_norm(f: vecQ, feq: vecQ) -> dtype:
@@ -209,7 +197,7 @@ def physics(lattice_name: str, precision: str):
         s = pxx * pxx + pyy * pyy + pzz * pzz + dtype(2.0) * (pxy * pxy + pxz * pxz + pyz * pyz)
         return wp.sqrt(s + dtype(1.0e-30))
 
-    return dict(equilibrium=equilibrium, density=density, momentum=momentum, guo_source=guo_source,
+    return dict(equilibrium=equilibrium, density=density, momentum=momentum,
                 noneq_stress_norm=noneq_stress_norm, vec3=vec3, vecQ=vecQ, dtype=dtype, Q=Q, C=C, W=W,
                 OPP=lat.opposite.tolist())
 
@@ -296,8 +284,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
     equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
-    guo_source, noneq_stress_norm = ph["guo_source"], ph["noneq_stress_norm"]
-    periodic = tuple(bool(p) for p in cfg.periodic)
+    noneq_stress_norm = ph["noneq_stress_norm"]
     collision = cfg.collision
     trt_magic = float(cfg.trt_magic)
     smag_c2 = float(cfg.smagorinsky_constant) ** 2
@@ -635,7 +622,7 @@ def step_adjoint_kernel(cfg: StepConfig):
     ph = physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
-    equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
+    density, momentum = ph["density"], ph["momentum"]
     gather = gather_func(cfg)
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,

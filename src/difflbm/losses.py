@@ -97,7 +97,7 @@ def _field_loss_kernel(lattice: str, precision: str, kind: str, force_mode: int)
     cell_momentum = _momentum_func(lattice, precision, force_mode)
     ph = K.physics(lattice, precision)
     dtype, vec3, vecQ, Q = ph["dtype"], ph["vec3"], ph["vecQ"], ph["Q"]
-    density, momentum = ph["density"], ph["momentum"]
+    density = ph["density"]
 
     @wp.kernel(module="unique", module_options=K.MODULE_OPTIONS)
     def lbm_field_loss(f: wp.array2d(dtype=dtype), cells: wp.array(dtype=wp.int32),
@@ -288,7 +288,7 @@ class Probe(Loss):
 def _probe_kernel(lattice: str, precision: str, quantity: str, force_mode: int):
     cell_momentum = _momentum_func(lattice, precision, force_mode)
     ph = K.physics(lattice, precision)
-    dtype, vecQ, Q, density, momentum = ph["dtype"], ph["vecQ"], ph["Q"], ph["density"], ph["momentum"]
+    dtype, vecQ, Q, density = ph["dtype"], ph["vecQ"], ph["Q"], ph["density"]
     vec3 = ph["vec3"]
     comp = {"ux": 0, "uy": 1, "uz": 2}.get(quantity, -1)
 
@@ -340,7 +340,7 @@ class Drag(Loss):
 @lru_cache(maxsize=None)
 def _drag_kernel(lattice: str, precision: str, curved: bool, axis: int):
     ph = K.physics(lattice, precision)
-    dtype, vec3 = ph["dtype"], ph["vec3"]
+    dtype = ph["dtype"]
     exchange = K.momentum_exchange_func(lattice, precision, curved)
 
     @wp.kernel(module="unique", module_options=K.MODULE_OPTIONS)
