@@ -24,6 +24,16 @@ def _cmd_validate(args) -> int:
     options = {"resolution": args.resolution, "device": args.device}
     if args.precision:
         options["precision"] = args.precision
+    for name in ("reynolds", "benchmark", "lattice"):
+        value = getattr(args, name)
+        if value is not None:
+            if name == "reynolds" and args.case != "cavity":
+                raise ValueError(f"--reynolds={value} applies to the cavity case only")
+            if name == "benchmark" and args.case != "cylinder":
+                raise ValueError(f"--benchmark={value} applies to the cylinder case only")
+            if name == "lattice" and args.case != "cavity-3d":
+                raise ValueError(f"--lattice={value} applies to the cavity-3d case only")
+            options["case" if name == "benchmark" else name] = value
     result = run_case(args.case, **options)
     result["wall_time_s"] = round(time.perf_counter() - t0, 3)
     _print(result, args.json)
@@ -93,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--resolution", type=int, default=None)
     v.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     v.add_argument("--precision", default=None, choices=["fp32", "fp64", "float32", "float64"])
+    v.add_argument("--reynolds", type=int, default=None, choices=[100, 400, 1000], help="cavity only")
+    v.add_argument("--benchmark", default=None, choices=["2D-1", "2D-2"], help="cylinder only (Schafer-Turek case)")
+    v.add_argument("--lattice", default=None, choices=["D3Q19", "D3Q27"], help="cavity-3d only")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_validate)
 
