@@ -34,6 +34,10 @@ def record(tag, **kw):
 
 
 plan = sys.argv[1] if len(sys.argv) > 1 else "forward"
+if plan == "ensemble":
+    # issue #7: B members of 128^2 in one launch vs one simulation with the same cell count
+    record("d2q9-fp32-4096", lattice="D2Q9", precision="fp32", size=4096, steps=100)
+    record("ensemble-1024x128^2", lattice="D2Q9", precision="fp32", size=128, steps=100, ensemble=1024)
 if plan == "final":
     record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
     record("d3q19-fp32-512", lattice="D3Q19", precision="fp32", size=512, steps=20, repeats=3)
