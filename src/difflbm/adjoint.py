@@ -119,16 +119,34 @@ def _segment_length(adjoint, steps: int, state_bytes: int) -> tuple[int, bool]:
 _warned_zero = set()
 
 
+def _arithmetic_view(problem: Problem):
+    """``f -> f`` for float32/float64; for float16 storage a converter into a float32 buffer, since
+    losses (and their adjoints, which must match the gradient's dtype) work in arithmetic dtype."""
+    if problem.precision != "float16":
+        return lambda f: f
+    dtype = K.wp_dtype(problem.precision)
+    buf = wp.zeros((problem.lattice.q, problem.cell_count), dtype=dtype, device=problem.device)
+    shift = wp.array(K.storage_shift(problem.lattice.name, problem.precision), dtype=dtype, device=problem.device)
+    kernel = K.convert_kernel(K.storage_dtype(problem.precision), dtype)
+
+    def convert(f):
+        wp.launch(kernel, dim=f.shape, inputs=[f, shift, buf], device=problem.device)
+        return buf
+
+    return convert
+
+
 def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: int, loss: Loss) -> float:
     """Loss of a rollout without gradients (for finite differences and monitoring)."""
     solver = Solver(problem)
     terms = [t.bind(problem) for t in loss.terms()]
+    arith = _arithmetic_view(problem)
     out = wp.zeros(1, dtype=wp.float64, device=problem.device)
     a, b = initial.copy(), State.empty(problem)
     for t in range(steps + 1):
         for term in terms:
             if term.active(t, steps):
-                term.evaluate(problem, a.f, params, out)
+                term.evaluate(problem, arith(a.f), params, out)
         if t < steps:
             solver.step(a, b, params, solver.window(t, steps))
             a, b = b, a
@@ -166,6 +184,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     if step_adjoint == "fused" and not supported:
         raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK or TRT, no solid "
                          "fraction, no curved walls, no open boundaries); use 'warp' or 'auto'")
+    if problem.precision == "float16" and (not supported or step_adjoint == "warp"):
+        raise ValueError("precision='float16' (float16 storage) is differentiated by the fused adjoint only: it "
+                         "needs BGK or TRT, no solid fraction, no curved walls, no open boundaries; use float32")
     solver = Solver(problem)
     fused = K.step_adjoint_kernel(problem.config) if supported and step_adjoint != "warp" else None
     dev = problem.device
@@ -184,10 +205,11 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     def keep(t, st):
         checkpoints[t] = st.f.numpy().copy() if host else wp.clone(st.f)
 
+    arith = _arithmetic_view(problem)
     for t in range(steps + 1):
         for term in terms:
             if term.active(t, steps):
-                term.evaluate(problem, a.f, params, out)
+                term.evaluate(problem, arith(a.f), params, out)
         if t == steps:
             break
         if seg > 0 and t % seg == 0:
@@ -203,12 +225,12 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     # ---- backward
     adj_out = wp.ones(1, dtype=wp.float64, device=dev)
     grads = params.zeros_like()
-    adj = State.empty(problem)
-    adj_prev = State.empty(problem)
+    adj = State.empty(problem, arithmetic=True)
+    adj_prev = State.empty(problem, arithmetic=True)
     scratch = State.empty(problem)
     for term in terms:
         if term.active(steps, steps):
-            term.adjoint(problem, final.f, params, adj_out, adj.f, grads)
+            term.adjoint(problem, arith(final.f), params, adj_out, adj.f, grads)
     # d loss / d (moving-wall term per link), summed over all steps and mapped to the wall
     # velocities once at the end (the map is linear and the velocities fixed during a rollout)
     adj_wall_term = wp.zeros_like(solver.wall_term)
@@ -251,7 +273,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                               wrt, adj_wall_term)
             for term in terms:
                 if term.active(t, steps):
-                    term.adjoint(problem, buffer[t - s0].f, params, adj_out, prev.f, grads)
+                    term.adjoint(problem, arith(buffer[t - s0].f), params, adj_out, prev.f, grads)
             adjs.reverse()
             if check and (t == s0 or t % 64 == 0):
                 _check_adjoint(solver, adjs[0], t)

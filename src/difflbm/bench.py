@@ -67,7 +67,7 @@ def run_bench(lattice="D3Q19", precision="fp32", size=None, steps=None, gradient
     size = int(size or (256 if cuda else 32))
     steps = int(steps or (100 if cuda else 10))
     steps += steps % 2  # even: the ping-pong ends where it started, so a graph can be replayed
-    prec = {"fp32": "float32", "fp64": "float64"}.get(precision, precision)
+    prec = {"fp16": "float16", "fp32": "float32", "fp64": "float64"}.get(precision, precision)
     if ensemble:
         if lattice.upper() != "D2Q9":
             raise ValueError(f"lattice={lattice!r} with ensemble={ensemble}: ensembles stack D2Q9 problems only")
@@ -94,7 +94,7 @@ def run_bench(lattice="D3Q19", precision="fp32", size=None, steps=None, gradient
         run = forward
     med, times = _time(run, dev, repeats)
     cells = p.cell_count
-    itemsize = 4 if p.precision == "float32" else 8
+    itemsize = {"float16": 2, "float32": 4, "float64": 8}[p.precision]
     bytes_per_cell = 2 * p.lattice.q * itemsize + 4
     out = {
         "device": str(dev.name if cuda else "cpu"), "warp": wp.__version__, "lattice": p.lattice.name,

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("case", choices=sorted(CASES))
     v.add_argument("--resolution", type=int, default=None)
     v.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
-    v.add_argument("--precision", default=None, choices=["fp32", "fp64", "float32", "float64"])
+    v.add_argument("--precision", default=None, choices=["fp16", "fp32", "fp64", "float16", "float32", "float64"])
     v.add_argument("--reynolds", type=int, default=None, choices=[100, 400, 1000], help="cavity only")
     v.add_argument("--benchmark", default=None, choices=["2D-1", "2D-2"], help="cylinder only (Schafer-Turek case)")
     v.add_argument("--lattice", default=None, choices=["D3Q19", "D3Q27"], help="cavity-3d only")
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="forward and gradient throughput on the 3D lid-driven cavity")
     b.add_argument("--lattice", default="D3Q19", choices=["D2Q9", "D3Q19", "D3Q27"])
-    b.add_argument("--precision", default="fp32", choices=["fp32", "fp64"])
+    b.add_argument("--precision", default="fp32", choices=["fp16", "fp32", "fp64"])
     b.add_argument("--size", type=int, default=None, help="cells per side (default 256 on CUDA, 32 on CPU)")
     b.add_argument("--steps", type=int, default=None)
     b.add_argument("--repeats", type=int, default=5)

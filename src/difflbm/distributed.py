@@ -73,6 +73,8 @@ class SlabDecomposition:
     """
 
     def __init__(self, problem: Problem, group=None, rank: int | None = None, world: int | None = None):
+        if problem.precision == "float16":
+            raise ValueError("precision='float16' is not supported by the slab decomposition yet; use float32")
         r, w = _rank_world(group)
         self.rank = r if rank is None else int(rank)
         self.world = w if world is None else int(world)

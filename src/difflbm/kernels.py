@@ -61,7 +61,20 @@ class StepConfig:
 
 
 def wp_dtype(precision: str):
-    return {"float32": wp.float32, "float64": wp.float64}[precision]
+    """Arithmetic (and parameter) dtype of a precision; float16 storage computes in float32."""
+    return {"float32": wp.float32, "float64": wp.float64, "float16": wp.float32}[precision]
+
+
+def storage_shift(lattice_name: str, precision: str) -> list:
+    """What is subtracted from f_i before storing: w_i for float16 (FluidX3D's shifted
+    distributions, Lehmann 2022), 0 otherwise."""
+    lat = get_lattice(lattice_name)
+    return lat.weights.tolist() if precision == "float16" else [0.0] * lat.q
+
+
+def storage_dtype(precision: str):
+    """Dtype of stored populations: float16 for ``precision="float16"``, else the arithmetic dtype."""
+    return wp.float16 if precision == "float16" else wp_dtype(precision)
 
 
 @wp.func
@@ -210,11 +223,13 @@ def gather_func(cfg: StepConfig):
     Shared by the step kernel and the fused adjoint so both see exactly the same gather.
     """
     ph = physics(cfg.lattice, cfg.precision)
-    Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vecQ = ph["dtype"], ph["vecQ"]
+    sdtype = storage_dtype(cfg.precision)
+    shifted = cfg.precision == "float16"
 
     @wp.func
-    def gather(f_in: wp.array2d(dtype=dtype), cell: wp.uint32, idx: int, nx: int, ny: int, nz: int,
+    def gather(f_in: wp.array2d(dtype=sdtype), cell: wp.uint32, idx: int, nx: int, ny: int, nz: int,
                wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=dtype),
                link_q: wp.array2d(dtype=dtype), solid_fraction: wp.array(dtype=dtype)) -> vecQ:
         z = idx % nz
@@ -235,7 +250,7 @@ def gather_func(cfg: StepConfig):
         # Vector components are assigned only outside dynamic branches: Warp's adjoint of a
         # component store inside a data-dependent branch is not reliable.
         f = vecQ()
-        f[0] = f_in[0, idx]
+        f[0] = dtype(f_in[0, idx])
         for i in range(1, wp.static(Q)):
             cx = wp.static(C[i][0])
             cy = wp.static(C[i][1])
@@ -244,29 +259,34 @@ def gather_func(cfg: StepConfig):
             # Q loads are independent and in flight together; boundary links replace it below,
             # and wp.where sends no adjoint to the discarded value
             src = source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)
-            pulled = f_in[i, src]
+            pulled = dtype(f_in[i, src])
             if wp.static(cfg.porosity):
                 # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
                 t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
-                pulled = t * pulled + (dtype(1.0) - t) * f_in[wp.static(OPP[i]), idx]
+                pulled = t * pulled + (dtype(1.0) - t) * dtype(f_in[wp.static(OPP[i]), idx])
             bounced = dtype(0.0)
             is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
             if is_link:
-                bounced = f_in[wp.static(OPP[i]), idx]
+                bounced = dtype(f_in[wp.static(OPP[i]), idx])
                 if wp.static(cfg.curved):
                     # Bouzidi, Firdaouss & Lallemand (2001), linear interpolation
                     q = link_q[i, idx]
                     if q < dtype(0.5):
                         nb = neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
-                        bounced = dtype(2.0) * q * bounced + (dtype(1.0) - dtype(2.0) * q) * f_in[wp.static(OPP[i]), nb]
+                        bounced = dtype(2.0) * q * bounced + (dtype(1.0) - dtype(2.0) * q) * dtype(f_in[wp.static(OPP[i]), nb])
                     else:
                         inv = dtype(0.5) / q
-                        bounced = inv * bounced + (dtype(1.0) - inv) * f_in[i, idx]
+                        bounced = inv * bounced + (dtype(1.0) - inv) * dtype(f_in[i, idx])
                 if wp.static(cfg.moving_walls):
                     ws = wall_slot[idx]
                     if ws >= 0:
                         bounced = bounced + wall_term[ws, i]
             f[i] = wp.where(is_link, bounced, pulled)
+        if wp.static(shifted):
+            # float16 stores f_i - w_i (the deviation from rest), which keeps its precision; every
+            # gathered value above is a weights-sum-to-one mix of stored values of equal weight w_i
+            for i in range(wp.static(Q)):
+                f[i] = f[i] + dtype(wp.static(W[i]))
         return f
 
     return gather
@@ -283,6 +303,8 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
     ph = physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+    sdtype = storage_dtype(cfg.precision)
+    SHIFT = storage_shift(cfg.lattice, cfg.precision)
     equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
     noneq_stress_norm = ph["noneq_stress_norm"]
     collision = cfg.collision
@@ -292,10 +314,10 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
     gather = gather_func(cfg)
 
     @wp.func
-    def load_cell(f_in: wp.array2d(dtype=dtype), idx: int) -> vecQ:
+    def load_cell(f_in: wp.array2d(dtype=sdtype), idx: int) -> vecQ:
         out = vecQ()
         for i in range(wp.static(Q)):
-            out[i] = f_in[i, idx]
+            out[i] = dtype(f_in[i, idx]) + dtype(wp.static(SHIFT[i]))
         return out
 
     @wp.func
@@ -335,8 +357,8 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
     @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward},
                cuda_max_registers=cfg.max_registers if cfg.max_registers else (None if backward else 128))
     def lbm_step(
-        f_in: wp.array2d(dtype=dtype),
-        f_out: wp.array2d(dtype=dtype),
+        f_in: wp.array2d(dtype=sdtype),
+        f_out: wp.array2d(dtype=sdtype),
         code: wp.array(dtype=wp.uint32),
         slot: wp.array(dtype=wp.int32),
         solid_wall: wp.array(dtype=wp.int32),
@@ -428,7 +450,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
                 cf = wp.dot(ci, force)
                 val = val + dtype(wp.static(W[i])) * (guo_odd * dtype(3.0) * cf
                                                       + guo_even * (cu * dtype(3.0) * cf - dtype(3.0) * wp.dot(u, force)))
-            f_out[i, idx] = val
+            f_out[i, idx] = sdtype(val - dtype(wp.static(SHIFT[i])))
 
     return lbm_step
 
@@ -461,13 +483,15 @@ def equilibrium_kernel(lattice_name: str, precision: str):
     """Populations at equilibrium from density and velocity fields (differentiable)."""
     ph = physics(lattice_name, precision)
     dtype, vec3, Q, equilibrium = ph["dtype"], ph["vec3"], ph["Q"], ph["equilibrium"]
+    sdtype = storage_dtype(precision)
+    SHIFT = storage_shift(lattice_name, precision)
 
     @wp.kernel(module="unique", module_options=MODULE_OPTIONS)
-    def lbm_equilibrium(rho: wp.array(dtype=dtype), u: wp.array(dtype=vec3), f: wp.array2d(dtype=dtype)):
+    def lbm_equilibrium(rho: wp.array(dtype=dtype), u: wp.array(dtype=vec3), f: wp.array2d(dtype=sdtype)):
         idx = wp.tid()
         feq = equilibrium(rho[idx], u[idx])
         for i in range(wp.static(Q)):
-            f[i, idx] = feq[i]
+            f[i, idx] = sdtype(feq[i] - dtype(wp.static(SHIFT[i])))
 
     return lbm_equilibrium
 
@@ -478,14 +502,16 @@ def macroscopic_kernel(lattice_name: str, precision: str, force_mode: int):
     ph = physics(lattice_name, precision)
     dtype, vec3, vecQ, Q = ph["dtype"], ph["vec3"], ph["vecQ"], ph["Q"]
     density, momentum = ph["density"], ph["momentum"]
+    sdtype = storage_dtype(precision)
+    SHIFT = storage_shift(lattice_name, precision)
 
     @wp.kernel(module="unique", module_options=MODULE_OPTIONS)
-    def lbm_macroscopic(f: wp.array2d(dtype=dtype), force_arr: wp.array(dtype=vec3),
+    def lbm_macroscopic(f: wp.array2d(dtype=sdtype), force_arr: wp.array(dtype=vec3),
                         rho_out: wp.array(dtype=dtype), u_out: wp.array(dtype=vec3)):
         idx = wp.tid()
         fl = vecQ()
         for i in range(wp.static(Q)):
-            fl[i] = f[i, idx]
+            fl[i] = dtype(f[i, idx]) + dtype(wp.static(SHIFT[i]))
         rho = density(fl)
         m = momentum(fl)
         # states hold post-collision populations, whose momentum already has the step's full force:
@@ -501,9 +527,12 @@ def macroscopic_kernel(lattice_name: str, precision: str, force_mode: int):
 
 
 @lru_cache(maxsize=None)
-def finite_check_kernel(precision: str):
-    """Record the smallest flat index (direction * cell_count + cell) holding a non-finite value."""
-    dtype = wp_dtype(precision)
+def finite_check_kernel(precision_or_dtype):
+    """Record the smallest flat index (direction * cell_count + cell) holding a non-finite value.
+
+    Takes a precision name (its storage dtype) or a Warp dtype (adjoint states are float32 when the
+    populations are stored in float16)."""
+    dtype = storage_dtype(precision_or_dtype) if isinstance(precision_or_dtype, str) else precision_or_dtype
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS)
     def lbm_first_nonfinite(f: wp.array2d(dtype=dtype), first: wp.array(dtype=wp.int64)):
@@ -513,6 +542,18 @@ def finite_check_kernel(precision: str):
             wp.atomic_min(first, 0, wp.int64(i) * wp.int64(f.shape[1]) + wp.int64(idx))
 
     return lbm_first_nonfinite
+
+
+@lru_cache(maxsize=None)
+def convert_kernel(src_dtype, dst_dtype):
+    """Stored populations -> arithmetic dtype, adding back the storage shift ``shift[i]``."""
+
+    @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS)
+    def lbm_convert(a: wp.array2d(dtype=src_dtype), shift: wp.array(dtype=dst_dtype), b: wp.array2d(dtype=dst_dtype)):
+        i, j = wp.tid()
+        b[i, j] = dst_dtype(a[i, j]) + shift[i]
+
+    return lbm_convert
 
 
 @lru_cache(maxsize=None)
@@ -622,13 +663,14 @@ def step_adjoint_kernel(cfg: StepConfig):
     ph = physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+    sdtype = storage_dtype(cfg.precision)
     density, momentum = ph["density"], ph["momentum"]
     gather = gather_func(cfg)
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,
                cuda_max_registers=cfg.max_registers if cfg.max_registers else 128)
     def lbm_step_adjoint(
-        f_in: wp.array2d(dtype=dtype),
+        f_in: wp.array2d(dtype=sdtype),
         adj_out: wp.array2d(dtype=dtype),
         adj_in: wp.array2d(dtype=dtype),
         code: wp.array(dtype=wp.uint32),

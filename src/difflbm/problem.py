@@ -17,7 +17,8 @@ __all__ = [
 ]
 
 FACES = ("x-", "x+", "y-", "y+", "z-", "z+")
-PRECISIONS = {"float32": "float32", "fp32": "float32", "float64": "float64", "fp64": "float64"}
+PRECISIONS = {"float32": "float32", "fp32": "float32", "float64": "float64", "fp64": "float64",
+              "float16": "float16", "fp16": "float16"}
 
 
 def resolve_device(device=None) -> wp.context.Device:
@@ -33,7 +34,8 @@ def resolve_device(device=None) -> wp.context.Device:
 
 def _precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not supported; allowed: float32, float64 (or fp32, fp64)")
+        raise ValueError(f"precision={precision!r} is not supported; allowed: float32, float64, float16 "
+                         "(float16 storage with float32 arithmetic), or fp32, fp64, fp16")
     return PRECISIONS[precision]
 
 
@@ -466,7 +468,7 @@ class Parameters:
         self.problem = problem
         dev, dtype = problem.device, K.wp_dtype(problem.precision)
         vec3 = wp.types.vector(3, dtype)
-        np_dt = np.float32 if problem.precision == "float32" else np.float64
+        np_dt = np.float64 if problem.precision == "float64" else np.float32
         N = problem.cell_count
         om = problem._omega.ravel() if np.ndim(problem._omega) else np.array([float(problem._omega)])
         force = np.zeros((1, 3))
@@ -510,8 +512,10 @@ class State:
     f: wp.array = field(repr=False)
 
     @classmethod
-    def empty(cls, problem: Problem, requires_grad: bool = False) -> "State":
-        dtype = K.wp_dtype(problem.precision)
+    def empty(cls, problem: Problem, requires_grad: bool = False, arithmetic: bool = False) -> "State":
+        """Zero populations in the storage dtype (``arithmetic=True``: the arithmetic dtype, as
+        adjoint states use so that float16 storage keeps float32 gradients)."""
+        dtype = K.wp_dtype(problem.precision) if arithmetic else K.storage_dtype(problem.precision)
         f = wp.zeros((problem.lattice.q, problem.cell_count), dtype=dtype, device=problem.device,
                      requires_grad=requires_grad)
         return cls(problem, f)
@@ -539,7 +543,7 @@ class State:
                 raise ValueError("velocity contains NaN or infinite values")
         dtype = K.wp_dtype(p.precision)
         vec3 = wp.types.vector(3, dtype)
-        np_dt = np.float32 if p.precision == "float32" else np.float64
+        np_dt = np.float64 if p.precision == "float64" else np.float32
         rho_w = wp.array(rho.ravel().astype(np_dt), dtype=dtype, device=p.device)
         u_w = wp.array(u.astype(np_dt), dtype=vec3, device=p.device)
         wp.launch(K.equilibrium_kernel(p.lattice.name, p.precision), dim=N, inputs=[rho_w, u_w],
@@ -558,7 +562,8 @@ class State:
         if np.any(arr.sum(axis=0) <= 0):
             cell = int(np.flatnonzero(arr.sum(axis=0) <= 0)[0])
             raise ValueError(f"populations give a non-positive density at cell {np.unravel_index(cell, p.shape)}")
-        self.f.assign(arr.astype(self.f.numpy().dtype))
+        shift = np.asarray(K.storage_shift(p.lattice.name, p.precision))[:, None]
+        self.f.assign((arr - shift).astype(self.f.numpy().dtype))
         return self
 
     def copy(self) -> "State":
@@ -567,5 +572,10 @@ class State:
         return st
 
     def populations(self) -> np.ndarray:
-        """Host copy of the populations, shape (Q, *shape)."""
-        return self.f.numpy().reshape((self.problem.lattice.q,) + self.problem.shape)
+        """Host copy of the populations, shape (Q, *shape) (float16 storage: returned in float32,
+        with the storage shift added back)."""
+        p = self.problem
+        f = self.f.numpy()
+        if p.precision == "float16":
+            f = f.astype(np.float32) + np.asarray(K.storage_shift(p.lattice.name, p.precision), np.float32)[:, None]
+        return f.reshape((p.lattice.q,) + p.shape)

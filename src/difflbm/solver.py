@@ -69,7 +69,9 @@ class Solver:
         """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""
         big = np.iinfo(np.int64).max
         self._first.fill_(big)
-        wp.launch(self._check, dim=state.f.shape, inputs=[state.f, self._first], device=self.problem.device)
+        kernel = self._check if state.f.dtype == K.storage_dtype(self.problem.precision) else \
+            K.finite_check_kernel(state.f.dtype)
+        wp.launch(kernel, dim=state.f.shape, inputs=[state.f, self._first], device=self.problem.device)
         first = int(self._first.numpy()[0])
         if first != big:
             direction, cell = divmod(first, self.problem.cell_count)

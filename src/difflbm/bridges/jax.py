@@ -41,6 +41,8 @@ def rollout_fn(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=
     (default checkpointed), and works under ``jax.jit``, ``jax.grad`` and ``jax.value_and_grad``.
     Controls not given come from ``params`` and ``initial`` (defaults: the problem's values, rest state).
     """
+    if problem.precision == "float16":
+        raise ValueError("precision='float16' (shifted float16 storage) is not supported by this bridge; use float32")
     if not isinstance(problem, Problem):
         raise TypeError(f"problem={problem!r} must be a difflbm.Problem")
     if not isinstance(loss, Loss):

@@ -192,6 +192,8 @@ def rollout_op(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=
     ``problem.parameters()`` and the state at rest). The backward runs
     :func:`difflbm.adjoint.value_and_grad` with ``adjoint`` (default checkpointed).
     """
+    if problem.precision == "float16":
+        raise ValueError("precision='float16' (shifted float16 storage) is not supported by this bridge; use float32")
     if not isinstance(problem, Problem):
         raise TypeError(f"problem={problem!r} must be a difflbm.Problem")
     if not isinstance(loss, Loss):
