@@ -356,7 +356,10 @@ def _drag_kernel(lattice: str, precision: str, curved: bool, axis: int):
 
 class KernelLoss(Loss):
     """A user loss: ``kernel(f, *inputs, out)`` launched over ``dim`` threads, adding into out[0]
-    (a float64 array of shape (1,)); Warp generates its adjoint. ``f`` has shape (Q, cell_count)."""
+    (a float64 array of shape (1,)); Warp generates its adjoint. ``f`` has shape (Q, cell_count) and
+    holds post-collision populations. Warp replays loops in the adjoint only when they are unrolled:
+    keep loops over Q within the kernel module's ``max_unroll`` (16 by default; D3Q19 needs more,
+    e.g. ``@wp.kernel(module_options={"max_unroll": 64})``)."""
 
     def __init__(self, kernel, dim, inputs=(), **kw):
         super().__init__(**kw)
