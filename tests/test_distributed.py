@@ -29,6 +29,8 @@ def _problem(case):
                                                            lbm.PressureOutlet(face="x+", density=1.0)], **kw)
     if case == "periodic":  # hand-written fused step adjoint (periodic in x, the cut wraps)
         return lbm.Problem(sh, "D2Q9", boundaries=walls, **kw)
+    if case == "uniform_force":  # fused adjoint with a uniform force, which the losses also read
+        return lbm.Problem(sh, "D2Q9", boundaries=walls, force=(2e-4, -1e-4), **kw)
     if case == "fields":  # per-cell omega, force and solid fraction (halo reads of the solid fraction)
         rng = np.random.default_rng(3)
         sf = np.clip(0.3 * rng.random(sh), 0, 1)
@@ -52,6 +54,7 @@ def _loss(case):
 
 WRT = {"open": ("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_density"),
        "periodic": ("initial", "omega", "wall_velocity"),
+       "uniform_force": ("initial", "omega", "force"),
        "fields": ("initial", "omega", "force", "solid_fraction")}
 
 
@@ -132,6 +135,11 @@ def test_open_channel_4_ranks(tmp_path):
 def test_periodic_fused_checkpointed_2_ranks(tmp_path):
     """Periodic-x channel through the fused step adjoint, Checkpointed(6) per rank, 2 ranks: equals 1 rank."""
     _check_against_single_rank("periodic", 2, tmp_path)
+
+
+def test_uniform_force_2_ranks(tmp_path):
+    """Uniform force through the fused adjoint plus velocity losses that read the force, 2 ranks: equals 1 rank."""
+    _check_against_single_rank("uniform_force", 2, tmp_path)
 
 
 def test_fields_uneven_3_ranks(tmp_path):

@@ -300,16 +300,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             run_leaf(s0, min(s0 + seg, steps), checkpoints.pop(s0))
     adj = adjs[0]
 
-    if problem.moving_walls and "wall_velocity" in wrt:
-        wp.launch(K.wall_term_kernel(problem.lattice.name, problem.precision), dim=problem.wall_link_group.shape[0],
-                  inputs=[problem.wall_link_group, params.wall_velocity, solver.wall_term],
-                  adj_inputs=[None, grads.wall_velocity, adj_wall_term], adjoint=True, device=dev)
-    if force_cells is not None and problem.config.force == K.FORCE_UNIFORM:
-        total = force_cells.numpy().astype(np.float64).sum(axis=0) + grads.force.numpy()[0]  # + loss terms
-        grads.force.assign(total[None, :].astype(grads.force.numpy().dtype))
-    if omega_cells is not None and not problem.config.omega_field:
-        total = omega_cells.numpy().astype(np.float64).sum() + grads.omega.numpy()[0]
-        grads.omega.assign(np.array([total]).astype(grads.omega.numpy().dtype))
+    _finish_parameter_gradients(problem, params, grads, solver, wrt, adj_wall_term, omega_cells, force_cells)
     g = Gradients(problem, wrt, grads, adj.f)
     for name in wrt:
         if name == "initial":
@@ -326,6 +317,23 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             _warned_zero.add(name)
             warnings.warn(f"the loss does not depend on {name}: its gradient is zero", stacklevel=2)
     return value, g
+
+
+def _finish_parameter_gradients(problem: Problem, params: Parameters, grads: Parameters, solver: Solver, wrt,
+                                adj_wall_term, omega_cells, force_cells):
+    """Fold the per-link and per-cell accumulators of a backward pass into ``grads``: the wall-term
+    adjoint into the wall velocities, per-cell omega / force sums into a scalar omega / uniform force
+    (added to what the losses put there directly)."""
+    if problem.moving_walls and "wall_velocity" in wrt:
+        wp.launch(K.wall_term_kernel(problem.lattice.name, problem.precision), dim=problem.wall_link_group.shape[0],
+                  inputs=[problem.wall_link_group, params.wall_velocity, solver.wall_term],
+                  adj_inputs=[None, grads.wall_velocity, adj_wall_term], adjoint=True, device=problem.device)
+    if force_cells is not None and problem.config.force == K.FORCE_UNIFORM:
+        total = force_cells.numpy().astype(np.float64).sum(axis=0) + grads.force.numpy()[0]
+        grads.force.assign(total[None, :].astype(grads.force.numpy().dtype))
+    if omega_cells is not None and not problem.config.omega_field:
+        total = omega_cells.numpy().astype(np.float64).sum() + grads.omega.numpy()[0]
+        grads.omega.assign(np.array([total]).astype(grads.omega.numpy().dtype))
 
 
 def _any_nonzero(arr: wp.array) -> bool:

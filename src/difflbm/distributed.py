@@ -27,7 +27,8 @@ import warp as wp
 
 from . import kernels as K
 from . import losses as L
-from .adjoint import GRAD_TARGETS, Checkpointed, MemoryBudget, StoreAll, _fused_step_adjoint, _step_adjoint
+from .adjoint import (GRAD_TARGETS, Checkpointed, MemoryBudget, StoreAll, _finish_parameter_gradients,
+                      _fused_step_adjoint, _step_adjoint)
 from .problem import Parameters, Problem, State
 from .solver import Solver
 
@@ -605,15 +606,8 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             adjs.reverse()
     adj = adjs[0]
 
-    if lp.moving_walls and "wall_velocity" in wrt:
-        wp.launch(K.wall_term_kernel(lp.lattice.name, lp.precision), dim=lp.wall_link_group.shape[0],
-                  inputs=[lp.wall_link_group, lparams.wall_velocity, solver.wall_term],
-                  adj_inputs=[None, grads.wall_velocity, adj_wall_term], adjoint=True, device=dev)
-    if force_cells is not None and lp.config.force == K.FORCE_UNIFORM:
-        total = force_cells.numpy().astype(np.float64).sum(axis=0)
-        grads.force.assign(total[None, :].astype(grads.force.numpy().dtype))
-    if omega_cells is not None and not lp.config.omega_field:
-        grads.omega.assign(np.array([omega_cells.numpy().astype(np.float64).sum()]).astype(grads.omega.numpy().dtype))
+    # shared with value_and_grad, which also adds the losses' direct force / omega terms
+    _finish_parameter_gradients(lp, lparams, grads, solver, wrt, adj_wall_term, omega_cells, force_cells)
     if lp.config.porosity and "solid_fraction" in wrt:
         dec.reverse_exchange(grads.solid_fraction)  # interior cells read the halo's solid fraction
 

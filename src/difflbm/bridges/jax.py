@@ -17,18 +17,12 @@ from .. import adjoint as A
 from .. import kernels as K
 from ..losses import Loss
 from ..problem import Parameters, Problem, State
+from ._common import CONTROLS, VECTOR_CONTROLS, check_rollout, control_shape
 
 __all__ = ["rollout_fn", "CONTROLS"]
 
-CONTROLS = A.GRAD_TARGETS
-_VECTOR_CONTROLS = ("force", "wall_velocity", "inlet_velocity")
 
 
-def _control_shape(problem: Problem, params: Parameters, name: str) -> tuple:
-    if name == "initial":
-        return (problem.lattice.q,) + problem.shape
-    shape = tuple(getattr(params, name).shape)
-    return shape + (3,) if name in _VECTOR_CONTROLS else shape
 
 
 def rollout_fn(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=("initial",),
@@ -41,30 +35,9 @@ def rollout_fn(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=
     (default checkpointed), and works under ``jax.jit``, ``jax.grad`` and ``jax.value_and_grad``.
     Controls not given come from ``params`` and ``initial`` (defaults: the problem's values, rest state).
     """
-    if problem.precision == "float16":
-        raise ValueError("precision='float16' (shifted float16 storage) is not supported by this bridge; use float32")
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem={problem!r} must be a difflbm.Problem")
-    if not isinstance(loss, Loss):
-        raise TypeError(f"loss={loss!r} must be a difflbm.losses.Loss")
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps={steps} must be >= 0")
-    controls = (controls,) if isinstance(controls, str) else tuple(controls)
-    if not controls:
-        raise ValueError(f"controls is empty; allowed: {', '.join(CONTROLS)}")
-    for name in controls:
-        if name not in CONTROLS:
-            raise ValueError(f"controls={name!r} is not differentiable; allowed: {', '.join(CONTROLS)}")
-    if len(set(controls)) != len(controls):
-        raise ValueError(f"controls={controls} names a control twice")
-    base_params = problem.parameters() if params is None else params
-    base_initial = problem.state() if initial is None else initial
-    if base_params.problem is not problem or base_initial.problem is not problem:
-        raise ValueError("params and initial must belong to problem")
-    adjoint = A.Checkpointed() if adjoint is None else adjoint
-    A._segment_length(adjoint, max(steps, 1), base_initial.f.capacity)  # reject a bad strategy up front
-    shapes = tuple(_control_shape(problem, base_params, n) for n in controls)
+    steps, controls, base_params, base_initial, adjoint = check_rollout(problem, steps, loss, adjoint, controls,
+                                                                        params, initial)
+    shapes = tuple(control_shape(problem, base_params, n) for n in controls)
     np_dtype = np.dtype(np.float32 if problem.precision == "float32" else np.float64)
     wp_dtype = K.wp_dtype(problem.precision)
     vec3 = wp.types.vector(3, wp_dtype)
@@ -82,7 +55,7 @@ def rollout_fn(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=
                 st = State(problem, wp.array(x.reshape(problem.lattice.q, problem.cell_count), dtype=wp_dtype,
                                              device=problem.device))
             else:
-                setattr(ps, name, wp.array(x, dtype=vec3 if name in _VECTOR_CONTROLS else wp_dtype,
+                setattr(ps, name, wp.array(x, dtype=vec3 if name in VECTOR_CONTROLS else wp_dtype,
                                            device=problem.device))
         return ps, st
 

@@ -22,11 +22,10 @@ from .. import adjoint as A
 from .. import kernels as K
 from ..losses import Loss
 from ..problem import Parameters, Problem, State
+from ._common import CONTROLS, VECTOR_CONTROLS, check_rollout, control_shape
 
 __all__ = ["rollout_op", "Rollout", "CONTROLS"]
 
-CONTROLS = A.GRAD_TARGETS
-_VECTOR_CONTROLS = ("force", "wall_velocity", "inlet_velocity")
 
 
 @dataclass
@@ -54,12 +53,6 @@ def _torch_device(problem: Problem) -> torch.device:
     return torch.device("cpu" if problem.device.is_cpu else f"cuda:{problem.device.ordinal}")
 
 
-def control_shape(problem: Problem, params: Parameters, name: str) -> tuple:
-    """The tensor shape a control has at the bridge: (Q, *shape) for ``initial``, vec3 fields end in 3."""
-    if name == "initial":
-        return (problem.lattice.q,) + problem.shape
-    shape = tuple(getattr(params, name).shape)
-    return shape + (3,) if name in _VECTOR_CONTROLS else shape
 
 
 def _check(entry: _Entry, tensors) -> None:
@@ -98,7 +91,7 @@ def _bind(entry: _Entry, tensors):
             initial = State(problem, wp.from_torch(t.view(problem.lattice.q, problem.cell_count), dtype=dtype,
                                                    requires_grad=False))
         else:
-            arr = wp.from_torch(t, dtype=vec3 if name in _VECTOR_CONTROLS else dtype, requires_grad=False)
+            arr = wp.from_torch(t, dtype=vec3 if name in VECTOR_CONTROLS else dtype, requires_grad=False)
             setattr(params, name, arr)
     return params, initial
 
@@ -192,29 +185,7 @@ def rollout_op(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=
     ``problem.parameters()`` and the state at rest). The backward runs
     :func:`difflbm.adjoint.value_and_grad` with ``adjoint`` (default checkpointed).
     """
-    if problem.precision == "float16":
-        raise ValueError("precision='float16' (shifted float16 storage) is not supported by this bridge; use float32")
-    if not isinstance(problem, Problem):
-        raise TypeError(f"problem={problem!r} must be a difflbm.Problem")
-    if not isinstance(loss, Loss):
-        raise TypeError(f"loss={loss!r} must be a difflbm.losses.Loss")
-    steps = int(steps)
-    if steps < 0:
-        raise ValueError(f"steps={steps} must be >= 0")
-    controls = (controls,) if isinstance(controls, str) else tuple(controls)
-    if not controls:
-        raise ValueError(f"controls is empty; allowed: {', '.join(CONTROLS)}")
-    for name in controls:
-        if name not in CONTROLS:
-            raise ValueError(f"controls={name!r} is not differentiable; allowed: {', '.join(CONTROLS)}")
-    if len(set(controls)) != len(controls):
-        raise ValueError(f"controls={controls} names a control twice")
-    params = problem.parameters() if params is None else params
-    initial = problem.state() if initial is None else initial
-    if params.problem is not problem or initial.problem is not problem:
-        raise ValueError("params and initial must belong to problem")
-    adjoint = A.Checkpointed() if adjoint is None else adjoint
-    A._segment_length(adjoint, max(steps, 1), initial.f.capacity)  # reject a bad strategy now, not in backward
+    steps, controls, params, initial, adjoint = check_rollout(problem, steps, loss, adjoint, controls, params, initial)
     shapes = tuple(control_shape(problem, params, n) for n in controls)
     key = next(_keys)
     _registry[key] = _Entry(problem, steps, loss, adjoint, controls, params, initial, _torch_dtype(problem), shapes)
