@@ -17,7 +17,7 @@ import numpy as np
 from .. import adjoint, io, losses
 from ..problem import PressureOutlet, Problem, VelocityInlet, Wall
 from ..solver import Solver
-from .common import Case, panels_png, velocity
+from .common import Case, VelocityMismatchAt, panels_png, velocity
 
 DEFAULTS = dict(resolution=20, steps=320, iterations=60)
 MIN_RESOLUTION, MIN_STEPS = 8, 8
@@ -80,7 +80,7 @@ class InflowControl(Case):
             if (t + 1) % EVERY == 0:
                 snaps[t + 1] = velocity(self.problem, a)
         norm = sum(float(np.sum(v[region] ** 2)) for v in snaps.values())
-        terms = [_AtStep(t, region=region, target=v, weight=1.0 / norm) for t, v in snaps.items()]
+        terms = [VelocityMismatchAt(t, region=region, target=v, weight=1.0 / norm) for t, v in snaps.items()]
         self.loss = losses.LossSum(terms)
         return snaps
 
@@ -138,17 +138,6 @@ class InflowControl(Case):
         fig.savefig(out / "fields.png", dpi=80)
         files.append(str(out / "fields.png"))
         return files
-
-
-class _AtStep(losses.VelocityMismatch):
-    """Velocity mismatch counted at one time level only."""
-
-    def __init__(self, step, **kw):
-        super().__init__(when="every", **kw)
-        self.step = int(step)
-
-    def active(self, t, steps):
-        return t == self.step
 
 
 def make_case(settings):
