@@ -1,9 +1,32 @@
-"""Small CPU versions of the validation cases: cavity vs Ghia, cylinder drag, 3D cavity mass."""
+"""Small CPU versions of the validation cases: Taylor-Green order, cavity vs Ghia, cylinder drag, 3D cavity mass."""
 
 import numpy as np
 import pytest
 
 from difflbm.validation import run_case
+
+
+@pytest.mark.parametrize("case", ["taylor-green-2d", "taylor-green-3d"])
+def test_taylor_green_velocity_error_second_order(case):
+    """Taylor-Green N = 16, 32, 64, Re fixed (diffusive scaling): velocity error order >= 1.8 (observed 2.10, 2.00)."""
+    r = run_case(case, resolution=16, device="cpu")
+    assert r["passed"], r
+    assert min(r["orders"]) >= 1.8, r["orders"]
+    assert r["levels"][-1]["rel_l2_velocity"] < 1e-4
+
+
+def test_taylor_green_fixed_mach_levels_off():
+    """At fixed Re and Ma (acoustic scaling) the error stops falling: N = 64 within 10 % of N = 32 (the floor)."""
+    r = run_case("taylor-green-2d", resolution=16, device="cpu", scaling="acoustic")
+    e32, e64 = (level["rel_l2_velocity"] for level in r["levels"][1:])
+    assert abs(e64 / e32 - 1) < 0.1, r["levels"]
+    assert not r["passed"]
+
+
+def test_taylor_green_bad_scaling_named():
+    """An unknown scaling raises, naming it and the allowed ones."""
+    with pytest.raises(ValueError, match="scaling='convective'.*diffusive, acoustic"):
+        run_case("taylor-green-2d", resolution=16, device="cpu", scaling="convective")
 
 
 def test_cavity_re100_n32_near_ghia():

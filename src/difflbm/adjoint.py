@@ -97,23 +97,123 @@ class Gradients:
         return self._host[name]
 
 
-def _segment_length(adjoint, steps: int, state_bytes: int) -> tuple[int, bool]:
+WORKING_STATES = 6  # states a gradient holds besides checkpoints and the leaf buffer
+
+
+def _multilevel_spans(n: int, steps: int) -> list[int]:
+    """Fewest levels d, then the longest leaf L, with d c + L + 1 <= n and (c + 1)^d L >= steps."""
+    for d in range(2, 64):
+        for leaf in range(n - 1 - d, 0, -1):
+            c = (n - leaf - 1) // d
+            if (c + 1) ** d * leaf >= steps:
+                return [(c + 1) ** j * leaf for j in range(d - 1, -1, -1)]
+    raise StopIteration
+
+
+def _multilevel(n: int, steps: int) -> list[int]:
+    """Spans of a d-level checkpoint scheme in ``n`` states: leaves of L steps, up to c checkpoints
+    per level (c + 1 at the top), (c + 1)^d L >= steps; it costs about d + 1 forward passes where
+    two levels cost 2."""
+    try:
+        return _multilevel_spans(n, steps)
+    except StopIteration:
+        pass
+    least = next(m for m in range(n + 1, 10 ** 6) if _fits(m, steps))
+    raise ValueError(f"a memory budget of {n} states cannot hold a rollout of {steps} steps: it needs at least "
+                     f"{least}; raise states or bytes")
+
+
+def _fits(n: int, steps: int) -> bool:
+    if any(k + math.ceil(steps / k) <= n for k in range(1, steps + 1)):
+        return True
+    try:
+        _multilevel_spans(n, steps)
+        return True
+    except StopIteration:
+        return False
+
+
+def _schedule(adjoint, steps: int, state_bytes: int, device) -> tuple[list[int], bool]:
+    """Checkpoint spans, outermost first, and whether outer checkpoints live in host memory.
+
+    spans[0] is the checkpoint interval of the forward pass, spans[-1] the leaf segment whose states
+    are all kept while its adjoint runs; spans in between are replayed keeping a checkpoint every
+    next span (see :func:`_multilevel`).
+    """
+    steps = max(steps, 1)
     if isinstance(adjoint, StoreAll):
-        return max(steps, 1), False
+        return [steps], False
     if isinstance(adjoint, Checkpointed):
-        return (int(adjoint.segment) if adjoint.segment else max(1, math.isqrt(max(steps - 1, 0)) + 1)), False
+        if adjoint.segment:
+            return [min(int(adjoint.segment), steps)], False
+        seg = math.isqrt(steps - 1) + 1
+        need = seg + math.ceil(steps / seg) + WORKING_STATES
+        dev = wp.get_device(device)
+        if dev.is_cuda and need * state_bytes > 0.9 * dev.free_memory:
+            # the default must not run out of memory: more levels in what is free (documented)
+            n = int(0.9 * dev.free_memory // state_bytes) - WORKING_STATES
+            if n < 2:
+                raise MemoryError(f"{dev.free_memory / 1e9:.1f} GB free on {dev} holds {n + WORKING_STATES} states "
+                                  f"of {state_bytes / 1e9:.2f} GB; a gradient needs at least {2 + WORKING_STATES}")
+            return _multilevel(n, steps), False
+        return [seg], False
     if isinstance(adjoint, MemoryBudget):
         n = adjoint.states if adjoint.states is not None else adjoint.bytes // state_bytes
         n = int(n)
-        # device states: segment buffer k (+ checkpoints ceil(T/k) unless on the host)
         if n < 2:
             raise ValueError(f"MemoryBudget allows {n} states; at least 2 are needed; raise states or bytes")
+        if adjoint.host:  # only the leaf is on the device: the longest leaf that fits
+            return [min(n, steps)], True
+        # two levels (one recompute) when a leaf of k plus ceil(T / k) checkpoints fit
         for k in range(1, steps + 1):
-            need = k + (0 if adjoint.host else math.ceil(steps / k))
-            if need <= n:
-                return k, adjoint.host
-        return -n, False  # two levels do not fit: recursive bisection within n states
+            if k + math.ceil(steps / k) <= n:
+                return [k], False
+        return _multilevel(n, steps), False
     raise TypeError(f"adjoint={adjoint!r} is not a strategy; allowed: StoreAll(), Checkpointed(), MemoryBudget()")
+
+
+def _keep_pool(device, nbytes: int):
+    """Let the CUDA memory pool keep what a gradient allocates between calls: with the default
+    release threshold of 0 every call maps its tens of gigabytes again (measured as about 20 % of
+    a 256^3 gradient). Only ever raises the threshold."""
+    dev = wp.get_device(device)
+    if dev.is_cuda and wp.is_mempool_enabled(dev):
+        want = min(int(nbytes), int(0.9 * dev.total_memory))
+        if wp.get_mempool_release_threshold(dev) < want:
+            wp.set_mempool_release_threshold(dev, want)
+
+
+def _graph_safe(term) -> bool:
+    """Losses of difflbm.losses only launch kernels on arrays made in bind(), so they can be captured."""
+    return type(term).__module__ == Loss.__module__
+
+
+class _Graphs:
+    """CUDA graphs of launch sequences, captured on first use per key and replayed after."""
+
+    LIMIT = 8
+
+    def __init__(self, device, enabled: bool):
+        self.device = wp.get_device(device)
+        self.enabled = bool(enabled) and self.device.is_cuda
+        self.cache = {}
+
+    def run(self, key, launches):
+        if not self.enabled:
+            launches()
+            return
+        graph = self.cache.get(key)
+        if graph is None:
+            if len(self.cache) >= self.LIMIT:
+                launches()
+                return
+            with wp.ScopedCapture(device=self.device) as capture:
+                launches()
+            graph = self.cache[key] = capture.graph
+        wp.capture_launch(graph)
+
+    def clear(self):
+        self.cache.clear()
 
 
 _warned_zero = set()
@@ -155,7 +255,7 @@ def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: in
 
 def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: int, loss: Loss,
                    adjoint=None, wrt=("initial",) + Parameters.NAMES, check: bool = True,
-                   step_adjoint: str = "auto"):
+                   step_adjoint: str = "auto", graph: bool = True):
     """Run ``steps`` steps from ``initial`` and return ``(loss, Gradients)``.
 
     ``adjoint`` is the strategy (default :class:`Checkpointed`); ``wrt`` names what to return
@@ -163,7 +263,10 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     raises :class:`DivergenceError`-style errors naming the step where it first appeared.
     ``step_adjoint`` picks the kernel that differentiates a step: ``"fused"`` (hand-written, no
     atomics; BGK or TRT, force, walls), ``"warp"`` (Warp's generated adjoint; every configuration) or
-    ``"auto"`` (fused where it applies).
+    ``"auto"`` (fused where it applies). ``graph`` (CUDA only): capture the launches of a forward
+    segment and of a segment's replay + adjoint as CUDA graphs, once per segment shape, and replay
+    them (launch overhead shows on small grids); losses defined outside difflbm.losses are never
+    captured, since they may do host work.
     """
     adjoint = Checkpointed() if adjoint is None else adjoint
     steps = int(steps)
@@ -188,34 +291,48 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         raise ValueError("precision='float16' (float16 storage) is differentiated by the fused adjoint only: it "
                          "needs BGK or TRT, no solid fraction, no curved walls, no open boundaries; use float32")
     solver = Solver(problem)
-    fused = K.step_adjoint_kernel(problem.config) if supported and step_adjoint != "warp" else None
+    want_omega = "omega" in wrt
+    want_force = "force" in wrt and problem.config.force != K.FORCE_NONE
+    fused = (K.step_adjoint_kernel(problem.config, omega_grad=want_omega, force_grad=want_force)
+             if supported and step_adjoint != "warp" else None)
     dev = problem.device
     terms = [t.bind(problem) for t in loss.terms()]
     state_bytes = initial.f.capacity
-    seg, host = _segment_length(adjoint, steps, state_bytes)
-    recursive_budget = -seg if seg < 0 else 0
-    if seg > 0:
-        seg = min(seg, max(steps, 1))
+    spans, host = _schedule(adjoint, steps, state_bytes, dev)
+    _keep_pool(dev, state_bytes * (len(spans) * 8 + spans[-1] + 8))
+    graphs = _Graphs(dev, enabled=graph and all(_graph_safe(t) for t in terms))
 
-    # ---- forward: checkpoints every `seg` steps, loss accumulated on the way
+    # ---- forward: checkpoints every spans[0] steps, loss accumulated on the way
     out = wp.zeros(1, dtype=wp.float64, device=dev)
     checkpoints = {}
     a, b = initial.copy(), State.empty(problem)
-
-    def keep(t, st):
-        checkpoints[t] = st.f.numpy().copy() if host else wp.clone(st.f)
-
     arith = _arithmetic_view(problem)
-    for t in range(steps + 1):
-        for term in terms:
-            if term.active(t, steps):
-                term.evaluate(problem, arith(a.f), params, out)
-        if t == steps:
-            break
-        if seg > 0 and t % seg == 0:
-            keep(t, a)
-        solver.step(a, b, params, solver.window(t, steps))
-        a, b = b, a
+
+    def signature(t0, t1, with_loss):
+        return (t1 - t0, tuple(solver.window(t, steps) for t in range(t0, t1)),
+                tuple(tuple(term.active(t, steps) for term in terms) for t in range(t0, t1)) if with_loss else ())
+
+    def forward(t0, t1, x, y, with_loss):
+        """Steps t0..t1-1 from the state in x (x, y alternate); launches only, so it can be captured."""
+        cur, nxt = x, y
+        for t in range(t0, t1):
+            if with_loss:
+                for term in terms:
+                    if term.active(t, steps):
+                        term.evaluate(problem, arith(cur.f), params, out)
+            solver.step(cur, nxt, params, solver.window(t, steps))
+            cur, nxt = nxt, cur
+
+    top = spans[0]
+    for c0 in range(0, steps, top):
+        c1 = min(c0 + top, steps)
+        checkpoints[c0] = a.f.numpy().copy() if host else wp.clone(a.f)
+        graphs.run((signature(c0, c1, True), a.f.ptr), lambda: forward(c0, c1, a, b, True))
+        if (c1 - c0) % 2:
+            a, b = b, a
+    for term in terms:
+        if term.active(steps, steps):
+            term.evaluate(problem, arith(a.f), params, out)
     final = a
     value = float(out.numpy()[0])
     if check and not math.isfinite(value):
@@ -237,33 +354,22 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     solver.update_wall_term(params)
     # the fused adjoint adds d loss / d omega per cell; a scalar omega is summed once at the end
     omega_cells = None
-    if fused is not None and "omega" in wrt:
+    if fused is not None and want_omega:
         omega_cells = grads.omega if problem.config.omega_field else wp.zeros(problem.cell_count,
                                                                               dtype=grads.omega.dtype, device=dev)
     force_cells = None
-    if fused is not None and "force" in wrt and problem.config.force != K.FORCE_NONE:
+    if fused is not None and want_force:
         force_cells = grads.force if problem.config.force == K.FORCE_FIELD else wp.zeros(
             problem.cell_count, dtype=grads.force.dtype, device=dev)
     adjs = [adj, adj_prev]
-    if recursive_budget:
-        # leaf segments of L states plus a stack of about log2(T / L) checkpoints fit the budget
-        leaf = max(1, recursive_budget // 2)
-        while leaf > 1 and leaf + math.ceil(math.log2(max(steps / leaf, 1.0))) > recursive_budget:
-            leaf -= 1
-    else:
-        leaf = min(seg, steps)
-    buffer = [State.empty(problem) for _ in range(max(leaf, 0))]
+    leaf = spans[-1]
+    buffer = [State.empty(problem) for _ in range(max(min(leaf, steps), 0))]
 
-    def run_leaf(s0, e0, start: wp.array):
-        """Replay states s0..e0-1 from ``start`` and run the adjoint of steps e0-1 down to s0."""
-        if host:
-            buffer[0].f.assign(start)
-        else:
-            wp.copy(buffer[0].f, start)
+    def leaf_body(s0, e0, cur, prev):
+        """Replay states s0..e0-1 (s0 already in buffer[0]) and run the adjoint of steps e0-1 .. s0."""
         for t in range(s0, e0 - 1):
             solver.step(buffer[t - s0], buffer[t - s0 + 1], params, solver.window(t, steps))
         for t in reversed(range(s0, e0)):
-            cur, prev = adjs
             if fused is not None:
                 _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells)
@@ -274,31 +380,46 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             for term in terms:
                 if term.active(t, steps):
                     term.adjoint(problem, arith(buffer[t - s0].f), params, adj_out, prev.f, grads)
-            adjs.reverse()
-            if check and (t == s0 or t % 64 == 0):
-                _check_adjoint(solver, adjs[0], t)
+            cur, prev = prev, cur
 
-    def run_recursive(s0, e0, start: wp.array):
-        """Bisect [s0, e0) until a part fits the leaf buffer; one checkpoint per level is alive."""
-        if e0 - s0 <= leaf:
+    def run_leaf(s0, e0, start):
+        if isinstance(start, np.ndarray):
+            buffer[0].f.assign(start)
+        else:
+            wp.copy(buffer[0].f, start)
+        cur, prev = adjs
+        graphs.run((signature(s0, e0, True), cur.f.ptr), lambda: leaf_body(s0, e0, cur, prev))
+        if (e0 - s0) % 2:
+            adjs.reverse()
+        if check:
+            _check_adjoint(solver, adjs[0], s0)
+
+    def run_level(s0, e0, start, level):
+        """Adjoint of steps s0..e0-1 from the state ``start`` at s0: leaves at the last level, else
+        replay the span once keeping a checkpoint every spans[level + 1] steps, then recurse backwards."""
+        if level == len(spans) - 1:
             run_leaf(s0, e0, start)
             return
-        mid = s0 + (e0 - s0) // 2
-        wp.copy(a.f, start)
-        for t in range(s0, mid):
-            solver.step(a, b, params, solver.window(t, steps))
-            a.f, b.f = b.f, a.f
-        checkpoint = wp.clone(a.f)
-        run_recursive(mid, e0, checkpoint)
-        del checkpoint
-        run_recursive(s0, mid, start)
+        sub = spans[level + 1]
+        marks = list(range(s0, e0, sub))
+        kept = {s0: start}
+        x, y = a, b
+        if isinstance(start, np.ndarray):
+            x.f.assign(start)
+        else:
+            wp.copy(x.f, start)
+        for m0, m1 in zip(marks, marks[1:]):
+            graphs.run((signature(m0, m1, False), x.f.ptr), lambda: forward(m0, m1, x, y, False))
+            if (m1 - m0) % 2:
+                x, y = y, x
+            kept[m1] = wp.clone(x.f)
+        for m in reversed(marks):
+            run_level(m, min(m + sub, e0), kept.pop(m), level + 1)
 
-    if recursive_budget:
-        run_recursive(0, steps, initial.f)
-    else:
-        for s0 in reversed(range(0, steps, seg)):
-            run_leaf(s0, min(s0 + seg, steps), checkpoints.pop(s0))
+    for c0 in reversed(range(0, steps, top)):
+        run_level(c0, min(c0 + top, steps), checkpoints.pop(c0), 0)
     adj = adjs[0]
+    graphs.clear()
 
     _finish_parameter_gradients(problem, params, grads, solver, wrt, adj_wall_term, omega_cells, force_cells)
     g = Gradients(problem, wrt, grads, adj.f)
@@ -375,7 +496,7 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State,
     g = p.grid3
     want_wall = int("wall_velocity" in wrt)
     want_omega = int(omega_cells is not None)
-    wp.launch(kernel, dim=p.cell_count, device=p.device,
+    wp.launch(kernel, dim=p.cell_count, device=p.device, block_dim=K.BLOCK_DIM,
               inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
                       params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, params.force,
                       force_cells if force_cells is not None else grads.force, p.link_q, params.solid_fraction,

@@ -35,6 +35,8 @@ COLLISION_BGK, COLLISION_TRT, COLLISION_SMAGORINSKY = "bgk", "trt", "smagorinsky
 # gets its own module ("unique", so a new configuration does not recompile the others) with these.
 MODULE_OPTIONS = {"max_unroll": 64, "enable_backward": True}
 
+# CUDA threads per block of the step and fused-adjoint launches (benchmarks/regs.py tries others)
+BLOCK_DIM = 256
 
 @dataclass(frozen=True)
 class StepConfig:
@@ -249,21 +251,28 @@ def gather_func(cfg: StepConfig):
         # --- streaming (pull) with half-way / interpolated bounce-back on boundary links.
         # Vector components are assigned only outside dynamic branches: Warp's adjoint of a
         # component store inside a data-dependent branch is not reliable.
+        # Pass 1 loads every pull unconditionally and without a branch in between (the wrapped
+        # source always exists), so all Q loads are in flight together; with a per-direction
+        # branch between two loads the compiler issued them one at a time (ncu: 16 % occupancy,
+        # a third of the DRAM bandwidth). Pass 2 replaces the boundary links; wp.where sends no
+        # adjoint to the discarded pull.
+        pull = vecQ()
+        for i in range(1, wp.static(Q)):
+            src = source_index(x, y, z, xm, xp, ym, yp, zm, zp,
+                               wp.static(C[i][0]), wp.static(C[i][1]), wp.static(C[i][2]), ny, nz)
+            pulled = dtype(f_in[i, src])
+            if wp.static(cfg.porosity):
+                # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
+                t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
+                pulled = t * pulled + (dtype(1.0) - t) * dtype(f_in[wp.static(OPP[i]), idx])
+            pull[i] = pulled
+        # each component of f is assigned once (Warp's adjoint of a component stored twice was wrong)
         f = vecQ()
         f[0] = dtype(f_in[0, idx])
         for i in range(1, wp.static(Q)):
             cx = wp.static(C[i][0])
             cy = wp.static(C[i][1])
             cz = wp.static(C[i][2])
-            # the pull is loaded unconditionally (the wrapped source always exists) so that all
-            # Q loads are independent and in flight together; boundary links replace it below,
-            # and wp.where sends no adjoint to the discarded value
-            src = source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)
-            pulled = dtype(f_in[i, src])
-            if wp.static(cfg.porosity):
-                # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
-                t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
-                pulled = t * pulled + (dtype(1.0) - t) * dtype(f_in[wp.static(OPP[i]), idx])
             bounced = dtype(0.0)
             is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
             if is_link:
@@ -281,7 +290,7 @@ def gather_func(cfg: StepConfig):
                     ws = wall_slot[idx]
                     if ws >= 0:
                         bounced = bounced + wall_term[ws, i]
-            f[i] = wp.where(is_link, bounced, pulled)
+            f[i] = wp.where(is_link, bounced, pull[i])
         if wp.static(shifted):
             # float16 stores f_i - w_i (the deviation from rest), which keeps its precision; every
             # gathered value above is a weights-sum-to-one mix of stored values of equal weight w_i
@@ -645,7 +654,7 @@ def fused_adjoint_supported(cfg: StepConfig) -> bool:
 
 
 @lru_cache(maxsize=None)
-def step_adjoint_kernel(cfg: StepConfig):
+def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bool = True):
     """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK or TRT, Guo forcing and
     (moving) walls.
 
@@ -657,6 +666,9 @@ def step_adjoint_kernel(cfg: StepConfig):
     ``adj_omega`` accumulates d loss / d omega per cell (summed by the caller for a scalar omega);
     ``adj_wall_term`` accumulates per (wall slot, link); :func:`wall_term_kernel`'s adjoint maps it to
     the wall velocities once per rollout.
+    ``omega_grad`` / ``force_grad`` = False compile the kernel without the omega / force gradient
+    (the launch flags ``want_omega`` / ``want_force`` then must be 0): without them f is dead right
+    after its moments, which saves registers (ncu: spills were the adjoint's main extra cost).
     """
     if not fused_adjoint_supported(cfg):
         raise ValueError(f"the fused adjoint does not cover {cfg}")
@@ -737,11 +749,23 @@ def step_adjoint_kernel(cfg: StepConfig):
         adj_rho = dtype(0.0)
         adj_u = vec3()
         adj_force_direct = vec3()
-        d_omega = dtype(0.0)
-        d_omega_m = dtype(0.0)
         a = vecQ()
         for i in range(wp.static(Q)):
             a[i] = adj_out[i, idx]
+        # the parts of d omega that need f, folded first so that f is dead before the main loop
+        # (keeping 19 f and 19 adjoints live together spilled registers): with opp(i) the opposite,
+        # sum_i a_i (f_i +- f_opp(i)) / 2 = sum_i f_i (a_i +- a_opp(i)) / 2
+        af_even = dtype(0.0)
+        af_odd = dtype(0.0)
+        if wp.static(omega_grad):
+            for i in range(wp.static(Q)):
+                if wp.static(cfg.collision == COLLISION_TRT):
+                    af_even += dtype(0.5) * (a[i] + a[wp.static(OPP[i])]) * f[i]
+                    af_odd += dtype(0.5) * (a[i] - a[wp.static(OPP[i])]) * f[i]
+                else:
+                    af_even += a[i] * f[i]
+        d_omega = -af_even
+        d_omega_m = -af_odd
         for i in range(wp.static(Q)):
             ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
             cu = wp.dot(ci, u)
@@ -750,21 +774,23 @@ def step_adjoint_kernel(cfg: StepConfig):
             ae = coef_a * a[i] + coef_b * a[wp.static(OPP[i])]
             adj_rho += ae * feq_i / rho
             adj_u += (ae * wr) * (dtype(3.0) * ci + dtype(9.0) * cu * ci - dtype(3.0) * u)
-            if wp.static(cfg.collision == COLLISION_TRT):
-                feq_o = wr * (dtype(1.0) - dtype(3.0) * cu + dtype(4.5) * cu * cu - usq)
-                fo = f[wp.static(OPP[i])]
-                d_omega -= a[i] * dtype(0.5) * ((f[i] + fo) - (feq_i + feq_o))
-                d_omega_m -= a[i] * dtype(0.5) * ((f[i] - fo) - (feq_i - feq_o))
-            else:
-                d_omega += a[i] * (feq_i - f[i])
+            if wp.static(omega_grad):
+                if wp.static(cfg.collision == COLLISION_TRT):
+                    feq_o = wr * (dtype(1.0) - dtype(3.0) * cu + dtype(4.5) * cu * cu - usq)
+                    d_omega += a[i] * dtype(0.5) * (feq_i + feq_o)
+                    d_omega_m += a[i] * dtype(0.5) * (feq_i - feq_o)
+                else:
+                    d_omega += a[i] * feq_i
             if wp.static(cfg.force != FORCE_NONE):
                 # Guo source S_i = w_i [(1 - omega_m/2) 3 c_i.F + (1 - omega/2)(9 (c_i.u)(c_i.F) - 3 u.F)]
                 cf = wp.dot(ci, force)
                 aw = a[i] * dtype(wp.static(W[i]))
                 adj_u += (aw * pref) * (dtype(9.0) * cf * ci - dtype(3.0) * force)
-                adj_force_direct += aw * (pref_odd * dtype(3.0) * ci + pref * (dtype(9.0) * cu * ci - dtype(3.0) * u))
-                d_omega -= dtype(0.5) * aw * (dtype(9.0) * cu * cf - dtype(3.0) * wp.dot(u, force))
-                d_omega_m -= dtype(0.5) * aw * dtype(3.0) * cf
+                if wp.static(force_grad):
+                    adj_force_direct += aw * (pref_odd * dtype(3.0) * ci + pref * (dtype(9.0) * cu * ci - dtype(3.0) * u))
+                if wp.static(omega_grad):
+                    d_omega -= dtype(0.5) * aw * (dtype(9.0) * cu * cf - dtype(3.0) * wp.dot(u, force))
+                    d_omega_m -= dtype(0.5) * aw * dtype(3.0) * cf
         if wp.static(cfg.collision == COLLISION_TRT):
             # omega_m = 1 / (Lambda / (1/omega - 1/2) + 1/2)
             xm1 = dtype(1.0) / omega - dtype(0.5)
@@ -773,7 +799,7 @@ def step_adjoint_kernel(cfg: StepConfig):
             d_omega += d_omega_m  # BGK: omega_m is omega
         adj_m = adj_u / rho
         adj_rho = adj_rho - wp.dot(adj_u, u) / rho
-        if wp.static(cfg.force != FORCE_NONE):
+        if wp.static(cfg.force != FORCE_NONE and force_grad):
             if want_force != 0:
                 adj_force[idx] = adj_force[idx] + adj_force_direct + dtype(0.5) * adj_m
         keep = dtype(1.0) - coef_a
@@ -794,7 +820,8 @@ def step_adjoint_kernel(cfg: StepConfig):
                             adj_wall_term[ws, i] = adj_wall_term[ws, i] + g
             else:
                 adj_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)] = g
-        if want_omega != 0:
-            adj_omega[idx] = adj_omega[idx] + d_omega
+        if wp.static(omega_grad):
+            if want_omega != 0:
+                adj_omega[idx] = adj_omega[idx] + d_omega
 
     return lbm_step_adjoint

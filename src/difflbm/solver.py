@@ -63,7 +63,8 @@ class Solver:
             raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         args = self.step_inputs(state_in, params, window)
         args[1] = state_out.f
-        wp.launch(self.forward_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device)
+        wp.launch(self.forward_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
+                  block_dim=K.BLOCK_DIM)
 
     def check_finite(self, state: State, step: int):
         """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""

@@ -46,5 +46,5 @@ def check_rollout(problem, steps, loss, adjoint, controls, params, initial):
     if params.problem is not problem or initial.problem is not problem:
         raise ValueError("params and initial must belong to problem")
     adjoint = A.Checkpointed() if adjoint is None else adjoint
-    A._segment_length(adjoint, max(steps, 1), initial.f.capacity)  # reject a bad strategy now, not in backward
+    A._schedule(adjoint, max(steps, 1), initial.f.capacity, problem.device)  # reject a bad strategy now, not in backward
     return steps, controls, params, initial, adjoint
