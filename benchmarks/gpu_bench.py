@@ -38,6 +38,20 @@ if plan == "ensemble":
     # issue #7: B members of 128^2 in one launch vs one simulation with the same cell count
     record("d2q9-fp32-4096", lattice="D2Q9", precision="fp32", size=4096, steps=100)
     record("ensemble-1024x128^2", lattice="D2Q9", precision="fp32", size=128, steps=100, ensemble=1024)
+if plan == "v2":
+    # after the branch-free gather, static adjoint flags, graphs in the gradient (2026-11-23, second session)
+    record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
+    record("d3q19-fp32-512", lattice="D3Q19", precision="fp32", size=512, steps=20, repeats=3)
+    record("d3q19-fp16-256", lattice="D3Q19", precision="fp16", size=256, steps=100)
+    record("d3q19-fp16-512", lattice="D3Q19", precision="fp16", size=512, steps=20, repeats=3)
+    record("d3q27-fp32-256", lattice="D3Q27", precision="fp32", size=256, steps=100)
+    record("d2q9-fp32-4096", lattice="D2Q9", precision="fp32", size=4096, steps=100)
+    record("d3q19-fp64-256", lattice="D3Q19", precision="fp64", size=256, steps=50)
+    record("grad-d3q19-fp32-256-T100", lattice="D3Q19", precision="fp32", size=256, steps=100, gradient=True,
+           repeats=4)
+    record("grad-d3q19-fp16-256-T100", lattice="D3Q19", precision="fp16", size=256, steps=100, gradient=True,
+           repeats=4)
+    record("ensemble-1024x128^2", lattice="D2Q9", precision="fp32", size=128, steps=100, ensemble=1024)
 if plan == "final":
     record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
     record("d3q19-fp32-512", lattice="D3Q19", precision="fp32", size=512, steps=20, repeats=3)

@@ -2,17 +2,21 @@
 
 import numpy as np
 import pytest
+import warp as wp
 
 import difflbm as lbm
 from difflbm import adjoint as A, losses as L
+
+# CUDA variants run where a GPU is present (the device machine; CI has none, so only "cpu" exists there)
+DEVICES = ["cpu"] + (["cuda:0"] if wp.is_cuda_available() else [])
 
 STEPS = 10
 CONTROLS = ("initial", "inlet_velocity", "omega", "outlet_density")
 
 
-def _channel(shape=(12, 10)):
+def _channel(shape=(12, 10), device="cpu"):
     # Every test uses the same boundary set, so the fused step kernel compiles once per session.
-    return lbm.Problem(shape, "D2Q9", omega=1.2, precision="float64", device="cpu",
+    return lbm.Problem(shape, "D2Q9", omega=1.2, precision="float64", device=device,
                        boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+"),
                                    lbm.VelocityInlet(face="x-", velocity=(0.03, 0.0)),
                                    lbm.PressureOutlet(face="x+", density=1.0)])
@@ -42,23 +46,36 @@ def x64():
     jax.config.update("jax_enable_x64", old)
 
 
-def test_torch_matches_native_gradients():
-    """Loss and gradients through the torch op equal native value_and_grad in float64 to round-off."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_matches_native_gradients(device):
+    """Loss and gradients through the torch op equal native value_and_grad in float64 to round-off
+    (on CUDA: zero-copy tensors, launched on a non-default torch stream)."""
     torch = pytest.importorskip("torch")
     from difflbm.bridges.torch import rollout_op
 
-    p = _channel()
+    p = _channel(device=device)
     st = _state(p)
     op = rollout_op(p, STEPS, L.KineticEnergy(), controls=CONTROLS)
-    xs = [torch.tensor(v, requires_grad=True) for v in _controls(p, st)]
-    value = op(*xs)
-    value.backward()
+    tdev = torch.device(device)
+    xs = [torch.tensor(v, requires_grad=True, device=tdev) for v in _controls(p, st)]
+    if tdev.type == "cuda":
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            value = op(*xs)
+            value.backward()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+    else:
+        value = op(*xs)
+        value.backward()
     ref_value, ref = _native(p, st)
-    assert value.dtype == torch.float64 and value.shape == ()
+    assert value.dtype == torch.float64 and value.shape == () and value.device.type == tdev.type
     assert abs(value.item() - ref_value) <= 1e-14 * abs(ref_value)
     for name, x in zip(CONTROLS, xs):
         b = getattr(ref, name)
-        np.testing.assert_allclose(x.grad.numpy(), b, rtol=1e-12, atol=1e-15 * np.abs(b).max(), err_msg=name)
+        assert x.grad.device.type == tdev.type
+        np.testing.assert_allclose(x.grad.cpu().numpy(), b, rtol=1e-12, atol=1e-15 * np.abs(b).max(), err_msg=name)
 
 
 def test_torch_gradcheck_inlet():
@@ -81,13 +98,14 @@ def test_torch_gradcheck_inlet():
     assert torch.autograd.gradcheck(f, (ux,), eps=1e-6, atol=1e-9, rtol=1e-6)
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
     """torch.compile(fullgraph=True) of a module that builds an inlet profile and calls the op runs
     forward and backward without graph breaks and matches eager mode."""
     torch = pytest.importorskip("torch")
     from difflbm.bridges.torch import rollout_op
 
-    p = _channel()
+    p = _channel(device=device)
     op = rollout_op(p, STEPS, L.KineticEnergy(), controls=("inlet_velocity",), initial=_state(p))
     ny = p.shape[1]
 
@@ -103,9 +121,9 @@ def test_torch_compile_fullgraph():
             inlet = torch.stack([ux, torch.zeros_like(ux), torch.zeros_like(ux)], dim=-1)
             return op(inlet.unsqueeze(0))
 
-    eager = Profile()
+    eager = Profile().to(device)
     eager().backward()
-    module = Profile()
+    module = Profile().to(device)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     value = compiled()
     value.backward()
@@ -114,12 +132,13 @@ def test_torch_compile_fullgraph():
     assert module.amplitude.grad.item() != 0.0
 
 
-def test_jax_matches_native_gradients(x64):
+@pytest.mark.parametrize("device", DEVICES)
+def test_jax_matches_native_gradients(x64, device):
     """Loss and gradients through the JAX function (jit + value_and_grad) equal native value_and_grad."""
     jax = x64
     from difflbm.bridges.jax import rollout_fn
 
-    p = _channel()
+    p = _channel(device=device)
     st = _state(p)
     f = rollout_fn(p, STEPS, L.KineticEnergy(), controls=CONTROLS)
     xs = [jax.numpy.asarray(v) for v in _controls(p, st)]

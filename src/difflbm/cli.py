@@ -88,7 +88,8 @@ def _cmd_gradcheck(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import run_bench
     result = run_bench(lattice=args.lattice, precision=args.precision, size=args.size, steps=args.steps,
-                       gradient=args.gradient, device=args.device, repeats=args.repeats, ensemble=args.ensemble)
+                       gradient=args.gradient, device=args.device, repeats=args.repeats, ensemble=args.ensemble,
+                       graph=not args.no_graph)
     _print(result, args.json)
     return 0
 
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=None)
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--gradient", action="store_true")
+    b.add_argument("--no-graph", action="store_true", help="launch every step (no CUDA graphs), to see launch overhead")
     b.add_argument("--ensemble", type=int, default=0, help="B stacked 2D cavities of --size^2 (D2Q9 only)")
     b.add_argument("--device", default=None)
     b.add_argument("--json", action="store_true")

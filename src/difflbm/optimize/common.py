@@ -178,7 +178,9 @@ def run_case(case: Case, settings: Settings) -> dict:
             params[name] = fname
             files.append(str(out / fname))
     wall = time.perf_counter() - t0
+    memory = _peak_device_memory(settings.device)
     summary = dict(problem=settings.problem, settings=asdict(settings), device=settings.device,
+                   peak_device_memory_bytes=memory,
                    iterations_done=done, function_evaluations_this_run=evaluations,
                    initial_loss=history[0], final_loss=history[-1],
                    loss_reduction=(history[0] / history[-1]) if history[-1] > 0 else float("inf"),
@@ -188,8 +190,18 @@ def run_case(case: Case, settings: Settings) -> dict:
         json.dump(summary, fh, indent=1, default=float)
     result = dict(problem=settings.problem, iterations=done, initial_loss=history[0], final_loss=history[-1],
                   loss_reduction=summary["loss_reduction"], **metrics, wall_time_s=round(wall, 3),
-                  device=settings.device, out=str(out))
+                  device=settings.device, peak_device_memory_bytes=memory, out=str(out))
     return result
+
+
+def _peak_device_memory(device: str):
+    """High-water mark of Warp's CUDA memory pool in this process (None on the CPU, or without a pool)."""
+    import warp as wp
+
+    dev = wp.get_device(device)
+    if dev.is_cuda and wp.is_mempool_enabled(dev):
+        return int(wp.get_mempool_used_mem_high(dev))
+    return None
 
 
 def _loss_png(path: Path, history, title: str) -> str:
