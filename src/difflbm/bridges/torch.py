@@ -124,8 +124,10 @@ def _rollout_vjp(key: int, xs: list[torch.Tensor]) -> list[torch.Tensor]:
     entry = _registry[key]
     params, initial = _bind(entry, xs)
     with _on_torch_stream(entry.problem):
+        # no CUDA graphs on torch's stream: under torch.compile it is the legacy default stream, on
+        # which no graph can be captured (Warp: "unknown stream", seen on an H200)
         _, g = A.value_and_grad(entry.problem, params, initial, entry.steps, entry.loss, adjoint=entry.adjoint,
-                                wrt=entry.controls)
+                                wrt=entry.controls, graph=False)
     out = []
     for name, shape in zip(entry.controls, entry.shapes):
         # The gradient buffers are allocated per call, so handing their memory to torch is safe.
