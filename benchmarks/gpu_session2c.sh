@@ -10,4 +10,5 @@ for p in initial-state inflow-control topology viscosity; do opt default-$p $p; 
 opt big-initial-state initial-state --resolution 1024 --steps 2000 --iterations 20 --precision float32
 opt big-viscosity viscosity --resolution 1024 --steps 2000 --iterations 10 --precision float32
 opt big-topology topology --resolution 256 --steps 4000 --iterations 20 --precision float32
-find $out/opt -name "*.vti" -delete; find $out/opt -name "iterate.npz" -delete; find $out/opt -name "*.log" -delete
+find $out/opt -name "*.vti" -delete; find $out/opt -name "iterate.npz" -delete; find $out/opt/big-* -name "*.npy" -delete
+for f in $out/opt/*.log; do tail -c 1500 $f > $f.tail; rm $f; done

@@ -1,9 +1,14 @@
 """x-slab domain decomposition on torch.distributed (gloo, CPU): forward and gradients = one rank."""
 
+import datetime
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import difflbm as lbm  # noqa: E402
-from difflbm import adjoint as A, distributed as DD, losses as L  # noqa: E402
+from difflbm import adjoint as A, distributed as DD, io, losses as L  # noqa: E402
 
 STEPS = 20
 FWD_TOL = 1e-12
@@ -89,7 +94,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(case, world, tmp_path):
+def _spawn(case, world, tmp_path):
+    """Run ``world`` ranks of this file's worker for ``case``; returns their exit codes and logs."""
     init = f"tcp://127.0.0.1:{_free_port()}"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, __file__, case, str(r), str(world), init, str(tmp_path)], env=env,
@@ -102,8 +108,13 @@ def _launch(case, world, tmp_path):
             for q in procs:
                 q.kill()
             raise
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log
+    return [p.returncode for p in procs], logs
+
+
+def _launch(case, world, tmp_path):
+    codes, logs = _spawn(case, world, tmp_path)
+    for code, log in zip(codes, logs):
+        assert code == 0, log
     return [np.load(tmp_path / f"rank{r}.npz") for r in range(world)]
 
 
@@ -174,5 +185,164 @@ def test_bad_decompositions():
         DD.SlabDecomposition(p, rank=0, world=2).local_loss_terms(kl)
 
 
+# ------------------------------------------------------------------ files per rank, bad input
+HALF = 10
+
+
+def _outcome(fn):
+    """'TypeName: message' of what ``fn()`` raises, or 'no error'."""
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - the test records whatever comes out
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+
+def _files_worker(rank, world, init, out):
+    """One rank: restart round trip, VTK pieces, inputs that must fail on every rank; then rank 1
+    dies and rank 0 tries to write VTK once more."""
+    import torch.distributed as dist
+    import warp as wp
+    wp.config.log_level = wp.LOG_WARNING
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    out = Path(out)
+
+    def make():
+        return _problem("open")
+
+    full = DD.distributed_run(make, 2 * HALF, initial=_initial, gather=False)
+    dec = DD.SlabDecomposition(make())  # reused from here on: built once, as a caller may
+    half = DD.distributed_run(dec, HALF, initial=_initial, gather=False)
+    index = DD.distributed_save_restart(out / "ckpt", dec, half, HALF)
+    f, step = DD.distributed_load_restart(index, make)
+    resumed = DD.distributed_run(dec, HALF, initial=f, gather=False)
+    DD.distributed_write_vti(out / "flow", make, full)
+    outcomes = {
+        "overwrite": _outcome(lambda: DD.distributed_write_vti(out / "flow", dec, full)),
+        # rank 1 passes a slab of the wrong shape: rank 0's piece must not be published either
+        "bad_piece": _outcome(lambda: DD.distributed_write_vti(out / "broken", dec,
+                                                               full if rank == 0 else full[:, :-1])),
+        "shapes": _outcome(lambda: DD.distributed_run(
+            lambda: lbm.Problem((16, 10 + rank), "D2Q9", precision="float64", device="cpu"), 1)),
+        "planes": _outcome(lambda: DD.distributed_run(
+            lambda: lbm.Problem((1, 10), "D2Q9", precision="float64", device="cpu"), 1)),
+    }
+    # the group still works after every refusal: no rank was left inside a collective
+    outcomes["after"] = _outcome(lambda: DD.distributed_run(dec, 1))
+    # a rank that dies: the survivor's next collective must raise, and no index may appear
+    f = DD.distributed_run(dec, 2, initial=_initial, gather=False)
+    dist.barrier()
+    if rank == 1:
+        time.sleep(0.5)  # let rank 0 finish the barrier before the connection drops
+        os._exit(3)
+    t0 = time.perf_counter()
+    outcomes["dead"] = _outcome(lambda: DD.distributed_write_vti(out / "dead", dec, f))
+    outcomes["dead_seconds"] = time.perf_counter() - t0
+    np.savez(out / "rank0.npz", full=full, resumed=resumed, step=step, **{k: np.array(v) for k, v in outcomes.items()})
+    os._exit(0)  # the group cannot be torn down without its peer
+
+
+def _read_vti(path):
+    """(extent, {name: array (nx, ny, nz[, 3])}) of a VTK ImageData file with raw appended data."""
+    raw = Path(path).read_bytes()
+    head, _, appended = raw.partition(b"<AppendedData")
+    root = ET.fromstring(head + b"</VTKFile>")
+    ext = [int(v) for v in root.find("ImageData/Piece").get("Extent").split()]
+    shape = (ext[1] - ext[0], ext[3] - ext[2], ext[5] - ext[4])
+    data = appended[appended.index(b"_") + 1:]
+    out = {}
+    for a in root.iter("DataArray"):
+        at = int(a.get("offset"))
+        n = int(np.frombuffer(data[at:at + 8], np.uint64)[0])
+        v = np.frombuffer(data[at + 8:at + 8 + n], np.float64)
+        k = int(a.get("NumberOfComponents"))
+        out[a.get("Name")] = v.reshape(shape[::-1] + (k,)).transpose(2, 1, 0, 3)  # x fastest, components last
+    return tuple(ext), out
+
+
+def test_files_restart_vtk_and_refusals_2_ranks(tmp_path):
+    """2 ranks: N + save + load + N steps equal 2N bit for bit; the .pvti's pieces assemble to the
+    single-rank field; bad input raises on every rank and publishes nothing; a dead rank makes the
+    survivor raise; a 2-rank restart does not load on 1 rank."""
+    codes, logs = _spawn("files", 2, tmp_path)
+    assert codes == [0, 3], logs  # rank 1 exits with 3 on purpose
+    res = np.load(tmp_path / "rank0.npz")
+    assert np.array_equal(res["resumed"], res["full"])
+    assert int(res["step"]) == HALF
+    # VTK: the index names both pieces at their global extents; the pieces hold the global field
+    root = ET.parse(tmp_path / "flow.pvti").getroot()
+    assert root.find("PImageData").get("WholeExtent").split() == ["0", "16", "0", "10", "0", "1"]
+    pieces = [(p.get("Extent"), p.get("Source")) for p in root.iter("Piece")]
+    assert pieces == [("0 8 0 10 0 1", "flow_0.vti"), ("8 16 0 10 0 1", "flow_1.vti")]
+    p = _problem("open")
+    rho, u = io.macroscopic(p, lbm.Solver(p).run(_initial(p), 2 * HALF))
+    parts = [_read_vti(tmp_path / src) for _, src in pieces]
+    assert [e for e, _ in parts] == [(0, 8, 0, 10, 0, 1), (8, 16, 0, 10, 0, 1)]
+    np.testing.assert_allclose(np.concatenate([d["density"][:, :, 0, 0] for _, d in parts]), rho, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.concatenate([d["velocity"][:, :, 0] for _, d in parts]), u, rtol=0, atol=1e-13)
+    # refusals (rank 0's view; the worker also checks that the group still works afterwards, which
+    # it would not if rank 1 had been left inside a collective)
+    assert str(res["overwrite"]).startswith("FileExistsError") and "overwrite=True" in str(res["overwrite"])
+    assert str(res["bad_piece"]).startswith("ValueError: distributed_write_vti failed on rank 1")
+    assert "f holds populations of shape (9, 7, 10)" in str(res["bad_piece"])
+    assert str(res["shapes"]).startswith("ValueError: the ranks built different global problems")
+    assert "shape: rank 0 [16, 10], rank 1 [16, 11]" in str(res["shapes"])
+    assert str(res["planes"]).startswith("ValueError: nx=1 x-planes cannot be split over 2 ranks")
+    assert str(res["after"]) == "no error"
+    assert str(res["dead"]).startswith("RuntimeError"), str(res["dead"])
+    assert float(res["dead_seconds"]) < 15  # the closed connection is seen before the 20 s timeout
+    left = sorted(f.name for f in tmp_path.iterdir())
+    assert not [n for n in left if n.startswith(("broken", "dead", "."))], left
+    index = tmp_path / "ckpt.json"
+    stored_and_expected = re.escape(f"restart '{index}' was written by world_size=2 ") + ".*world_size=1"
+    with pytest.raises(ValueError, match=stored_and_expected):
+        DD.distributed_load_restart(index, _problem("open"))
+
+
+def test_restart_refuses_other_shape(tmp_path):
+    """A restart loads only into the same global problem: ValueError naming file, stored and expected shape."""
+    p = _problem("periodic")
+    f = DD.distributed_run(p, 2, initial=_initial, gather=False)
+    index = DD.distributed_save_restart(tmp_path / "r", p, f, 2)
+    f2, step = DD.distributed_load_restart(index, p)
+    assert step == 2 and np.array_equal(f2, f)
+    other = lbm.Problem((16, 12), "D2Q9", precision="float64", device="cpu")
+    with pytest.raises(ValueError, match=r"r\.json' does not match.*shape: file \[16, 10\], expected \[16, 12\]"):
+        DD.distributed_load_restart(index, other)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        DD.distributed_save_restart(tmp_path / "r", p, f, 2)
+
+
+def test_dist_bench_runs_as_one_gloo_rank(tmp_path, monkeypatch):
+    """benchmarks/dist_bench.py runs on the CPU as one gloo rank and writes a JSON line; against itself
+    as the baseline its efficiencies are 1."""
+    import importlib.util
+    import json
+
+    import torch.distributed as dist
+    script = Path(__file__).parents[1] / "benchmarks" / "dist_bench.py"
+    spec = importlib.util.spec_from_file_location("dist_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(_free_port()))):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "bench.jsonl"
+    try:
+        bench.main(["--mode", "strong", "--size", "6", "--steps", "2", "--repeats", "1", "--gradient",
+                    "--device", "cpu", "--out", str(out)])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    row = json.loads(out.read_text())
+    assert row["cells"] == 216 and row["world_size"] == 1 and row["forward_mlups"] > 0
+    assert row["gradient_mlups_equivalent"] > 0
+    assert bench.efficiency(row, out) == {"forward_efficiency": 1.0, "gradient_efficiency": 1.0}
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    if sys.argv[1] == "files":
+        _files_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    else:
+        _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

@@ -12,15 +12,25 @@ extended slab. The adjoint of a step is the existing step adjoint (fused or Warp
 slab; what lands in the halo planes is sent back and *added* to the owner's boundary planes, and
 the halo planes of the adjoint are zeroed. Losses count owned cells only and are summed over ranks;
 parameter gradients are summed over ranks; per-cell gradients stay per rank (``gather=True``
-assembles them on every rank). See docs/DISTRIBUTED.md.
+assembles them on every rank).
+
+Files are written per rank (VTK pieces, restart pieces) and published by rank 0's index file (.pvti,
+restart .json) only once every rank reports its piece in place, so a failed or dead rank never leaves
+an index that looks complete. Ranks that built different global problems are found by comparing a
+small signature before the first exchange. See docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import json
 import math
-from functools import lru_cache
+import os
+import zlib
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import warp as wp
@@ -29,11 +39,12 @@ from . import kernels as K
 from . import losses as L
 from .adjoint import (GRAD_TARGETS, Checkpointed, MemoryBudget, StoreAll, _finish_parameter_gradients,
                       _fused_step_adjoint, _step_adjoint)
+from .io import FIELDS, _target, macroscopic
 from .problem import Parameters, Problem, State
 from .solver import Solver
 
-__all__ = ["slab_bounds", "SlabDecomposition", "distributed_run", "distributed_value_and_grad",
-           "DistributedGradients"]
+__all__ = ["DistributedGradients", "SlabDecomposition", "distributed_load_restart", "distributed_run",
+           "distributed_save_restart", "distributed_value_and_grad", "distributed_write_vti", "slab_bounds"]
 
 
 def _torch():
@@ -66,6 +77,21 @@ def _rank_world(group):
     return 0, 1
 
 
+def _signature(problem: Problem) -> dict:
+    """What every rank's global problem must agree on: its description (less the device), the step
+    configuration and a checksum of the cell codes (boundaries, obstacles)."""
+    d = problem.describe()
+    d.pop("device")
+    d["inlet_windows"] = problem.inlet_windows
+    d["config"] = repr(problem.config)
+    d["cell_codes_crc32"] = zlib.crc32(np.ascontiguousarray(problem.code_np))
+    return d
+
+
+# exceptions that cross ranks with their type (a rank that did not fail raises the same type)
+_ERRORS = {c.__name__: c for c in (ValueError, TypeError, FileExistsError, FileNotFoundError, PermissionError)}
+
+
 class SlabDecomposition:
     """The slab of ``problem`` owned by this rank, as a local :class:`Problem` with one halo plane each side.
 
@@ -74,13 +100,16 @@ class SlabDecomposition:
     """
 
     def __init__(self, problem: Problem, group=None, rank: int | None = None, world: int | None = None):
-        if problem.precision == "float16":
-            raise ValueError("precision='float16' is not supported by the slab decomposition yet; use float32")
         r, w = _rank_world(group)
         self.rank = r if rank is None else int(rank)
         self.world = w if world is None else int(world)
         self.group = group
         self.problem = problem
+        if rank is None and world is None and self.world > 1:
+            # first, before any check that could fail on some ranks only and leave the others waiting
+            self._check_same_problem()
+        if problem.precision == "float16":
+            raise ValueError("precision='float16' is not supported by the slab decomposition yet; use float32")
         nx, ny, nz = problem.grid3
         self.bounds = slab_bounds(nx, self.world)
         self.x0, self.n = self.bounds[self.rank]
@@ -125,7 +154,7 @@ class SlabDecomposition:
         lp.code_np = self._x(gp.code_np)
         slot = self._x(gp._arrays["slot"])
         solid_wall = self._x(gp._arrays["solid_wall"])
-        lp._arrays = dict(slot=slot, solid_wall=solid_wall, face_wall=gp._arrays["face_wall"])
+        lp._arrays = {"slot": slot, "solid_wall": solid_wall, "face_wall": gp._arrays["face_wall"]}
         # halo cells get no wall term: their results are discarded, and no table entry is then
         # shared between an owned cell and a halo cell (with one rank they would be the same cell)
         wall_slot = self._x(gp.wall_slot_np) if gp.moving_walls else gp.wall_slot_np
@@ -166,24 +195,59 @@ class SlabDecomposition:
             getattr(lp, name).assign(v)
         return lp
 
-    def local_state(self, initial=None) -> State:
-        """The extended slab's :class:`State` from a global State, a (Q, *shape) array, or None (rest)."""
-        gp = self.problem
+    def local_state(self, initial=None, name: str = "initial") -> State:
+        """The extended slab's :class:`State` from None (rest), a global State or (Q, *shape) array, this
+        rank's owned slab (Q, n, ny[, nz]) (as ``distributed_run(gather=False)`` and
+        :func:`distributed_load_restart` return it), or a State of ``self.local`` (copied on the device).
+        ``name`` is the argument named in errors."""
+        gp, Q = self.problem, self.problem.lattice.q
         if initial is None:
-            initial = gp.state()
-        f = initial.f.numpy() if isinstance(initial, State) else np.asarray(initial)
-        f = f.reshape(gp.lattice.q, gp.cell_count)
+            return self.local.state()  # rest, cell by cell as gp.state() would give it
         st = State.empty(self.local)
-        st.f.assign(np.ascontiguousarray(self._x(f.T, (gp.lattice.q,)).T).astype(st.f.numpy().dtype))
+        if isinstance(initial, State) and initial.problem is self.local:
+            wp.copy(st.f, initial.f)
+            return st
+        f = initial.f.numpy() if isinstance(initial, State) else np.asarray(initial)
+        owned = (Q, self.n) + gp.shape[1:]
+        if f.shape in ((Q,) + gp.shape, (Q, gp.cell_count)):
+            ext = self._x(f.reshape(Q, -1).T, (Q,)).T
+        elif f.shape == owned:
+            # the halo planes start as copies of the boundary planes; the exchange before the first
+            # step sets the populations that owned cells read from them
+            o = f.reshape(Q, self.n, self.plane)
+            ext = np.concatenate([o[:, :1], o, o[:, -1:]], axis=1).reshape(Q, -1)
+        else:
+            raise ValueError(f"{name} holds populations of shape {f.shape}; allowed: the global {(Q,) + gp.shape} "
+                             f"or this rank's slab {owned}")
+        st.f.assign(np.ascontiguousarray(ext).astype(st.f.numpy().dtype))
         return st
 
+    def owned_slab(self, f_ext: np.ndarray) -> np.ndarray:
+        """This rank's owned planes of extended-slab populations (Q, cells), shape (Q, n, ny[, nz])."""
+        gp = self.problem
+        return np.ascontiguousarray(f_ext[:, self.owned]).reshape((gp.lattice.q, self.n) + gp.shape[1:])
+
+    def advance(self, solver: Solver, state: State, scratch: State, params: Parameters, steps: int) -> State:
+        """``steps`` steps of the slab (halo exchange, then the fused step) from ``state``, ping-ponging
+        with ``scratch``; returns whichever of the two holds the result. Nothing leaves the device."""
+        a, b = state, scratch
+        for t in range(int(steps)):
+            self.exchange(a.f)
+            solver.step(a, b, params, solver.window(t, steps))
+            a, b = b, a
+        return a
+
     # -------------------------------------------------------------- communication
-    def _sync(self):
-        """Order Warp's and torch's streams around the exchange (no-op on the CPU)."""
-        if self.problem.device.is_cuda:
-            torch, _ = _torch()
-            wp.synchronize_device(self.problem.device)
-            torch.cuda.synchronize()
+    def _on_warp_stream(self):
+        """Context in which torch's work (copies, NCCL's waits) goes to Warp's stream of this device:
+        ordered with the step kernels without the host waiting for the device (no-op on the CPU)."""
+        if not self.problem.device.is_cuda:
+            return contextlib.nullcontext()
+        torch, _ = _torch()
+        stream = self.problem.device.stream
+        if getattr(self, "_torch_stream", None) is None or self._torch_stream._warp_stream is not stream:
+            self._torch_stream = wp.stream_to_torch(stream)
+        return torch.cuda.stream(self._torch_stream)
 
     def _swap(self, sends):
         """Exchange with the ring neighbours. ``sends`` = [(tensor, to 'left'|'right', tag)];
@@ -211,50 +275,99 @@ class SlabDecomposition:
 
     def exchange(self, f: wp.array):
         """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes."""
-        torch, _ = _torch()
-        self._sync()
-        t = wp.to_torch(f)
-        S, n = self.plane, self.n
-        pos, neg = self.dirs_pos, self.dirs_neg
-        got = self._swap([(t[pos, n * S:(n + 1) * S].contiguous(), "right", 0),
-                          (t[neg, S:2 * S].contiguous(), "left", 1)])
-        t[pos, 0:S] = got[0]
-        t[neg, (n + 1) * S:] = got[1]
-        self._sync()
+        with self._on_warp_stream():
+            t = wp.to_torch(f)
+            S, n = self.plane, self.n
+            pos, neg = self.dirs_pos, self.dirs_neg
+            got = self._swap([(t[pos, n * S:(n + 1) * S].contiguous(), "right", 0),
+                              (t[neg, S:2 * S].contiguous(), "left", 1)])
+            t[pos, 0:S] = got[0]
+            t[neg, (n + 1) * S:] = got[1]
 
     def reverse_exchange(self, adj: wp.array, rows_pos=None, rows_neg=None):
         """Adjoint of :meth:`exchange`: halo values are added to the owners' boundary planes, halos zeroed.
 
         ``adj`` is (Q, cells) populations, or a per-cell array (cells,) / (cells, k) with ``rows_*`` None.
         """
-        self._sync()
-        t = wp.to_torch(adj)
-        S, n = self.plane, self.n
-        if t.dim() == 2 and t.shape[0] == self.problem.lattice.q and t.shape[1] == self.local.cell_count:
-            pos, neg = self.dirs_pos, self.dirs_neg
-            got = self._swap([(t[pos, 0:S].contiguous(), "left", 2),
-                              (t[neg, (n + 1) * S:].contiguous(), "right", 3)])
-            t[pos, n * S:(n + 1) * S] += got[0]
-            t[neg, S:2 * S] += got[1]
-            t[:, 0:S] = 0
-            t[:, (n + 1) * S:] = 0
-        else:  # per-cell field: every component of the halo cells goes back
-            got = self._swap([(t[0:S].contiguous(), "left", 4), (t[(n + 1) * S:].contiguous(), "right", 5)])
-            t[n * S:(n + 1) * S] += got[0]
-            t[S:2 * S] += got[1]
-            t[0:S] = 0
-            t[(n + 1) * S:] = 0
-        self._sync()
+        with self._on_warp_stream():
+            t = wp.to_torch(adj)
+            S, n = self.plane, self.n
+            if t.dim() == 2 and t.shape[0] == self.problem.lattice.q and t.shape[1] == self.local.cell_count:
+                pos, neg = self.dirs_pos, self.dirs_neg
+                got = self._swap([(t[pos, 0:S].contiguous(), "left", 2),
+                                  (t[neg, (n + 1) * S:].contiguous(), "right", 3)])
+                t[pos, n * S:(n + 1) * S] += got[0]
+                t[neg, S:2 * S] += got[1]
+                t[:, 0:S] = 0
+                t[:, (n + 1) * S:] = 0
+            else:  # per-cell field: every component of the halo cells goes back
+                got = self._swap([(t[0:S].contiguous(), "left", 4), (t[(n + 1) * S:].contiguous(), "right", 5)])
+                t[n * S:(n + 1) * S] += got[0]
+                t[S:2 * S] += got[1]
+                t[0:S] = 0
+                t[(n + 1) * S:] = 0
+
+    def _comm_device(self) -> str:
+        """Where collectives' tensors live: this rank's GPU for NCCL, else the host."""
+        _, dist = _torch()
+        if dist.get_backend(self.group) != "nccl":
+            return "cpu"
+        dev = self.problem.device
+        return f"cuda:{dev.ordinal}" if dev.is_cuda else "cuda"
 
     def all_reduce(self, arr: np.ndarray) -> np.ndarray:
         """Sum of a host array over ranks (float64)."""
         torch, dist = _torch()
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64).copy())
         if self.world > 1:
-            dev = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
-            t = t.to(dev)
+            t = t.to(self._comm_device())
             dist.all_reduce(t, group=self.group)
         return t.cpu().numpy()
+
+    def all_gather_json(self, obj) -> list:
+        """``obj`` (JSON-serialisable, small) of every rank in rank order, on every rank."""
+        torch, dist = _torch()
+        if self.world == 1:
+            return [json.loads(json.dumps(obj))]
+        data = torch.frombuffer(bytearray(json.dumps(obj, sort_keys=True).encode()), dtype=torch.uint8)
+        dev = self._comm_device()
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=dev)
+        sizes = [torch.empty_like(size) for _ in range(self.world)]
+        dist.all_gather(sizes, size, group=self.group)
+        sizes = [int(s.item()) for s in sizes]
+        buf = torch.zeros(max(sizes), dtype=torch.uint8, device=dev)
+        buf[: data.numel()] = data.to(dev)
+        parts = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(parts, buf, group=self.group)
+        return [json.loads(bytes(p.cpu().numpy()[:n]).decode()) for p, n in zip(parts, sizes)]
+
+    def agree(self, error: BaseException | None, what: str):
+        """Raise on every rank when any rank passes an ``error`` (a collective: every rank must call it).
+
+        The exception names each failing rank and its message; it keeps the failing ranks' type when
+        they agree on one of ValueError, TypeError, FileExistsError, FileNotFoundError,
+        PermissionError, else it is a RuntimeError.
+        """
+        if self.world == 1:
+            if error is not None:
+                raise error
+            return
+        reports = self.all_gather_json(None if error is None else [type(error).__name__, str(error)])
+        failed = [(r, rep) for r, rep in enumerate(reports) if rep is not None]
+        if not failed:
+            return
+        kinds = {kind for _, (kind, _) in failed}
+        cls = _ERRORS.get(kinds.pop(), RuntimeError) if len(kinds) == 1 else RuntimeError
+        raise cls(f"{what} failed on " + "; ".join(f"rank {r}: {msg}" for r, (_, msg) in failed)) from error
+
+    def _check_same_problem(self):
+        sigs = self.all_gather_json(_signature(self.problem))
+        if all(s == sigs[0] for s in sigs):
+            return
+        keys = sorted({k for s in sigs for k in s if s.get(k) != sigs[0].get(k)})
+        detail = "; ".join(f"{k}: " + ", ".join(f"rank {r} {s.get(k)!r}" for r, s in enumerate(sigs)) for k in keys)
+        raise ValueError(f"the ranks built different global problems ({detail}); every rank must build the same "
+                         "Problem (same shape, lattice, collision, precision, boundaries)")
 
     def gather_cells(self, owned: np.ndarray) -> np.ndarray:
         """Global per-cell array (cells first, flat) from every rank's owned part; on every rank."""
@@ -265,9 +378,7 @@ class SlabDecomposition:
         nmax = max(n for _, n in self.bounds)
         pad = np.zeros((nmax * S,) + owned.shape[1:], dtype=owned.dtype)
         pad[: owned.shape[0]] = owned
-        t = torch.from_numpy(pad)
-        dev = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
-        t = t.to(dev)
+        t = torch.from_numpy(pad).to(self._comm_device())
         parts = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(parts, t, group=self.group)
         return np.concatenate([p.cpu().numpy()[: n * S] for p, (_, n) in zip(parts, self.bounds)])
@@ -407,7 +518,7 @@ class _OwnedDrag:
                       device=problem.device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _owned_drag_kernel(lattice: str, precision: str, curved: bool, axis: int):
     ph = K.physics(lattice, precision)
     dtype, vec3, Q, C, OPP = ph["dtype"], ph["vec3"], ph["Q"], ph["C"], ph["OPP"]
@@ -447,41 +558,44 @@ def _owned_drag_kernel(lattice: str, precision: str, curved: bool, axis: int):
 
 
 # ------------------------------------------------------------------ entry points
-def _resolve(problem, initial, params):
+def _decomposition(problem, group) -> SlabDecomposition:
+    """``problem`` as a decomposition: a SlabDecomposition as it is, else a Problem or factory, decomposed."""
+    if isinstance(problem, SlabDecomposition):
+        return problem
     problem = problem() if callable(problem) and not isinstance(problem, Problem) else problem
     if not isinstance(problem, Problem):
-        raise TypeError(f"problem={problem!r} must be a Problem or a callable returning one")
+        raise TypeError(f"problem={problem!r} must be a Problem, a callable returning one, or a SlabDecomposition")
+    return SlabDecomposition(problem, group=group)
+
+
+def _setup(problem, initial, params, group):
+    dec = _decomposition(problem, group)
     if callable(initial) and not isinstance(initial, State):
-        initial = initial(problem)
+        initial = initial(dec.problem)
     if callable(params) and not isinstance(params, Parameters):
-        params = params(problem)
-    return problem, initial, params
+        params = params(dec.problem)
+    return dec, initial, params
 
 
 def distributed_run(problem, steps: int, initial=None, params=None, group=None, gather: bool = True):
     """Advance ``steps`` steps on this rank's slab; every rank of ``group`` must call it.
 
-    ``problem`` is a :class:`Problem` or a factory ``() -> Problem`` (each rank builds the global
-    problem); ``initial`` a global State, a (Q, *shape) array, a factory ``problem -> State`` or
-    None (rest); ``params`` global Parameters, a factory, or None. Returns the global populations
-    (Q, *shape) on every rank with ``gather``, else this rank's owned slab (Q, n, ny[, nz]).
+    ``problem`` is a :class:`Problem`, a factory ``() -> Problem`` (each rank builds the global
+    problem) or a :class:`SlabDecomposition` (reused as it is); ``initial`` a global State, a
+    (Q, *shape) array, this rank's owned slab (Q, n, ny[, nz]) (from ``gather=False`` or
+    :func:`distributed_load_restart`), a State of ``problem.local`` when ``problem`` is a
+    SlabDecomposition, a factory ``problem -> State`` or None (rest); ``params``
+    global Parameters, a factory, or None. Returns the global populations (Q, *shape) on every rank
+    with ``gather``, else this rank's owned slab (Q, n, ny[, nz]).
     """
-    problem, initial, params = _resolve(problem, initial, params)
     if int(steps) < 0:
         raise ValueError(f"steps={steps} must be >= 0")
-    dec = SlabDecomposition(problem, group=group)
+    dec, initial, params = _setup(problem, initial, params, group)
     lp = dec.local
-    lparams = dec.local_parameters(params)
-    solver = Solver(lp)
-    a, b = dec.local_state(initial), State.empty(lp)
-    for t in range(int(steps)):
-        dec.exchange(a.f)
-        solver.step(a, b, lparams, solver.window(t, steps))
-        a, b = b, a
-    f = a.f.numpy()
-    if gather:
-        return dec.gather_populations(f)
-    return f[:, dec.owned].reshape((problem.lattice.q, dec.n) + problem.shape[1:])
+    final = dec.advance(Solver(lp), dec.local_state(initial), State.empty(lp), dec.local_parameters(params),
+                        int(steps))
+    f = final.f.numpy()
+    return dec.gather_populations(f) if gather else dec.owned_slab(f)
 
 
 class DistributedGradients:
@@ -507,7 +621,6 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     checkpoints of its own slab, halos included; segments are replayed with halo exchanges).
     Returns ``(value, DistributedGradients)`` with the same value on every rank.
     """
-    problem, initial, params = _resolve(problem, initial, params)
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"steps={steps} must be >= 0")
@@ -530,12 +643,13 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     else:
         raise TypeError(f"adjoint={adjoint!r} is not a strategy; allowed: StoreAll(), Checkpointed()")
     seg = min(seg, max(steps, 1))
+    dec, initial, params = _setup(problem, initial, params, group)
+    problem = dec.problem
     supported = K.fused_adjoint_supported(problem.config)
     if step_adjoint == "fused" and not supported:
         raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK, no force, no solid "
                          "fraction, no curved walls, no open boundaries); use 'warp' or 'auto'")
 
-    dec = SlabDecomposition(problem, group=group)
     lp = dec.local
     dev = lp.device
     lparams = dec.local_parameters(params)
@@ -617,8 +731,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             continue
         if name == "initial":
             f = adj.f.numpy()
-            values[name] = dec.gather_populations(f) if gather else \
-                f[:, dec.owned].reshape((problem.lattice.q, dec.n) + problem.shape[1:])
+            values[name] = dec.gather_populations(f) if gather else dec.owned_slab(f)
             continue
         arr = getattr(grads, name).numpy()
         if dec.per_cell(name):
@@ -629,3 +742,257 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     if not math.isfinite(value):
         raise FloatingPointError(f"loss is {value} after {steps} steps")
     return value, DistributedGradients(values, wrt)
+
+
+# ------------------------------------------------------------------ files per rank
+RESTART_FORMAT = "difflbm distributed restart"
+RESTART_VERSION = 1
+
+
+def _piece_path(index: Path, rank: int, suffix: str) -> Path:
+    return index.with_name(f"{index.stem}_{rank}{suffix}")
+
+
+def _temporary(path: Path) -> Path:
+    # beside the target, hidden, with the target's suffix (pyevtk adds the suffix itself)
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def _publish(dec: SlabDecomposition, what: str, index: Path, piece: Path, write_piece, write_index, prepare=None):
+    """Write this rank's ``piece`` and, on rank 0, the ``index`` naming every piece, in four
+    collective stages; any failure raises on every rank and leaves no index:
+
+    1. each rank runs ``prepare()`` (checks) and ``write_piece(tmp)`` under a temporary name;
+    2. rank 0 removes an older index (it may name pieces about to be replaced);
+    3. each rank renames its piece into place and confirms it exists;
+    4. rank 0 writes the index under a temporary name and renames it.
+
+    A rank that dies makes the next stage's collective fail (gloo) or time out (NCCL) on the others.
+    """
+    tmp = _temporary(piece)
+    error = None
+    try:
+        if prepare is not None:
+            prepare()
+        write_piece(tmp)
+    except Exception as err:  # noqa: BLE001 - any failure is reported to every rank by agree()
+        error = err
+    try:
+        dec.agree(error, what)
+        error = None
+        try:
+            if dec.rank == 0 and index.exists():
+                index.unlink()
+        except OSError as err:
+            error = err
+        dec.agree(error, what)
+        try:
+            os.replace(tmp, piece)
+            if not piece.is_file():
+                raise FileNotFoundError(f"{str(piece)!r} is missing after renaming it into place")
+        except OSError as err:
+            error = err
+        dec.agree(error, what)
+    finally:
+        tmp.unlink(missing_ok=True)
+    error = None
+    if dec.rank == 0:
+        tmp = _temporary(index)
+        try:
+            write_index(tmp)
+            os.replace(tmp, index)
+        except Exception as err:  # noqa: BLE001 - any failure is reported to every rank by agree()
+            error = err
+        finally:
+            tmp.unlink(missing_ok=True)
+    dec.agree(error, what)
+
+
+def _owned_fields(dec: SlabDecomposition, f, fields) -> dict:
+    """Cell data of the owned planes in VTK's order (x fastest), float64, flat: (cells,) for density,
+    (cells * 3,) with the components of a cell together for velocity."""
+    rho, u = macroscopic(dec.local, dec.local_state(f, "f"))
+    grid = (dec.n,) + dec.problem.grid3[1:]
+    data = {}
+    if "density" in fields:
+        data["density"] = rho[1:-1].reshape(grid).ravel(order="F").astype(np.float64)
+    if "velocity" in fields:
+        data["velocity"] = u[1:-1].reshape(grid + (3,)).transpose(2, 1, 0, 3).ravel().astype(np.float64)
+    return data
+
+
+def distributed_write_vti(path, problem, f, fields=FIELDS, spacing=1.0, group=None, overwrite: bool = False) -> str:
+    """Write this rank's slab as a VTK ImageData piece and, on rank 0, the .pvti that joins the pieces.
+
+    Every rank of ``group`` must call it. ``path``: the .pvti (``.pvti`` added when missing); pieces go
+    beside it as ``<stem>_<rank>.vti`` with their global extents, so a viewer opens the .pvti as
+    one dataset of the global grid (cell i spans [i, i + 1) * spacing, as :func:`difflbm.io.write_vti`).
+    ``problem``: Problem, factory or SlabDecomposition; ``f``: what :meth:`SlabDecomposition.local_state`
+    takes, usually this rank's slab from ``distributed_run(..., gather=False)``. The .pvti is written
+    last, only when every piece is in place; any rank's failure raises on every rank. Returns the
+    .pvti path on every rank.
+    """
+    from pyevtk.vtk import VtkFile, VtkImageData, VtkParallelFile, VtkPImageData
+
+    dec = _decomposition(problem, group)
+    index = Path(path)
+    index = index if index.suffix == ".pvti" else index.with_name(index.name + ".pvti")
+    piece = _piece_path(index, dec.rank, ".vti")
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
+    ny, nz = dec.problem.grid3[1:]
+    start, end = (dec.x0, 0, 0), (dec.x0 + dec.n, ny, nz)
+    origin = (0.0, 0.0, 0.0)
+
+    def prepare():
+        bad = [name for name in fields if name not in FIELDS]
+        if bad or not fields:
+            raise ValueError(f"fields={fields!r} contains unknown names {bad}; allowed: {', '.join(FIELDS)}")
+        if not (np.isfinite(spacing) and spacing > 0):
+            raise ValueError(f"spacing={spacing} must be positive")
+        _target(piece, ".vti", overwrite, "distributed_write_vti")
+        if dec.rank == 0:
+            _target(index, ".pvti", overwrite, "distributed_write_vti")
+
+    def write_piece(tmp):
+        data = _owned_fields(dec, f, fields)
+        w = VtkFile(str(tmp.with_suffix("")), VtkImageData)
+        w.openGrid(start=start, end=end, origin=origin, spacing=(float(spacing),) * 3)
+        w.openPiece(start=start, end=end)
+        w.openData("Cell", scalars="density" if "density" in data else None,
+                   vectors="velocity" if "velocity" in data else None)
+        for name, values in data.items():
+            # pyevtk's own vector path packs one value at a time; an interleaved flat array is one write
+            ncomp = 3 if name == "velocity" else 1
+            w.addHeader(name, values.dtype.name, values.size // ncomp, ncomp)
+        w.closeData("Cell")
+        w.closePiece()
+        w.closeGrid()
+        for values in data.values():
+            w.appendData(values)
+        w.save()
+
+    def write_index(tmp):
+        w = VtkParallelFile(str(tmp.with_suffix("")), VtkPImageData)
+        w.openGrid(start=(0, 0, 0), end=dec.problem.grid3, origin=origin, spacing=(float(spacing),) * 3)
+        w.openData("PCell", scalars="density" if "density" in fields else None,
+                   vectors="velocity" if "velocity" in fields else None)
+        for name in FIELDS:
+            if name in fields:
+                w.addHeader(name, np.dtype(np.float64), 3 if name == "velocity" else 1)
+        w.closeData("PCell")
+        for r, (x0, n) in enumerate(dec.bounds):
+            w.addPiece((x0, 0, 0), (x0 + n, ny, nz), _piece_path(index, r, ".vti").name)
+        w.closeGrid()
+        w.save()
+
+    _publish(dec, "distributed_write_vti", index, piece, write_piece, write_index, prepare)
+    return str(index)
+
+
+def _restart_header(dec: SlabDecomposition, step: int) -> dict:
+    d = dec.problem.describe()
+    d.pop("device")  # a restart written on GPUs loads on the CPU
+    return {"format": RESTART_FORMAT, "version": RESTART_VERSION, "step": int(step), "world_size": dec.world,
+            "problem": d, "slabs": [[x0, n] for x0, n in dec.bounds]}
+
+
+def distributed_save_restart(path, problem, f, step: int, group=None, overwrite: bool = False) -> str:
+    """Save every rank's owned populations and rank 0's index, so that the run resumes bit for bit.
+
+    Every rank of ``group`` must call it. ``path``: the index (``.json`` added when missing), naming
+    the step, world size, global problem and slab bounds; pieces go beside it as ``<stem>_<rank>.npz``
+    holding this rank's owned populations (Q, n, ny[, nz]) in the storage dtype with the same header
+    and its rank. ``f``: as :func:`distributed_write_vti`. The index is written last, only when every
+    piece is in place. Returns the index path on every rank.
+    """
+    dec = _decomposition(problem, group)
+    index = Path(path)
+    index = index if index.suffix == ".json" else index.with_name(index.name + ".json")
+    piece = _piece_path(index, dec.rank, ".npz")
+    header = _restart_header(dec, step) if isinstance(step, (int, np.integer)) and step >= 0 else None
+
+    def prepare():
+        if header is None:
+            raise ValueError(f"step={step!r} must be a non-negative integer")
+        _target(piece, ".npz", overwrite, "distributed_save_restart")
+        if dec.rank == 0:
+            _target(index, ".json", overwrite, "distributed_save_restart")
+
+    def write_piece(tmp):
+        owned = dec.owned_slab(dec.local_state(f, "f").f.numpy())
+        with open(tmp, "wb") as fh:
+            np.savez(fh, f=owned, rank=np.int64(dec.rank), header=np.array(json.dumps(header, sort_keys=True)))
+
+    def write_index(tmp):
+        pieces = [_piece_path(index, r, ".npz").name for r in range(dec.world)]
+        tmp.write_text(json.dumps(dict(header, pieces=pieces), indent=1, sort_keys=True) + "\n")
+
+    _publish(dec, "distributed_save_restart", index, piece, write_piece, write_index, prepare)
+    return str(index)
+
+
+def _mismatch(stored: dict, want: dict) -> list[str]:
+    return [f"{k}: file {stored.get(k)!r}, expected {want.get(k)!r}" for k in sorted(set(stored) | set(want))
+            if stored.get(k) != want.get(k)]
+
+
+def distributed_load_restart(path, problem, group=None):
+    """Read this rank's piece of a restart written by :func:`distributed_save_restart`.
+
+    Every rank of ``group`` must call it. Returns ``(f, step)``: this rank's owned populations
+    (Q, n, ny[, nz]), to pass as ``initial`` to :func:`distributed_run` or
+    :func:`distributed_value_and_grad`, and the stored step. Raises on every rank (ValueError, naming
+    the file, the stored and the expected value) when the world size, the global problem (shape,
+    lattice, collision, precision, periodicity) or the slab bounds differ, and FileNotFoundError when
+    the index is missing (the save did not complete) or a piece is.
+    """
+    dec = _decomposition(problem, group)
+    index = Path(path)
+    index = index if index.suffix == ".json" else index.with_name(index.name + ".json")
+    result, error = None, None
+    try:
+        result = _load_piece(dec, index)
+    except Exception as err:  # noqa: BLE001 - any failure is reported to every rank by agree()
+        error = err
+    dec.agree(error, "distributed_load_restart")
+    return result
+
+
+def _load_piece(dec: SlabDecomposition, index: Path):
+    if not index.is_file():
+        raise FileNotFoundError(f"restart index {str(index)!r} does not exist (wrong path, or the save did not "
+                                "complete)")
+    try:
+        stored = json.loads(index.read_text())
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict) or stored.get("format") != RESTART_FORMAT:
+        raise ValueError(f"{str(index)!r} is not a difflbm distributed restart index")
+    want = _restart_header(dec, stored.get("step", 0))
+    if stored.get("world_size") != dec.world:
+        raise ValueError(f"restart {str(index)!r} was written by world_size={stored.get('world_size')} ranks; "
+                         f"this run has world_size={dec.world}; resume with {stored.get('world_size')} ranks")
+    diff = _mismatch(stored.get("problem", {}), want["problem"])
+    if diff:
+        raise ValueError(f"restart {str(index)!r} does not match the problem: " + "; ".join(diff))
+    if stored.get("slabs") != want["slabs"]:
+        raise ValueError(f"restart {str(index)!r} holds slabs {stored.get('slabs')}; this run expects {want['slabs']}")
+    piece = index.with_name(stored["pieces"][dec.rank])
+    if not piece.is_file():
+        raise FileNotFoundError(f"restart piece {str(piece)!r} of rank {dec.rank} does not exist")
+    with np.load(piece, allow_pickle=False) as z:
+        if "f" not in z or "header" not in z or "rank" not in z:
+            raise ValueError(f"{str(piece)!r} is not a difflbm distributed restart piece (needs f, rank, header)")
+        header, rank, f = json.loads(str(z["header"])), int(z["rank"]), z["f"]
+    diff = _mismatch(header, {k: stored[k] for k in want})
+    if rank != dec.rank:
+        diff.append(f"rank: file {rank}, expected {dec.rank}")
+    if diff:
+        raise ValueError(f"restart piece {str(piece)!r} does not match its index {str(index)!r}: " + "; ".join(diff))
+    gp = dec.problem
+    shape = (gp.lattice.q, dec.n) + gp.shape[1:]
+    dtype = State.empty(dec.local).f.dtype  # storage dtype: a restart must be exact, no casts
+    if f.shape != shape or f.dtype != wp.dtype_to_numpy(dtype):
+        raise ValueError(f"restart piece {str(piece)!r} holds {f.dtype} populations of shape {f.shape}; "
+                         f"expected {np.dtype(wp.dtype_to_numpy(dtype))} of shape {shape}")
+    return f, int(stored["step"])
