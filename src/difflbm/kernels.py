@@ -35,8 +35,9 @@ COLLISION_BGK, COLLISION_TRT, COLLISION_SMAGORINSKY = "bgk", "trt", "smagorinsky
 # gets its own module ("unique", so a new configuration does not recompile the others) with these.
 MODULE_OPTIONS = {"max_unroll": 64, "enable_backward": True}
 
-# CUDA threads per block of the step and fused-adjoint launches (benchmarks/regs.py tries others)
-BLOCK_DIM = 256
+# CUDA threads per block of the step and fused-adjoint launches: 128 gave 13,509 MLUPS vs 12,162 for
+# 256 (D3Q19 fp32 256^3, H200, benchmarks/regs.py, same run; finer block retirement at 128 registers)
+BLOCK_DIM = 128
 
 @dataclass(frozen=True)
 class StepConfig:
