@@ -1,9 +1,13 @@
-"""PyTorch bridge: a difflbm rollout as a ``torch.library`` custom op with a checkpointed backward.
+"""PyTorch bridge: a difflbm rollout as a ``torch.library`` custom op with a checkpointed backward,
+and a single step as a custom op.
 
 :func:`rollout_op` binds a problem, a step count and a loss, and returns a callable that maps tensors
 for the chosen controls (initial populations, parameters) to the scalar loss. The forward and the
 vector-Jacobian product are two custom ops (``difflbm::rollout`` and ``difflbm::rollout_vjp``), so
 ``torch.compile`` sees opaque nodes with known output shapes instead of tracing into Warp.
+:func:`step_op` is the same for one time step (``difflbm::step`` / ``difflbm::step_vjp``): it maps
+the populations (and the chosen parameters) to the populations after the step, for models that put
+torch code between steps (a learned closure, a controller).
 
 Custom ops accept only tensors and simple scalars, so the Python objects of a rollout (problem, loss,
 adjoint strategy) live in a module-level registry and the ops receive an integer key to it.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +27,10 @@ from .. import adjoint as A
 from .. import kernels as K
 from ..losses import Loss
 from ..problem import Parameters, Problem, State
+from ..solver import Solver
 from ._common import CONTROLS, VECTOR_CONTROLS, check_rollout, control_shape
 
-__all__ = ["rollout_op", "Rollout", "CONTROLS"]
+__all__ = ["rollout_op", "Rollout", "step_op", "Step", "CONTROLS"]
 
 
 
@@ -192,3 +198,134 @@ def rollout_op(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=
     key = next(_keys)
     _registry[key] = _Entry(problem, steps, loss, adjoint, controls, params, initial, _torch_dtype(problem), shapes)
     return Rollout(key)
+
+
+# ------------------------------------------------------------------------------------------ one step
+class _Cotangent(Loss):
+    """loss = sum over (i, cell) of w f: its gradient through one step is the step's
+    vector-Jacobian product with the cotangent w."""
+
+    def __init__(self, weights: wp.array):
+        super().__init__(when="final")
+        self.weights = weights
+
+    def _launch(self, problem, f, params, out, adj):
+        kernel = _dot_kernel(f.dtype)
+        if adj is None:
+            wp.launch(kernel, dim=f.shape, inputs=[f, self.weights, out], device=problem.device)
+        else:
+            wp.launch(kernel, dim=f.shape, inputs=[f, self.weights, out], adj_inputs=[adj[0], None, out],
+                      adjoint=True, device=problem.device)
+
+
+@wp.kernel(module="unique")
+def _lbm_dot_f32(f: wp.array2d(dtype=wp.float32), w: wp.array2d(dtype=wp.float32), out: wp.array(dtype=wp.float64)):
+    i, n = wp.tid()
+    wp.atomic_add(out, 0, wp.float64(w[i, n] * f[i, n]))
+
+
+@wp.kernel(module="unique")
+def _lbm_dot_f64(f: wp.array2d(dtype=wp.float64), w: wp.array2d(dtype=wp.float64), out: wp.array(dtype=wp.float64)):
+    i, n = wp.tid()
+    wp.atomic_add(out, 0, w[i, n] * f[i, n])
+
+
+def _dot_kernel(dtype):
+    return _lbm_dot_f32 if dtype == wp.float32 else _lbm_dot_f64
+
+
+def _step_shape(entry: _Entry) -> tuple:
+    return (entry.problem.lattice.q,) + entry.problem.shape
+
+
+@torch.library.custom_op("difflbm::step", mutates_args=())
+def _step(key: int, xs: list[torch.Tensor]) -> torch.Tensor:
+    entry = _registry[key]
+    params, initial = _bind(entry, xs)
+    problem = entry.problem
+    with _on_torch_stream(problem):
+        out = State.empty(problem)
+        Solver(problem).step(initial, out, params)
+    # the output buffer is allocated per call, so handing its memory to torch is safe
+    return wp.to_torch(out.f, requires_grad=False).reshape(_step_shape(entry))
+
+
+@_step.register_fake
+def _(key, xs):
+    return xs[0].new_empty(_step_shape(_registry[key]), dtype=_registry[key].dtype)
+
+
+@torch.library.custom_op("difflbm::step_vjp", mutates_args=())
+def _step_vjp(key: int, xs: list[torch.Tensor], grad: torch.Tensor) -> list[torch.Tensor]:
+    """J^T grad for every control of one step."""
+    entry = _registry[key]
+    params, initial = _bind(entry, xs)
+    problem = entry.problem
+    dtype = K.wp_dtype(problem.precision)
+    weights = wp.from_torch(grad.detach().contiguous().view(problem.lattice.q, problem.cell_count), dtype=dtype,
+                            requires_grad=False)
+    with _on_torch_stream(problem), warnings.catch_warnings():
+        # a zero cotangent (torch passes them, e.g. for rows gradcheck does not probe) is no user error
+        warnings.filterwarnings("ignore", message="the loss does not depend on")
+        _, g = A.value_and_grad(problem, params, initial, 1, _Cotangent(weights), adjoint=A.StoreAll(),
+                                wrt=entry.controls, graph=False)
+    return [wp.to_torch(g.device(name), requires_grad=False).reshape(shape)
+            for name, shape in zip(entry.controls, entry.shapes)]
+
+
+@_step_vjp.register_fake
+def _(key, xs, grad):
+    return [torch.empty_like(x) for x in xs]
+
+
+def _step_setup_context(ctx, inputs, output):
+    key, xs = inputs
+    ctx.key = key
+    ctx.save_for_backward(*xs)
+
+
+def _step_backward(ctx, grad):
+    return None, torch.ops.difflbm.step_vjp(ctx.key, list(ctx.saved_tensors), grad.contiguous())
+
+
+_step.register_autograd(_step_backward, setup_context=_step_setup_context)
+
+
+class Step:
+    """A bound time step; call it with one tensor per control (``initial``: the populations before
+    the step, shape (Q, *shape)) to get the populations after it."""
+
+    def __init__(self, key: int):
+        self.key = key
+        entry = _registry[key]
+        self.controls, self.shapes, self.dtype = entry.controls, entry.shapes, entry.dtype
+        self.device = _torch_device(entry.problem)
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        _check(_registry[self.key], tensors)
+        return torch.ops.difflbm.step(self.key, list(tensors))
+
+    def __repr__(self):
+        return f"Step(key={self.key}, controls={self.controls}, shapes={self.shapes})"
+
+
+def step_op(problem: Problem, controls=("initial",), params: Parameters | None = None) -> Step:
+    """One time step of ``problem`` as a differentiable torch function of ``controls``.
+
+    ``controls`` must include ``initial`` (the populations the step starts from); parameters not
+    given come from ``params`` (default ``problem.parameters()``). The backward is the adjoint of the
+    same fused step (the hand-written one where it applies). A step has one time level, so problems
+    with several inlet windows are refused.
+    """
+    controls = (controls,) if isinstance(controls, str) else tuple(controls)
+    if "initial" not in controls:
+        raise ValueError(f"controls={controls} must include 'initial' (the populations a step starts from)")
+    if problem.inlet_windows != 1:
+        raise ValueError(f"problem.inlet_windows={problem.inlet_windows}: a step has one time level; build the "
+                         "problem with inlet_windows=1 for step_op, or use rollout_op")
+    steps, controls, params, initial, adjoint = check_rollout(problem, 1, _Cotangent(None), A.StoreAll(), controls,
+                                                               params, None)
+    shapes = tuple(control_shape(problem, params, n) for n in controls)
+    key = next(_keys)
+    _registry[key] = _Entry(problem, 1, None, adjoint, controls, params, initial, _torch_dtype(problem), shapes)
+    return Step(key)
