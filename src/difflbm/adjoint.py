@@ -189,7 +189,10 @@ def _graph_safe(term) -> bool:
 
 
 class _Graphs:
-    """CUDA graphs of launch sequences, captured on first use per key and replayed after."""
+    """CUDA graphs of launch sequences: the first use of a key runs eagerly (which loads the kernels
+    it needs), the second captures, later ones replay. Capturing with ``force_module_load=False``
+    keeps Warp from compiling every module created so far (the Warp-adjoint step kernel a Solver
+    creates but the fused path never launches took tens of seconds on a GPU)."""
 
     LIMIT = 8
 
@@ -197,9 +200,11 @@ class _Graphs:
         self.device = wp.get_device(device)
         self.enabled = bool(enabled) and self.device.is_cuda
         self.cache = {}
+        self.seen = set()
 
     def run(self, key, launches):
-        if not self.enabled:
+        if not self.enabled or key not in self.seen:
+            self.seen.add(key)
             launches()
             return
         graph = self.cache.get(key)
@@ -207,13 +212,14 @@ class _Graphs:
             if len(self.cache) >= self.LIMIT:
                 launches()
                 return
-            with wp.ScopedCapture(device=self.device) as capture:
+            with wp.ScopedCapture(device=self.device, force_module_load=False) as capture:
                 launches()
             graph = self.cache[key] = capture.graph
         wp.capture_launch(graph)
 
     def clear(self):
         self.cache.clear()
+        self.seen.clear()
 
 
 _warned_zero = set()

@@ -86,7 +86,7 @@ def run_bench(lattice="D3Q19", precision="fp32", size=None, steps=None, gradient
     forward()  # warm-up: compiles and loads the kernel
     use_graph = graph and cuda
     if use_graph:
-        with wp.ScopedCapture(device=dev) as cap:
+        with wp.ScopedCapture(device=dev, force_module_load=False) as cap:  # the warm-up loaded the kernel
             forward()
         run = lambda: wp.capture_launch(cap.graph)  # noqa: E731
         run()
