@@ -24,7 +24,7 @@ def _cmd_validate(args) -> int:
     options = {"resolution": args.resolution, "device": args.device}
     if args.precision:
         options["precision"] = args.precision
-    for name in ("reynolds", "benchmark", "lattice"):
+    for name in ("reynolds", "benchmark", "lattice", "u_max"):
         value = getattr(args, name)
         if value is not None:
             if name == "reynolds" and args.case != "cavity":
@@ -33,6 +33,8 @@ def _cmd_validate(args) -> int:
                 raise ValueError(f"--benchmark={value} applies to the cylinder case only")
             if name == "lattice" and args.case != "cavity-3d":
                 raise ValueError(f"--lattice={value} applies to the cavity-3d case only")
+            if name == "u_max" and args.case != "cylinder":
+                raise ValueError(f"--u-max={value} applies to the cylinder case only")
             options["case" if name == "benchmark" else name] = value
     result = run_case(args.case, **options)
     result["wall_time_s"] = round(time.perf_counter() - t0, 3)
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--reynolds", type=int, default=None, choices=[100, 400, 1000], help="cavity only")
     v.add_argument("--benchmark", default=None, choices=["2D-1", "2D-2"], help="cylinder only (Schafer-Turek case)")
     v.add_argument("--lattice", default=None, choices=["D3Q19", "D3Q27"], help="cavity-3d only")
+    v.add_argument("--u-max", dest="u_max", type=float, default=None,
+                   help="cylinder only: peak inlet velocity in lattice units (Mach number; drag error ~ u_max^2)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_validate)
 
