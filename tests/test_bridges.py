@@ -286,6 +286,7 @@ def test_torch_step_op_gradcheck_and_compile():
 
 
 def test_torch_step_op_bad_input():
+    """The step op refuses controls without populations, wrong shapes and dtypes, and inlet windows."""
     torch = pytest.importorskip("torch")
     from difflbm.bridges.torch import step_op
 
