@@ -21,12 +21,20 @@ def test_gradcheck_json_is_one_object_and_small():
     assert out["parameter"] == "wall_velocity" and out["steps"] == 20
 
 
-def test_validate_json_taylor_green_mode_second_order():
-    """`difflbm validate taylor-green-2d --json`: the Taylor-Green mode's amplitude error falls at second order."""
+def test_validate_json_taylor_green_second_order():
+    """`difflbm validate taylor-green-2d --json`: the velocity error (and the mode amplitude) falls at second order."""
     r = _run("validate", "taylor-green-2d", "--resolution", "16", "--device", "cpu", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert min(out["orders"]) >= 1.8 and out["passed"] is True
     assert min(out["mode_amplitude_orders"]) >= 1.8
+
+
+def test_validate_option_of_another_case_refused():
+    """--u-max belongs to the cylinder: given to another case it exits with an error naming it."""
+    r = _run("validate", "cavity", "--resolution", "8", "--u-max", "0.05", "--device", "cpu")
+    assert r.returncode != 0
+    assert "--u-max=0.05 applies to the cylinder case only" in r.stderr
 
 
 def test_gradcheck_unknown_control_refused():
