@@ -292,10 +292,10 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     supported = K.fused_adjoint_supported(problem.config)
     if step_adjoint == "fused" and not supported:
         raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK or TRT, no solid "
-                         "fraction, no curved walls, no open boundaries); use 'warp' or 'auto'")
+                         "fraction, no curved walls, no zero-gradient outflow); use 'warp' or 'auto'")
     if problem.precision == "float16" and (not supported or step_adjoint == "warp"):
         raise ValueError("precision='float16' (float16 storage) is differentiated by the fused adjoint only: it "
-                         "needs BGK or TRT, no solid fraction, no curved walls, no open boundaries; use float32")
+                         "needs BGK or TRT, no solid fraction, no curved walls, no zero-gradient outflow; use float32")
     solver = Solver(problem)
     want_omega = "omega" in wrt
     want_force = "force" in wrt and problem.config.force != K.FORCE_NONE
@@ -378,7 +378,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         for t in reversed(range(s0, e0)):
             if fused is not None:
                 _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, params, grads, omega_cells, wrt,
-                                    adj_wall_term, force_cells)
+                                    adj_wall_term, force_cells, solver.window(t, steps))
             else:
                 prev.f.zero_()
                 _step_adjoint(solver, buffer[t - s0], cur, prev, params, grads, solver.window(t, steps), scratch,
@@ -496,18 +496,22 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
 
 
 def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State, adj_in: State, params: Parameters,
-                        grads: Parameters, omega_cells, wrt, adj_wall_term, force_cells):
-    """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored)."""
+                        grads: Parameters, omega_cells, wrt, adj_wall_term, force_cells, window: int = 0):
+    """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored);
+    ``window`` is the inlet window of the step."""
     p = solver.problem
     g = p.grid3
     want_wall = int("wall_velocity" in wrt)
     want_omega = int(omega_cells is not None)
+    want_inlet = int("inlet_velocity" in wrt and p.config.velocity_bc)
+    want_outlet = int("outlet_density" in wrt and p.config.pressure_bc)
     wp.launch(kernel, dim=p.cell_count, device=p.device, block_dim=K.BLOCK_DIM,
               inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
                       params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, params.force,
                       force_cells if force_cells is not None else grads.force, p.link_q, params.solid_fraction,
-                      want_wall, want_omega,
-                      int(force_cells is not None), g[0], g[1], g[2]])
+                      p.slot, params.inlet_velocity[window], params.outlet_density, grads.inlet_velocity[window],
+                      grads.outlet_density, want_wall, want_omega, int(force_cells is not None), want_inlet,
+                      want_outlet, g[0], g[1], g[2]])
 
 
 def _check_adjoint(solver: Solver, adj: State, t: int):

@@ -648,7 +648,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     supported = K.fused_adjoint_supported(problem.config)
     if step_adjoint == "fused" and not supported:
         raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK, no force, no solid "
-                         "fraction, no curved walls, no open boundaries); use 'warp' or 'auto'")
+                         "fraction, no curved walls, no zero-gradient outflow); use 'warp' or 'auto'")
 
     lp = dec.local
     dev = lp.device
@@ -709,7 +709,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
             if fused is not None:
                 _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt,
-                                    adj_wall_term, *extra)
+                                    adj_wall_term, *extra, window=solver.window(t, steps))
             else:
                 _step_adjoint(solver, buffer[t - s0], cur, prev, lparams, grads, solver.window(t, steps), scratch,
                               wrt, adj_wall_term)

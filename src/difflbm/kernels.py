@@ -303,32 +303,11 @@ def gather_func(cfg: StepConfig):
 
 
 @lru_cache(maxsize=None)
-def step_kernel(cfg: StepConfig, backward: bool = True):
-    """The fused pull-stream + boundary + collide kernel for ``cfg``.
-
-    Reads ``f_in`` (post-collision populations of the previous step) and writes ``f_out``; it never
-    writes an array it reads, so Warp's adjoint of it is exact. ``backward=False`` builds the same
-    kernel without its adjoint (half the compile time; used by plain forward runs).
-    """
-    ph = physics(cfg.lattice, cfg.precision)
+def open_boundary_func(lattice: str, precision: str):
+    """Per-cell rebuild of the open-boundary links (shared by the step kernel and the fused adjoint)."""
+    ph = physics(lattice, precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
-    sdtype = storage_dtype(cfg.precision)
-    SHIFT = storage_shift(cfg.lattice, cfg.precision)
-    equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
-    noneq_stress_norm = ph["noneq_stress_norm"]
-    collision = cfg.collision
-    trt_magic = float(cfg.trt_magic)
-    smag_c2 = float(cfg.smagorinsky_constant) ** 2
-    any_bc = cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc
-    gather = gather_func(cfg)
-
-    @wp.func
-    def load_cell(f_in: wp.array2d(dtype=sdtype), idx: int) -> vecQ:
-        out = vecQ()
-        for i in range(wp.static(Q)):
-            out[i] = dtype(f_in[i, idx]) + dtype(wp.static(SHIFT[i]))
-        return out
 
     @wp.func
     def open_boundary(f: vecQ, own: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype) -> vecQ:
@@ -363,6 +342,39 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
                 rebuilt = own[i]
             out[i] = bit * rebuilt + (dtype(1.0) - bit) * f[i]
         return out
+
+    return open_boundary
+
+
+@lru_cache(maxsize=None)
+def step_kernel(cfg: StepConfig, backward: bool = True):
+    """The fused pull-stream + boundary + collide kernel for ``cfg``.
+
+    Reads ``f_in`` (post-collision populations of the previous step) and writes ``f_out``; it never
+    writes an array it reads, so Warp's adjoint of it is exact. ``backward=False`` builds the same
+    kernel without its adjoint (half the compile time; used by plain forward runs).
+    """
+    ph = physics(cfg.lattice, cfg.precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+    sdtype = storage_dtype(cfg.precision)
+    SHIFT = storage_shift(cfg.lattice, cfg.precision)
+    equilibrium, density, momentum = ph["equilibrium"], ph["density"], ph["momentum"]
+    noneq_stress_norm = ph["noneq_stress_norm"]
+    collision = cfg.collision
+    trt_magic = float(cfg.trt_magic)
+    smag_c2 = float(cfg.smagorinsky_constant) ** 2
+    any_bc = cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc
+    gather = gather_func(cfg)
+
+    @wp.func
+    def load_cell(f_in: wp.array2d(dtype=sdtype), idx: int) -> vecQ:
+        out = vecQ()
+        for i in range(wp.static(Q)):
+            out[i] = dtype(f_in[i, idx]) + dtype(wp.static(SHIFT[i]))
+        return out
+
+    open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
 
     @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward},
                cuda_max_registers=cfg.max_registers if cfg.max_registers else (None if backward else 128))
@@ -648,10 +660,13 @@ def fused_adjoint_supported(cfg: StepConfig) -> bool:
     The fused adjoint needs every population of the input state to be read by exactly one cell
     (streaming plus half-way bounce-back is a permutation), so that the adjoint can scatter with
     plain stores. Interpolated walls, partially-solid cells and open boundaries read some
-    populations twice; Smagorinsky's omega depends on the stress, a derivative not written here.
+    populations twice (so does a zero-gradient outflow, which reads the cell's own previous
+    populations); Smagorinsky's omega depends on the stress, a derivative not written here. Velocity
+    inlets and pressure outlets (Zou-He) rebuild a cell's links from its own gathered values, so the
+    gather stays a permutation and their adjoint is a per-cell map (written in the kernel).
     """
     return (cfg.collision in (COLLISION_BGK, COLLISION_TRT) and not cfg.porosity and not cfg.curved
-            and not (cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc))
+            and not cfg.outflow_bc)
 
 
 @lru_cache(maxsize=None)
@@ -679,6 +694,57 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     sdtype = storage_dtype(cfg.precision)
     density, momentum = ph["density"], ph["momentum"]
     gather = gather_func(cfg)
+    open_bc = cfg.velocity_bc or cfg.pressure_bc
+    open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
+
+    @wp.func
+    def open_boundary_adjoint(g: vecQ, f_gathered: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype,
+                              s: int, adj_inlet: wp.array(dtype=vec3), adj_outlet: wp.array(dtype=dtype),
+                              want_inlet: int, want_outlet: int) -> vecQ:
+        """Transposed Jacobian of :func:`open_boundary` (velocity / pressure kinds): ``g`` is d loss /
+        d (rebuilt populations), the result d loss / d (gathered populations); the prescribed velocity
+        or density gets its share added at its slot (an atomic add: on one rank a halo cell can share
+        an owned cell's slot; there are few boundary cells)."""
+        known = dtype(0.0)
+        wcn = vec3()
+        for i in range(wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            known += bit * f_gathered[wp.static(OPP[i])] + (dtype(1.0) - bit) * f_gathered[i]
+            wcn += bit * dtype(wp.static(W[i])) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
+                                                       dtype(wp.static(C[i][2])))
+        ub = ub_in
+        rho_b = rho_in
+        denom = dtype(1.0) - dtype(6.0) * wp.dot(wcn, ub_in)
+        wcn2 = dtype(6.0) * wp.dot(wcn, wcn)
+        if kind == KIND_VELOCITY:
+            rho_b = known / denom
+        if kind == KIND_PRESSURE:
+            ub = (dtype(1.0) - known / rho_b) / wcn2 * wcn
+        out = vecQ()
+        s_rho = dtype(0.0)  # d loss / d rho_b through the rebuilt links
+        s_u = vec3()  # d loss / d u_b through the rebuilt links
+        for i in range(wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+            out[wp.static(OPP[i])] = out[wp.static(OPP[i])] + bit * g[i]
+            out[i] = out[i] + (dtype(1.0) - bit) * g[i]
+            s_rho += bit * g[i] * dtype(wp.static(6.0 * W[i])) * wp.dot(ci, ub)
+            s_u += (bit * g[i] * dtype(wp.static(6.0 * W[i])) * rho_b) * ci
+        adj_known = dtype(0.0)
+        if kind == KIND_VELOCITY:
+            adj_known = s_rho / denom
+            if want_inlet != 0:
+                wp.atomic_add(adj_inlet, s, s_u + (s_rho * known * dtype(6.0) / (denom * denom)) * wcn)
+        if kind == KIND_PRESSURE:
+            adj_alpha = wp.dot(s_u, wcn)
+            adj_known = -adj_alpha / (rho_in * wcn2)
+            if want_outlet != 0:
+                wp.atomic_add(adj_outlet, s, s_rho + adj_alpha * known / (rho_in * rho_in * wcn2))
+        for i in range(wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            out[wp.static(OPP[i])] = out[wp.static(OPP[i])] + bit * adj_known
+            out[i] = out[i] + (dtype(1.0) - bit) * adj_known
+        return out
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,
                cuda_max_registers=cfg.max_registers if cfg.max_registers else 128)
@@ -698,9 +764,16 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         adj_force: wp.array(dtype=vec3),
         link_q: wp.array2d(dtype=dtype),
         solid_fraction: wp.array(dtype=dtype),
+        slot: wp.array(dtype=wp.int32),
+        inlet_velocity: wp.array(dtype=vec3),
+        outlet_density: wp.array(dtype=dtype),
+        adj_inlet: wp.array(dtype=vec3),
+        adj_outlet: wp.array(dtype=dtype),
         want_wall: int,
         want_omega: int,
         want_force: int,
+        want_inlet: int,
+        want_outlet: int,
         nx: int,
         ny: int,
         nz: int,
@@ -713,6 +786,17 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
                 adj_in[i, idx] = adj_out[i, idx]
             return
         f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
+        # open boundaries: the collision acts on the rebuilt populations (as in the step kernel)
+        ub = vec3()
+        rho_b = dtype(1.0)
+        f_gathered = f
+        if wp.static(open_bc):
+            if kind == KIND_VELOCITY:
+                ub = inlet_velocity[slot[idx]]
+            if kind == KIND_PRESSURE:
+                rho_b = outlet_density[slot[idx]]
+            if kind >= KIND_VELOCITY:
+                f = open_boundary(f_gathered, f_gathered, cell, kind, ub, rho_b)
         # the scatter below needs the same wrapped neighbour coordinates as the gather
         z = idx % nz
         y = (idx / nz) % ny
@@ -804,13 +888,31 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
             if want_force != 0:
                 adj_force[idx] = adj_force[idx] + adj_force_direct + dtype(0.5) * adj_m
         keep = dtype(1.0) - coef_a
+        # d loss / d (populations the collision saw); at an open-boundary cell mapped back through
+        # the Zou-He rebuild onto the gathered populations (the transposed Jacobian of open_boundary)
+        gt = vecQ()
+        if wp.static(open_bc):
+            for i in range(wp.static(Q)):
+                gt[i] = keep * a[i] - coef_b * a[wp.static(OPP[i])] + adj_rho + (
+                    dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
+                    + dtype(wp.static(C[i][2])) * adj_m[2])
+            if kind == KIND_VELOCITY or kind == KIND_PRESSURE:
+                gt = open_boundary_adjoint(gt, f_gathered, cell, kind, ub, rho_b, slot[idx], adj_inlet, adj_outlet,
+                                           want_inlet, want_outlet)
         adj_in[0, idx] = (keep - coef_b) * a[0] + adj_rho  # the rest population is its own opposite
+        if wp.static(open_bc):
+            adj_in[0, idx] = gt[0]
         for i in range(1, wp.static(Q)):
             cx = wp.static(C[i][0])
             cy = wp.static(C[i][1])
             cz = wp.static(C[i][2])
-            g = keep * a[i] - coef_b * a[wp.static(OPP[i])] + adj_rho + (dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
-                                         + dtype(wp.static(C[i][2])) * adj_m[2])
+            g = dtype(0.0)
+            if wp.static(open_bc):
+                g = gt[i]
+            else:
+                g = keep * a[i] - coef_b * a[wp.static(OPP[i])] + adj_rho + (
+                    dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
+                    + dtype(wp.static(C[i][2])) * adj_m[2])
             if (cell >> wp.uint32(i)) & wp.uint32(1):
                 adj_in[wp.static(OPP[i]), idx] = g
                 if wp.static(cfg.moving_walls):
