@@ -29,7 +29,10 @@ def _problem(case):
     mask[7:9, 4:6] = True  # crosses the cut at x = 8 (2 and 4 ranks) and sits next to x = 6 (3 ranks)
     walls = [lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.02, 0.0)), lbm.Wall(mask=mask)]
     kw = dict(omega=1.2, precision="float64", device="cpu")
-    if case == "open":  # Warp's generated step adjoint
+    if case == "curved":  # Bouzidi disc across the cut (Warp's generated adjoint; curved-wall drag)
+        disc, q = lbm.circle_link_fractions("D2Q9", sh, (8.0, 5.0), 2.3)
+        return lbm.Problem(sh, "D2Q9", boundaries=walls[:2] + [lbm.Wall(mask=disc, link_fraction=q)], **kw)
+    if case == "open":  # fused step adjoint with the Zou-He transpose
         return lbm.Problem(sh, "D2Q9", boundaries=walls + [lbm.VelocityInlet(face="x-", velocity=(0.03, 0.0)),
                                                            lbm.PressureOutlet(face="x+", density=1.0)], **kw)
     if case == "periodic":  # hand-written fused step adjoint (periodic in x, the cut wraps)
@@ -59,6 +62,7 @@ def _loss(case):
 
 WRT = {"open": ("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_density"),
        "periodic": ("initial", "omega", "wall_velocity"),
+       "curved": ("initial", "omega", "wall_velocity"),
        "uniform_force": ("initial", "omega", "force"),
        "fields": ("initial", "omega", "force", "solid_fraction")}
 
@@ -131,6 +135,11 @@ def _check_against_single_rank(case, world, tmp_path):
             ref = np.asarray(getattr(g, name))
             err = np.abs(res[name] - ref).max() / np.abs(ref).max()
             assert err <= GRAD_TOL, (name, err)
+
+
+def test_curved_disc_across_cut_2_ranks(tmp_path):
+    """A Bouzidi disc cut by the rank boundary, with the curved-wall drag in the loss: 2 ranks equal 1 rank."""
+    _check_against_single_rank("curved", 2, tmp_path)
 
 
 def test_open_channel_2_ranks(tmp_path):
