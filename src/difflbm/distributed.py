@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import json
 import math
 import os
@@ -690,13 +689,10 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     if fused is not None and "omega" in wrt:
         omega_cells = grads.omega if lp.config.omega_field else wp.zeros(lp.cell_count, dtype=grads.omega.dtype,
                                                                          device=dev)
-    # the fused adjoint takes a per-cell force accumulator where it covers forcing (newer adjoint.py)
-    fused_force = "force_cells" in inspect.signature(_fused_step_adjoint).parameters
     force_cells = None
-    if fused is not None and fused_force and "force" in wrt and lp.config.force != K.FORCE_NONE:
+    if fused is not None and "force" in wrt and lp.config.force != K.FORCE_NONE:
         force_cells = grads.force if lp.config.force == K.FORCE_FIELD else wp.zeros(
             lp.cell_count, dtype=grads.force.dtype, device=dev)
-    extra = (force_cells,) if fused_force else ()
     buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)))]
     for s0 in reversed(range(0, steps, seg)):
         e0 = min(s0 + seg, steps)
@@ -709,7 +705,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
             if fused is not None:
                 _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt,
-                                    adj_wall_term, *extra, window=solver.window(t, steps))
+                                    adj_wall_term, force_cells, solver.window(t, steps))
             else:
                 _step_adjoint(solver, buffer[t - s0], cur, prev, lparams, grads, solver.window(t, steps), scratch,
                               wrt, adj_wall_term)

@@ -303,11 +303,41 @@ def gather_func(cfg: StepConfig):
 
 
 @lru_cache(maxsize=None)
+def open_boundary_balance(lattice: str, precision: str):
+    """``(known_mass, link_normal)``: the mass carried by the known populations of an open-boundary
+    cell (the unknown link i counts through f_opp(i)), and sum over its unknown links of w_i c_i.
+    Shared by :func:`open_boundary_func` and the fused adjoint's transpose of it."""
+    ph = physics(lattice, precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+
+    @wp.func
+    def known_mass(f: vecQ, cell: wp.uint32) -> dtype:
+        known = dtype(0.0)
+        for i in range(wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            known += bit * f[wp.static(OPP[i])] + (dtype(1.0) - bit) * f[i]
+        return known
+
+    @wp.func
+    def link_normal(cell: wp.uint32) -> vec3:
+        wcn = vec3()
+        for i in range(wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            wcn += bit * dtype(wp.static(W[i])) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
+                                                       dtype(wp.static(C[i][2])))
+        return wcn
+
+    return known_mass, link_normal
+
+
+@lru_cache(maxsize=None)
 def open_boundary_func(lattice: str, precision: str):
     """Per-cell rebuild of the open-boundary links (shared by the step kernel and the fused adjoint)."""
     ph = physics(lattice, precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+    known_mass, link_normal = open_boundary_balance(lattice, precision)
 
     @wp.func
     def open_boundary(f: vecQ, own: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype) -> vecQ:
@@ -318,13 +348,8 @@ def open_boundary_func(lattice: str, precision: str):
         unknown links: f_i = f_opp(i) + 6 w_i rho c_i.u for i in U, rho (or u along the boundary
         normal sum_U w_i c_i, for a prescribed density) from the mass balance.
         """
-        known = dtype(0.0)
-        wcn = vec3()
-        for i in range(wp.static(Q)):
-            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
-            known += bit * f[wp.static(OPP[i])] + (dtype(1.0) - bit) * f[i]
-            wcn += bit * dtype(wp.static(W[i])) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
-                                                       dtype(wp.static(C[i][2])))
+        known = known_mass(f, cell)
+        wcn = link_normal(cell)
         ub = ub_in
         rho_b = rho_in
         if kind == KIND_VELOCITY:
@@ -696,6 +721,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     gather = gather_func(cfg)
     open_bc = cfg.velocity_bc or cfg.pressure_bc
     open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
+    known_mass, link_normal = open_boundary_balance(cfg.lattice, cfg.precision)
 
     @wp.func
     def open_boundary_adjoint(g: vecQ, f_gathered: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype,
@@ -705,13 +731,8 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         d (rebuilt populations), the result d loss / d (gathered populations); the prescribed velocity
         or density gets its share added at its slot (an atomic add: on one rank a halo cell can share
         an owned cell's slot; there are few boundary cells)."""
-        known = dtype(0.0)
-        wcn = vec3()
-        for i in range(wp.static(Q)):
-            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
-            known += bit * f_gathered[wp.static(OPP[i])] + (dtype(1.0) - bit) * f_gathered[i]
-            wcn += bit * dtype(wp.static(W[i])) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
-                                                       dtype(wp.static(C[i][2])))
+        known = known_mass(f_gathered, cell)
+        wcn = link_normal(cell)
         ub = ub_in
         rho_b = rho_in
         denom = dtype(1.0) - dtype(6.0) * wp.dot(wcn, ub_in)

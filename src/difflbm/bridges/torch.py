@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import warp as wp
@@ -161,12 +162,12 @@ def _backward(ctx, grad):
 _rollout.register_autograd(_backward, setup_context=_setup_context)
 
 
-class Rollout:
-    """A bound rollout; call it with one tensor per control (in ``controls`` order) to get the loss.
+class _BoundOp:
+    """A rollout or step bound in the registry; called with one tensor per control (in ``controls``
+    order). ``shapes`` lists the tensor shape each control must have; ``dtype`` and ``device``
+    follow the problem's precision and device."""
 
-    ``shapes`` lists the tensor shape each control must have; ``dtype`` and ``device`` follow the
-    problem's precision and device.
-    """
+    _op = None  # the torch.ops entry a subclass calls
 
     def __init__(self, key: int):
         self.key = key
@@ -176,10 +177,23 @@ class Rollout:
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         _check(_registry[self.key], tensors)
-        return torch.ops.difflbm.rollout(self.key, list(tensors))
+        return self._op(self.key, list(tensors))
 
     def __repr__(self):
-        return f"Rollout(key={self.key}, controls={self.controls}, shapes={self.shapes})"
+        return f"{type(self).__name__}(key={self.key}, controls={self.controls}, shapes={self.shapes})"
+
+
+def _register(problem, steps, loss, adjoint, controls, params, initial) -> int:
+    shapes = tuple(control_shape(problem, params, n) for n in controls)
+    key = next(_keys)
+    _registry[key] = _Entry(problem, steps, loss, adjoint, controls, params, initial, _torch_dtype(problem), shapes)
+    return key
+
+
+class Rollout(_BoundOp):
+    """A bound rollout; call it with one tensor per control to get the scalar loss."""
+
+    _op = staticmethod(torch.ops.difflbm.rollout)
 
 
 def rollout_op(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=("initial",),
@@ -194,10 +208,7 @@ def rollout_op(problem: Problem, steps: int, loss: Loss, adjoint=None, controls=
     :func:`difflbm.adjoint.value_and_grad` with ``adjoint`` (default checkpointed).
     """
     steps, controls, params, initial, adjoint = check_rollout(problem, steps, loss, adjoint, controls, params, initial)
-    shapes = tuple(control_shape(problem, params, n) for n in controls)
-    key = next(_keys)
-    _registry[key] = _Entry(problem, steps, loss, adjoint, controls, params, initial, _torch_dtype(problem), shapes)
-    return Rollout(key)
+    return Rollout(_register(problem, steps, loss, adjoint, controls, params, initial))
 
 
 # ------------------------------------------------------------------------------------------ one step
@@ -210,7 +221,7 @@ class _Cotangent(Loss):
         self.weights = weights
 
     def _launch(self, problem, f, params, out, adj):
-        kernel = _dot_kernel(f.dtype)
+        kernel = _lbm_dot  # generic over float32 / float64
         if adj is None:
             wp.launch(kernel, dim=f.shape, inputs=[f, self.weights, out], device=problem.device)
         else:
@@ -219,19 +230,9 @@ class _Cotangent(Loss):
 
 
 @wp.kernel(module="unique")
-def _lbm_dot_f32(f: wp.array2d(dtype=wp.float32), w: wp.array2d(dtype=wp.float32), out: wp.array(dtype=wp.float64)):
+def _lbm_dot(f: wp.array2d(dtype=Any), w: wp.array2d(dtype=Any), out: wp.array(dtype=wp.float64)):
     i, n = wp.tid()
     wp.atomic_add(out, 0, wp.float64(w[i, n] * f[i, n]))
-
-
-@wp.kernel(module="unique")
-def _lbm_dot_f64(f: wp.array2d(dtype=wp.float64), w: wp.array2d(dtype=wp.float64), out: wp.array(dtype=wp.float64)):
-    i, n = wp.tid()
-    wp.atomic_add(out, 0, w[i, n] * f[i, n])
-
-
-def _dot_kernel(dtype):
-    return _lbm_dot_f32 if dtype == wp.float32 else _lbm_dot_f64
 
 
 def _step_shape(entry: _Entry) -> tuple:
@@ -278,35 +279,18 @@ def _(key, xs, grad):
     return [torch.empty_like(x) for x in xs]
 
 
-def _step_setup_context(ctx, inputs, output):
-    key, xs = inputs
-    ctx.key = key
-    ctx.save_for_backward(*xs)
-
-
 def _step_backward(ctx, grad):
     return None, torch.ops.difflbm.step_vjp(ctx.key, list(ctx.saved_tensors), grad.contiguous())
 
 
-_step.register_autograd(_step_backward, setup_context=_step_setup_context)
+_step.register_autograd(_step_backward, setup_context=_setup_context)
 
 
-class Step:
+class Step(_BoundOp):
     """A bound time step; call it with one tensor per control (``initial``: the populations before
     the step, shape (Q, *shape)) to get the populations after it."""
 
-    def __init__(self, key: int):
-        self.key = key
-        entry = _registry[key]
-        self.controls, self.shapes, self.dtype = entry.controls, entry.shapes, entry.dtype
-        self.device = _torch_device(entry.problem)
-
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        _check(_registry[self.key], tensors)
-        return torch.ops.difflbm.step(self.key, list(tensors))
-
-    def __repr__(self):
-        return f"Step(key={self.key}, controls={self.controls}, shapes={self.shapes})"
+    _op = staticmethod(torch.ops.difflbm.step)
 
 
 def step_op(problem: Problem, controls=("initial",), params: Parameters | None = None) -> Step:
@@ -325,7 +309,4 @@ def step_op(problem: Problem, controls=("initial",), params: Parameters | None =
                          "problem with inlet_windows=1 for step_op, or use rollout_op")
     steps, controls, params, initial, adjoint = check_rollout(problem, 1, _Cotangent(None), A.StoreAll(), controls,
                                                                params, None)
-    shapes = tuple(control_shape(problem, params, n) for n in controls)
-    key = next(_keys)
-    _registry[key] = _Entry(problem, 1, None, adjoint, controls, params, initial, _torch_dtype(problem), shapes)
-    return Step(key)
+    return Step(_register(problem, 1, None, adjoint, controls, params, initial))
