@@ -232,6 +232,21 @@ def gather_func(cfg: StepConfig):
     shifted = cfg.precision == "float16"
 
     @wp.func
+    def wall_terms(cell: wp.uint32, idx: int, wall_slot: wp.array(dtype=wp.int32),
+                   wall_term: wp.array2d(dtype=dtype)) -> vecQ:
+        """Moving-wall momentum terms of the boundary links of a cell (zero away from moving walls)."""
+        ws = int(-1)
+        if (cell & wp.uint32(LINK_MASK)) != wp.uint32(0):
+            ws = wall_slot[idx]
+        if ws < 0:
+            return vecQ()
+        out = vecQ()
+        for i in range(1, wp.static(Q)):
+            is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
+            out[i] = wp.where(is_link, wall_term[ws, i], dtype(0.0))
+        return out
+
+    @wp.func
     def gather(f_in: wp.array2d(dtype=sdtype), cell: wp.uint32, idx: int, nx: int, ny: int, nz: int,
                wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=dtype),
                link_q: wp.array2d(dtype=dtype), solid_fraction: wp.array(dtype=dtype)) -> vecQ:
@@ -252,46 +267,46 @@ def gather_func(cfg: StepConfig):
         # --- streaming (pull) with half-way / interpolated bounce-back on boundary links.
         # Vector components are assigned only outside dynamic branches: Warp's adjoint of a
         # component store inside a data-dependent branch is not reliable.
-        # Pass 1 loads every pull unconditionally and without a branch in between (the wrapped
-        # source always exists), so all Q loads are in flight together; with a per-direction
-        # branch between two loads the compiler issued them one at a time (ncu: 16 % occupancy,
-        # a third of the DRAM bandwidth). Pass 2 replaces the boundary links; wp.where sends no
-        # adjoint to the discarded pull.
-        pull = vecQ()
-        for i in range(1, wp.static(Q)):
-            src = source_index(x, y, z, xm, xp, ym, yp, zm, zp,
-                               wp.static(C[i][0]), wp.static(C[i][1]), wp.static(C[i][2]), ny, nz)
-            pulled = dtype(f_in[i, src])
-            if wp.static(cfg.porosity):
-                # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
-                t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
-                pulled = t * pulled + (dtype(1.0) - t) * dtype(f_in[wp.static(OPP[i]), idx])
-            pull[i] = pulled
-        # each component of f is assigned once (Warp's adjoint of a component stored twice was wrong)
+        # One load per direction and no branch between the loads, so all Q are in flight
+        # together (with a branch between two loads the compiler issued them one at a time: ncu,
+        # 16 % occupancy). Half-way bounce-back is an address choice: a boundary link reads the
+        # cell's own opposite population instead of the pull, so the link costs no second load
+        # and no registers (docs/PERF_NOTES.md, v6). Curved links and moving walls then correct
+        # the bounced value in a second pass; wp.where sends no adjoint to the discarded value.
         f = vecQ()
         f[0] = dtype(f_in[0, idx])
         for i in range(1, wp.static(Q)):
-            cx = wp.static(C[i][0])
-            cy = wp.static(C[i][1])
-            cz = wp.static(C[i][2])
-            bounced = dtype(0.0)
+            src = source_index(x, y, z, xm, xp, ym, yp, zm, zp,
+                               wp.static(C[i][0]), wp.static(C[i][1]), wp.static(C[i][2]), ny, nz)
             is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
-            if is_link:
-                bounced = dtype(f_in[wp.static(OPP[i]), idx])
-                if wp.static(cfg.curved):
+            if wp.static(cfg.porosity):
+                # link-wise partial bounce-back: transmission (1 - s_x)(1 - s_src)
+                own = dtype(f_in[wp.static(OPP[i]), idx])
+                t = (dtype(1.0) - s_here) * (dtype(1.0) - solid_fraction[src])
+                f[i] = wp.where(is_link, own, t * dtype(f_in[i, src]) + (dtype(1.0) - t) * own)
+            else:
+                f[i] = dtype(f_in[wp.where(is_link, wp.static(OPP[i]), i), wp.where(is_link, idx, src)])
+        if wp.static(cfg.curved):
+            g = vecQ()
+            for i in range(1, wp.static(Q)):
+                bounced = f[i]
+                is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
+                if is_link:
                     # Bouzidi, Firdaouss & Lallemand (2001), linear interpolation
                     q = link_q[i, idx]
                     if q < dtype(0.5):
-                        nb = neighbour(x, y, z, -cx, -cy, -cz, nx, ny, nz)
+                        nb = neighbour(x, y, z, -wp.static(C[i][0]), -wp.static(C[i][1]), -wp.static(C[i][2]), nx, ny, nz)
                         bounced = dtype(2.0) * q * bounced + (dtype(1.0) - dtype(2.0) * q) * dtype(f_in[wp.static(OPP[i]), nb])
                     else:
                         inv = dtype(0.5) / q
                         bounced = inv * bounced + (dtype(1.0) - inv) * dtype(f_in[i, idx])
-                if wp.static(cfg.moving_walls):
-                    ws = wall_slot[idx]
-                    if ws >= 0:
-                        bounced = bounced + wall_term[ws, i]
-            f[i] = wp.where(is_link, bounced, pull[i])
+                g[i] = bounced
+            g[0] = f[0]
+            f = g
+        if wp.static(cfg.moving_walls):
+            # one branch per cell, not per link: a per-link branch here made the compiler keep
+            # twice the registers (docs/PERF_NOTES.md, v6)
+            f = f + wall_terms(cell, idx, wall_slot, wall_term)
         if wp.static(shifted):
             # float16 stores f_i - w_i (the deviation from rest), which keeps its precision; every
             # gathered value above is a weights-sum-to-one mix of stored values of equal weight w_i
@@ -402,7 +417,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
     open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
 
     @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward},
-               cuda_max_registers=cfg.max_registers if cfg.max_registers else (None if backward else 128))
+               cuda_max_registers=cfg.max_registers or None)
     def lbm_step(
         f_in: wp.array2d(dtype=sdtype),
         f_out: wp.array2d(dtype=sdtype),
@@ -768,7 +783,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         return out
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,
-               cuda_max_registers=cfg.max_registers if cfg.max_registers else 128)
+               cuda_max_registers=cfg.max_registers or None)
     def lbm_step_adjoint(
         f_in: wp.array2d(dtype=sdtype),
         adj_out: wp.array2d(dtype=dtype),
