@@ -23,4 +23,24 @@ long)
   tail -c 1500 /tmp/inflow.log; cat /tmp/opt-inflow/summary.json 2>/dev/null | head -c 1500; echo
   timeout 300 python3 benchmarks/long_gradient.py 256 10000 0
   ;;
+sweep)
+  python3 benchmarks/phases.py 256 sweep
+  ;;
+opt)
+  # inflow-control after the one-term observation series (graphs on, no per-step Python over terms)
+  timeout 200 python3 -m difflbm.cli optimize inflow-control --resolution 256 --steps 4000 --iterations 20 \
+      --precision float32 --device cuda --out /tmp/opt-inflow > /tmp/inflow.log 2>&1; echo "inflow rc=$?"
+  tail -c 600 /tmp/inflow.log; python3 -c "
+import json; s = json.load(open('/tmp/opt-inflow/summary.json'))
+print(json.dumps({k: s.get(k) for k in ('device', 'wall_time_s', 'metrics', 'peak_device_memory_bytes', 'iterations')}, default=str)[:1500])
+print('loss first/last', s['loss_history'][0], s['loss_history'][-1], len(s['loss_history']))"
+  ;;
+cyl)
+  v() { timeout "$1" python3 -m difflbm.cli validate cylinder --device cuda --json "${@:2}" | python3 -c "
+import json, sys; r = json.loads(sys.stdin.read())
+print(json.dumps({k: r.get(k) for k in ('benchmark', 'resolution', 'diameter_cells', 'u_max', 'collision', 'steps', 'converged', 'c_D', 'c_L', 'c_D_max', 'c_L_max', 'St', 'inside_reference', 'passed', 'wall_time_s')}))"; }
+  v 170 --resolution 164 --benchmark 2D-1 --u-max 0.02 --precision fp64
+  v 150 --resolution 164 --benchmark 2D-2 --u-max 0.05 --precision fp64 --collision trt
+  v 150 --resolution 164 --benchmark 2D-2 --u-max 0.05 --precision fp64
+  ;;
 esac

@@ -73,6 +73,63 @@ t_g = timed(run, 3)
 print(json.dumps({"phase": "gradient T=100 steady", "s": t_g, "mlups_equivalent": cells * 100 / t_g / 1e6,
                   "over_forward": t_g / (100 * t_f), "floor_2fwd_plus_adj_over_forward": (2 * t_f + t_b) / t_f}), flush=True)
 
+# per-activity device time of one gradient without graphs (Warp's timing API, CUPTI), summed by name
+if dev != "cpu":
+    run_ng = lambda: A.value_and_grad(p, params, st, 100, L.KineticEnergy(), wrt=("initial", "wall_velocity"), graph=False)
+    run_ng()
+    wp.synchronize_device(dev)
+    t0 = time.perf_counter()
+    wp.timing_begin(cuda_filter=wp.TIMING_ALL)
+    run_ng()
+    res = wp.timing_end()
+    wall = time.perf_counter() - t0
+    agg = {}
+    for r in res:
+        key = r.name[:60]
+        n, ms = agg.get(key, (0, 0.0))
+        agg[key] = (n + 1, ms + r.elapsed)
+    total = sum(v[1] for v in agg.values())
+    print(json.dumps({"profile": "gradient T=100 without graphs", "wall_s": wall, "device_ms_total": total,
+                      "by_name": {k: [v[0], round(v[1], 2)] for k, v in sorted(agg.items(), key=lambda kv: -kv[1][1])[:12]}}),
+          flush=True)
+
+# register caps and block sizes for the step and the fused adjoint (forward step and adjoint step alone)
+import dataclasses
+from difflbm.problem import Problem
+def sweep(label, prob, caps, blocks):
+    for cap in caps:
+        prob.config = dataclasses.replace(prob.config, max_registers=cap)
+        s = Solver(prob)
+        par = prob.parameters()
+        x, y = prob.state(), prob.state()
+        fk = K.step_adjoint_kernel(prob.config, omega_grad=False, force_grad=False)
+        gr = par.zeros_like()
+        j1, j2 = prob.state(), prob.state()
+        aw = wp.zeros_like(s.wall_term)
+        s.update_wall_term(par)
+        for block in blocks:
+            K.BLOCK_DIM = block
+            def f2():
+                for _ in range(50):
+                    s.step(x, y, par)
+                    s.step(y, x, par)
+            def b2():
+                for _ in range(50):
+                    A._fused_step_adjoint(s, fk, x, j1, j2, par, gr, None, ("initial", "wall_velocity"), aw, None)
+                    A._fused_step_adjoint(s, fk, x, j2, j1, par, gr, None, ("initial", "wall_velocity"), aw, None)
+            tf = timed(graph_of(f2)) / 100
+            tb = timed(graph_of(b2)) / 100
+            print(json.dumps({"sweep": label, "cap": cap, "block": block, "forward_mlups": round(cells / tf / 1e6),
+                              "forward_fraction": round(cells / tf / 1e6 / roof, 3), "adjoint_ms": round(tb * 1e3, 3),
+                              "adjoint_over_forward": round(tb / tf, 2),
+                              "adjoint_fraction_232B": round((cells * 232 / tb) / bw, 3)}), flush=True)
+    K.BLOCK_DIM = 128
+
+if len(sys.argv) > 2 and sys.argv[2] == "sweep":
+    sweep("lid cavity", cavity_problem("D3Q19", size, "float32", dev), [None, 64, 56, 48, 80], [128, 256])
+    sweep("periodic box", Problem((size,) * 3, "D3Q19", "bgk", omega=1.0, precision="float32", device=dev), [None, 64], [128])
+    sys.exit(0)
+
 # reference kernels: periodic pull + BGK, nothing else
 C = p.lattice.velocities3().tolist(); W = p.lattice.weights.tolist(); Q = 19
 vecQ = wp.types.vector(Q, wp.float32)

@@ -315,7 +315,9 @@ def test_cuda_graphs_match_eager(open_boundaries):
                lbm.Outflow(face="x+")]
     p = lbm.Problem((16, 12), "D2Q9", omega=1.5, precision="float64", device="cuda:0", boundaries=bcs)
     st = _state(p)
-    loss = L.KineticEnergy(when="every", every=3) + L.KineticEnergy()
+    rng = np.random.default_rng(3)
+    series = L.VelocityMismatchSeries({t: 0.01 * rng.standard_normal(p.shape + (2,)) for t in (5, 11, 30)})
+    loss = L.KineticEnergy(when="every", every=3) + L.KineticEnergy() + series
     wrt = ("initial", "omega", "inlet_velocity" if open_boundaries else "wall_velocity")
     for strategy in (A.Checkpointed(4), A.MemoryBudget(states=8), A.StoreAll()):
         v1, g1 = A.value_and_grad(p, p.parameters(), st, 37, loss, adjoint=strategy, wrt=wrt, graph=False)
@@ -326,3 +328,30 @@ def test_cuda_graphs_match_eager(open_boundaries):
             b = getattr(g1, name)
             np.testing.assert_allclose(getattr(g2, name), b, rtol=1e-11, atol=1e-14 * np.abs(b).max(),
                                        err_msg=f"{strategy} {name}")
+
+
+def test_velocity_mismatch_series_fd_and_bad_input():
+    """One term for snapshots at several time levels: adjoint = FD, and it equals the sum of the
+    single-snapshot mismatches evaluated at those levels; a snapshot of the wrong shape is refused."""
+    p = lbm.Problem((10, 8), "D2Q9", omega=1.3, precision="float64", device="cpu",
+                    boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.03, 0.0))])
+    rng = np.random.default_rng(7)
+    region = np.zeros(p.shape, bool)
+    region[2:8, 1:6] = True
+    snaps = {t: 0.02 * rng.standard_normal(p.shape + (2,)) for t in (3, 9, 20)}
+    loss = L.VelocityMismatchSeries(snaps, region=region, weight=2.0)
+    st = _state(p)
+    r = gradcheck(p, p.parameters(), st, 20, loss, wrt=("initial", "wall_velocity", "omega"))
+    for k, v in r.items():
+        if k != "pairs":
+            assert v <= TOL, (k, v)
+    parts = [A.rollout_loss(p, p.parameters(), st, t, L.VelocityMismatch(region=region, target=v, weight=2.0))
+             for t, v in snaps.items()]
+    total = A.rollout_loss(p, p.parameters(), st, 20, loss)
+    assert abs(total - sum(parts)) <= 1e-12 * abs(total)
+    with pytest.raises(ValueError, match=r"targets\[9\] has shape"):
+        bad = dict(snaps)
+        bad[9] = np.zeros((3, 3, 2))
+        A.rollout_loss(p, p.parameters(), st, 20, L.VelocityMismatchSeries(bad))
+    with pytest.raises(ValueError, match="time levels start at 1"):
+        L.VelocityMismatchSeries({0: snaps[3]})

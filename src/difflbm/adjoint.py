@@ -252,7 +252,7 @@ def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: in
     for t in range(steps + 1):
         for term in terms:
             if term.active(t, steps):
-                term.evaluate(problem, arith(a.f), params, out)
+                term.evaluate_at(t, problem, arith(a.f), params, out)
         if t < steps:
             solver.step(a, b, params, solver.window(t, steps))
             a, b = b, a
@@ -316,7 +316,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
 
     def signature(t0, t1, with_loss):
         return (t1 - t0, tuple(solver.window(t, steps) for t in range(t0, t1)),
-                tuple(tuple(term.active(t, steps) for term in terms) for t in range(t0, t1)) if with_loss else ())
+                tuple(tuple(term.key(t, steps) for term in terms) for t in range(t0, t1)) if with_loss else ())
 
     def forward(t0, t1, x, y, with_loss):
         """Steps t0..t1-1 from the state in x (x, y alternate); launches only, so it can be captured."""
@@ -325,7 +325,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             if with_loss:
                 for term in terms:
                     if term.active(t, steps):
-                        term.evaluate(problem, arith(cur.f), params, out)
+                        term.evaluate_at(t, problem, arith(cur.f), params, out)
             solver.step(cur, nxt, params, solver.window(t, steps))
             cur, nxt = nxt, cur
 
@@ -338,7 +338,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             a, b = b, a
     for term in terms:
         if term.active(steps, steps):
-            term.evaluate(problem, arith(a.f), params, out)
+            term.evaluate_at(steps, problem, arith(a.f), params, out)
     final = a
     value = float(out.numpy()[0])
     if check and not math.isfinite(value):
@@ -353,7 +353,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     scratch = State.empty(problem)
     for term in terms:
         if term.active(steps, steps):
-            term.adjoint(problem, arith(final.f), params, adj_out, adj.f, grads)
+            term.adjoint_at(steps, problem, arith(final.f), params, adj_out, adj.f, grads)
     # d loss / d (moving-wall term per link), summed over all steps and mapped to the wall
     # velocities once at the end (the map is linear and the velocities fixed during a rollout)
     adj_wall_term = wp.zeros_like(solver.wall_term)
@@ -385,7 +385,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                               wrt, adj_wall_term)
             for term in terms:
                 if term.active(t, steps):
-                    term.adjoint(problem, arith(buffer[t - s0].f), params, adj_out, prev.f, grads)
+                    term.adjoint_at(t, problem, arith(buffer[t - s0].f), params, adj_out, prev.f, grads)
             cur, prev = prev, cur
 
     def run_leaf(s0, e0, start):

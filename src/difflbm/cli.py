@@ -24,7 +24,7 @@ def _cmd_validate(args) -> int:
     options = {"resolution": args.resolution, "device": args.device}
     if args.precision:
         options["precision"] = args.precision
-    for name in ("reynolds", "benchmark", "lattice", "u_max"):
+    for name in ("reynolds", "benchmark", "lattice", "u_max", "collision"):
         value = getattr(args, name)
         if value is not None:
             if name == "reynolds" and args.case != "cavity":
@@ -33,8 +33,8 @@ def _cmd_validate(args) -> int:
                 raise ValueError(f"--benchmark={value} applies to the cylinder case only")
             if name == "lattice" and args.case != "cavity-3d":
                 raise ValueError(f"--lattice={value} applies to the cavity-3d case only")
-            if name == "u_max" and args.case != "cylinder":
-                raise ValueError(f"--u-max={value} applies to the cylinder case only")
+            if name in ("u_max", "collision") and args.case != "cylinder":
+                raise ValueError(f"--{name.replace('_', '-')}={value} applies to the cylinder case only")
             options["case" if name == "benchmark" else name] = value
     result = run_case(args.case, **options)
     result["wall_time_s"] = round(time.perf_counter() - t0, 3)
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lattice", default=None, choices=["D3Q19", "D3Q27"], help="cavity-3d only")
     v.add_argument("--u-max", dest="u_max", type=float, default=None,
                    help="cylinder only: peak inlet velocity in lattice units (Mach number; drag error ~ u_max^2)")
+    v.add_argument("--collision", default=None, choices=["bgk", "trt", "smagorinsky"],
+                   help="cylinder only (default: trt for 2D-1, smagorinsky for 2D-2)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_validate)
 

@@ -219,7 +219,7 @@ def physics(lattice_name: str, precision: str):
 
 
 @lru_cache(maxsize=None)
-def gather_func(cfg: StepConfig):
+def gather_func(cfg: StepConfig, differentiable: bool = True):
     """Per-cell streaming for ``cfg``: the populations cell ``idx`` pulls, with half-way,
     interpolated (Bouzidi) or partial bounce-back on its boundary links and moving-wall terms.
 
@@ -303,10 +303,20 @@ def gather_func(cfg: StepConfig):
                 g[i] = bounced
             g[0] = f[0]
             f = g
-        if wp.static(cfg.moving_walls):
+        if wp.static(cfg.moving_walls and differentiable):
             # one branch per cell, not per link: a per-link branch here made the compiler keep
             # twice the registers (docs/PERF_NOTES.md, v6)
             f = f + wall_terms(cell, idx, wall_slot, wall_term)
+        if wp.static(cfg.moving_walls and not differentiable):
+            # kernels that Warp does not differentiate (the forward-only step, the fused adjoint):
+            # the terms are added in place, so no second Q-vector is live
+            ws = int(-1)
+            if (cell & wp.uint32(LINK_MASK)) != wp.uint32(0):
+                ws = wall_slot[idx]
+            if ws >= 0:
+                for i in range(1, wp.static(Q)):
+                    if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                        f[i] = f[i] + wall_term[ws, i]
         if wp.static(shifted):
             # float16 stores f_i - w_i (the deviation from rest), which keeps its precision; every
             # gathered value above is a weights-sum-to-one mix of stored values of equal weight w_i
@@ -405,7 +415,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
     trt_magic = float(cfg.trt_magic)
     smag_c2 = float(cfg.smagorinsky_constant) ** 2
     any_bc = cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc
-    gather = gather_func(cfg)
+    gather = gather_func(cfg, differentiable=backward)
 
     @wp.func
     def load_cell(f_in: wp.array2d(dtype=sdtype), idx: int) -> vecQ:
@@ -733,7 +743,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
     sdtype = storage_dtype(cfg.precision)
     density, momentum = ph["density"], ph["momentum"]
-    gather = gather_func(cfg)
+    gather = gather_func(cfg, differentiable=False)
     open_bc = cfg.velocity_bc or cfg.pressure_bc
     open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
     known_mass, link_normal = open_boundary_balance(cfg.lattice, cfg.precision)

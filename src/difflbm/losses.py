@@ -33,6 +33,11 @@ class Loss:
             return t == steps
         return t >= max(self.start, 1) and (t % self.every == 0)
 
+    def key(self, t: int, steps: int):
+        """What a CUDA graph of the launches at time level t depends on (hashable); segments of a
+        rollout with equal keys replay one graph. Default: whether the term is active."""
+        return self.active(t, steps)
+
     def terms(self):
         return [self]
 
@@ -48,6 +53,13 @@ class Loss:
 
     def adjoint(self, problem, f, params, adj_out, adj_f, adj_params):
         self._launch(problem, f, params, adj_out, (adj_f, adj_params))
+
+    def evaluate_at(self, t, problem, f, params, out):
+        """``evaluate`` at time level t (terms whose data depend on t override this)."""
+        self.evaluate(problem, f, params, out)
+
+    def adjoint_at(self, t, problem, f, params, adj_out, adj_f, adj_params):
+        self.adjoint(problem, f, params, adj_out, adj_f, adj_params)
 
 
 class LossSum(Loss):
@@ -188,6 +200,63 @@ class VelocityMismatch(_FieldLoss):
     """sum over the region of |u - target|^2; ``target`` has shape (*shape, D)."""
 
     kind = "velocity"
+
+
+class VelocityMismatchSeries(VelocityMismatch):
+    """sum over observed time levels t and the region of |u(t) - target_t|^2.
+
+    ``targets`` maps a time level (1..steps) to a velocity snapshot of shape (*shape, D). One term
+    stands for every observation: the targets live in one device array and each time level launches
+    on its slice, so a rollout observed at thousands of steps costs no per-step Python work (a list
+    of one term per step did: O(steps x terms) checks per rollout).
+    """
+
+    def __init__(self, targets: dict, region=None, weight: float = 1.0):
+        if not isinstance(targets, dict) or not targets:
+            raise ValueError(f"targets must be a non-empty dict {{time level: snapshot}}; got {type(targets).__name__}")
+        levels = sorted(int(t) for t in targets)
+        if levels[0] < 1:
+            raise ValueError(f"targets has time level {levels[0]}; time levels start at 1 (after the first step)")
+        super().__init__(region=region, target=None, when="every", weight=weight)
+        self.levels = levels
+        self.index = {t: k for k, t in enumerate(levels)}
+        self.snapshots = [np.asarray(targets[t], dtype=np.float64) for t in levels]
+
+    def active(self, t, steps):
+        return t in self.index
+
+    def key(self, t, steps):
+        return self.index.get(t, -1)
+
+    def bind(self, problem):
+        D = problem.lattice.dim
+        for t, snap in zip(self.levels, self.snapshots):
+            if snap.shape != problem.shape + (D,):
+                raise ValueError(f"targets[{t}] has shape {snap.shape}; it must be {problem.shape + (D,)}")
+        self.target = self.snapshots[0]
+        super().bind(problem)
+        dtype = K.wp_dtype(problem.precision)
+        vec3 = wp.types.vector(3, dtype)
+        np_dt = np.float32 if problem.precision == "float32" else np.float64
+        sel = self.cells.numpy() if self.region is not None else slice(None)
+        stack = np.zeros((len(self.levels), self.count, 3), dtype=np_dt)
+        for k, snap in enumerate(self.snapshots):
+            stack[k, :, :D] = snap.reshape(-1, D)[sel]
+        self.stack = wp.array(stack.reshape(-1, 3), dtype=vec3, device=problem.device)
+        self.views = [self.stack[k * self.count:(k + 1) * self.count] for k in range(len(self.levels))]
+        self.at = None
+        return self
+
+    def evaluate(self, problem, f, params, out):
+        raise RuntimeError("VelocityMismatchSeries is evaluated through evaluate_at (the rollout passes t)")
+
+    def evaluate_at(self, t, problem, f, params, out):
+        self.target_u = self.views[self.index[t]]
+        self._launch(problem, f, params, out, None)
+
+    def adjoint_at(self, t, problem, f, params, adj_out, adj_f, adj_params):
+        self.target_u = self.views[self.index[t]]
+        self._launch(problem, f, params, adj_out, (adj_f, adj_params))
 
 
 class DensityMismatch(_FieldLoss):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import losses
 
 ITERATE_FILE = "iterate.npz"
 # parameters up to this many numbers go inline into summary.json; larger ones become .npy files
@@ -253,15 +252,3 @@ def vorticity(u: np.ndarray) -> np.ndarray:
     dvdx = (np.roll(u[..., 1], -1, 0) - np.roll(u[..., 1], 1, 0)) / 2
     dudy = (np.roll(u[..., 0], -1, 1) - np.roll(u[..., 0], 1, 1)) / 2
     return dvdx - dudy
-
-
-class VelocityMismatchAt(losses.VelocityMismatch):
-    """Velocity mismatch to a snapshot, counted at one time level only (shared by the problems that
-    fit observed snapshots)."""
-
-    def __init__(self, step, **kw):
-        super().__init__(when="every", **kw)
-        self.step = int(step)
-
-    def active(self, t, steps):
-        return t == self.step

@@ -17,7 +17,7 @@ import numpy as np
 from .. import adjoint, io, losses
 from ..problem import PressureOutlet, Problem, VelocityInlet, Wall
 from ..solver import Solver
-from .common import Case, VelocityMismatchAt, panels_png, velocity
+from .common import Case, panels_png, velocity
 
 DEFAULTS = dict(resolution=20, steps=320, iterations=60)
 MIN_RESOLUTION, MIN_STEPS = 8, 8
@@ -69,7 +69,7 @@ class InflowControl(Case):
         region[2:] = True
         region &= ~self.obstacle
         self.region = region
-        # one mismatch term per observed step: the targets differ in time
+        # one term for every observed step (the targets differ in time)
         snaps = {}
         solver = Solver(self.problem)
         a = self.problem.state()
@@ -80,8 +80,7 @@ class InflowControl(Case):
             if (t + 1) % EVERY == 0:
                 snaps[t + 1] = velocity(self.problem, a)
         norm = sum(float(np.sum(v[region] ** 2)) for v in snaps.values())
-        terms = [VelocityMismatchAt(t, region=region, target=v, weight=1.0 / norm) for t, v in snaps.items()]
-        self.loss = losses.LossSum(terms)
+        self.loss = losses.VelocityMismatchSeries(snaps, region=region, weight=1.0 / norm)
         return snaps
 
     def _set(self, x):

@@ -15,7 +15,7 @@ import numpy as np
 from .. import adjoint, io, losses
 from ..problem import Problem
 from ..solver import Solver
-from .common import Case, VelocityMismatchAt, panels_png, velocity, vorticity
+from .common import Case, panels_png, velocity, vorticity
 from .initial_state import true_velocity
 
 DEFAULTS = dict(resolution=32, steps=200, iterations=20)
@@ -50,7 +50,7 @@ class Viscosity(Case):
                 snaps[t + 1] = velocity(self.problem, a)
         self.snaps = snaps
         norm = sum(float(np.sum(v**2)) for v in snaps.values())
-        self.loss = losses.LossSum([VelocityMismatchAt(t, target=v, weight=1.0 / norm) for t, v in snaps.items()])
+        self.loss = losses.VelocityMismatchSeries(snaps, weight=1.0 / norm)
         self.x0 = np.array([OMEGA_START])
         self.bounds = [BOUNDS]
 
