@@ -26,6 +26,11 @@ long)
 sweep)
   python3 benchmarks/phases.py 256 sweep
   ;;
+final)
+  python3 benchmarks/phases.py 256 quick
+  python3 benchmarks/gpu_bench.py v2 | tail -12
+  bash benchmarks/gpu_session3.sh opt
+  ;;
 opt)
   # inflow-control after the one-term observation series (graphs on, no per-step Python over terms)
   timeout 200 python3 -m difflbm.cli optimize inflow-control --resolution 256 --steps 4000 --iterations 20 \

@@ -245,6 +245,7 @@ def _arithmetic_view(problem: Problem):
 def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: int, loss: Loss) -> float:
     """Loss of a rollout without gradients (for finite differences and monitoring)."""
     solver = Solver(problem)
+    solver.update_wall_term(params)  # parameters are fixed during the rollout
     terms = [t.bind(problem) for t in loss.terms()]
     arith = _arithmetic_view(problem)
     out = wp.zeros(1, dtype=wp.float64, device=problem.device)
@@ -254,7 +255,7 @@ def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: in
             if term.active(t, steps):
                 term.evaluate_at(t, problem, arith(a.f), params, out)
         if t < steps:
-            solver.step(a, b, params, solver.window(t, steps))
+            solver.step(a, b, params, solver.window(t, steps), update_walls=False)
             a, b = b, a
     return float(out.numpy()[0])
 
@@ -297,6 +298,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         raise ValueError("precision='float16' (float16 storage) is differentiated by the fused adjoint only: it "
                          "needs BGK or TRT, no solid fraction, no curved walls, no zero-gradient outflow; use float32")
     solver = Solver(problem)
+    solver.update_wall_term(params)  # parameters are fixed during the rollout
     want_omega = "omega" in wrt
     want_force = "force" in wrt and problem.config.force != K.FORCE_NONE
     fused = (K.step_adjoint_kernel(problem.config, omega_grad=want_omega, force_grad=want_force)
@@ -326,7 +328,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                 for term in terms:
                     if term.active(t, steps):
                         term.evaluate_at(t, problem, arith(cur.f), params, out)
-            solver.step(cur, nxt, params, solver.window(t, steps))
+            solver.step(cur, nxt, params, solver.window(t, steps), update_walls=False)
             cur, nxt = nxt, cur
 
     top = spans[0]
@@ -374,7 +376,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     def leaf_body(s0, e0, cur, prev):
         """Replay states s0..e0-1 (s0 already in buffer[0]) and run the adjoint of steps e0-1 .. s0."""
         for t in range(s0, e0 - 1):
-            solver.step(buffer[t - s0], buffer[t - s0 + 1], params, solver.window(t, steps))
+            solver.step(buffer[t - s0], buffer[t - s0 + 1], params, solver.window(t, steps), update_walls=False)
         for t in reversed(range(s0, e0)):
             if fused is not None:
                 _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, params, grads, omega_cells, wrt,

@@ -719,6 +719,15 @@ def fused_adjoint_supported(cfg: StepConfig) -> bool:
             and not cfg.outflow_bc)
 
 
+def adjoint_register_cap(cfg: StepConfig):
+    """Default register cap of the fused adjoint: 80 for 4- and 2-byte storage with up to 19
+    directions (lid cavity D3Q19 fp32 on an H200: 2.29 ms per step at 80 with 44 B of spills vs 2.78 ms
+    uncapped at 106 registers, benchmarks/phases.py); the compiler's choice elsewhere, where 80
+    spilled 150-250 B (fp64, D3Q27, open boundaries) and nothing was measured."""
+    small = cfg.precision in ("float32", "float16") and get_lattice(cfg.lattice).q <= 19
+    return 80 if small and not (cfg.velocity_bc or cfg.pressure_bc) else None
+
+
 @lru_cache(maxsize=None)
 def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bool = True):
     """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK or TRT, Guo forcing and
@@ -793,7 +802,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         return out
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,
-               cuda_max_registers=cfg.max_registers or None)
+               cuda_max_registers=cfg.max_registers or adjoint_register_cap(cfg))
     def lbm_step_adjoint(
         f_in: wp.array2d(dtype=sdtype),
         adj_out: wp.array2d(dtype=dtype),

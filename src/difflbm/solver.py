@@ -51,16 +51,24 @@ class Solver:
         return min(t * nw // steps, nw - 1)
 
     def step_inputs(self, state_in: State, params: Parameters, window: int) -> list:
+        """Launch inputs of a step; the moving-wall terms are as last set by update_wall_term."""
         p = self.problem
-        self.update_wall_term(params)
         return [state_in.f, None, p.code, p.slot, p.solid_wall, p.face_wall, p.wall_slot, self.wall_term,
                 params.inlet_velocity[window], params.outlet_density, p.link_q, params.omega, params.force,
                 params.solid_fraction, p.grid3[0], p.grid3[1], p.grid3[2]]
 
-    def step(self, state_in: State, state_out: State, params: Parameters, window: int = 0):
-        """One fused time step: pull streaming, boundaries, collision; ``state_out`` must differ."""
+    def step(self, state_in: State, state_out: State, params: Parameters, window: int = 0,
+             update_walls: bool = True):
+        """One fused time step: pull streaming, boundaries, collision; ``state_out`` must differ.
+
+        ``update_walls=False`` skips recomputing the moving-wall terms from ``params.wall_velocity``
+        (a small kernel over the wall links): loops that hold the parameters fixed call
+        update_wall_term once and step without it.
+        """
         if state_in.f.ptr == state_out.f.ptr:
             raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
+        if update_walls:
+            self.update_wall_term(params)
         args = self.step_inputs(state_in, params, window)
         args[1] = state_out.f
         wp.launch(self.forward_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
@@ -98,8 +106,10 @@ class Solver:
                 bar = None
         good = a.copy() if check_every else None
         good_step = 0
+        # the wall terms are computed once; a callback may change params, so then at every step
+        self.update_wall_term(params)
         for t in range(int(steps)):
-            self.step(a, b, params, self.window(t, steps))
+            self.step(a, b, params, self.window(t, steps), update_walls=callback is not None)
             a, b = b, a
             if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
                 try:

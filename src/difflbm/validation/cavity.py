@@ -45,10 +45,11 @@ def run_to_steady(solver: Solver, state, params, scale: float, tol: float, inter
     a, b = state.copy(), state.copy()
     prev = velocity(p, a.populations())
     t, change = 0, float("inf")
+    solver.update_wall_term(params)
     while t < max_steps:
         n = min(interval, max_steps - t)
         for _ in range(n):
-            solver.step(a, b, params)
+            solver.step(a, b, params, update_walls=False)
             a, b = b, a
         t += n
         solver.check_finite(a, t)
