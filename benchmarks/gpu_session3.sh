@@ -48,4 +48,11 @@ print(json.dumps({k: r.get(k) for k in ('benchmark', 'resolution', 'diameter_cel
   v 150 --resolution 164 --benchmark 2D-2 --u-max 0.05 --precision fp64 --collision trt
   v 150 --resolution 164 --benchmark 2D-2 --u-max 0.05 --precision fp64
   ;;
+cyl2)
+  bash benchmarks/gpu_session3.sh opt
+  v() { timeout "$1" python3 -m difflbm.cli validate cylinder --device cuda --json "${@:2}" | python3 -c "
+import json, sys; r = json.loads(sys.stdin.read())
+print(json.dumps({k: r.get(k) for k in ('benchmark', 'resolution', 'diameter_cells', 'u_max', 'collision', 'steps', 'c_D_max', 'c_L_max', 'St', 'inside_reference', 'passed', 'wall_time_s')}))"; }
+  v 330 --resolution 164 --benchmark 2D-2 --u-max 0.02 --precision fp64 --collision trt
+  ;;
 esac
