@@ -58,7 +58,7 @@ print(json.dumps({k: r.get(k) for k in ('benchmark', 'resolution', 'diameter_cel
 cyl3)
   v() { timeout "$1" python3 -m difflbm.cli validate cylinder --device cuda --json "${@:2}" | python3 -c "
 import json, sys; r = json.loads(sys.stdin.read())
-print(json.dumps({k: r.get(k) for k in ('benchmark', 'resolution', 'diameter_cells', 'u_max', 'collision', 'steps', 'c_D_max', 'c_L_max', 'St', 'inside_reference', 'passed', 'wall_time_s')}))"; }
-  v 560 --resolution 328 --benchmark 2D-2 --u-max 0.02 --precision fp64 --collision trt
+print(json.dumps({k: r.get(k) for k in ('benchmark', 'resolution', 'diameter_cells', 'u_max', 'collision', 'steps', 'c_D_max', 'c_L_max', 'St', 'sample_every', 'inside_reference', 'passed', 'wall_time_s')}))"; }
+  v 540 --resolution 328 --benchmark 2D-2 --u-max 0.02 --precision fp64 --collision trt
   ;;
 esac
