@@ -35,8 +35,8 @@ COLLISION_BGK, COLLISION_TRT, COLLISION_SMAGORINSKY = "bgk", "trt", "smagorinsky
 # gets its own module ("unique", so a new configuration does not recompile the others) with these.
 MODULE_OPTIONS = {"max_unroll": 64, "enable_backward": True}
 
-# CUDA threads per block of the step and fused-adjoint launches: 128 gave 13,509 MLUPS vs 12,162 for
-# 256 (D3Q19 fp32 256^3, H200, benchmarks/regs.py, same run; finer block retirement at 128 registers)
+# CUDA threads per block of the step and fused-adjoint launches: 128 gave 19,818 MLUPS vs 19,326 for
+# 256 (D3Q19 fp32 256^3 lid cavity, H200, benchmarks/phases.py sweep, same run)
 BLOCK_DIM = 128
 
 @dataclass(frozen=True)
@@ -57,9 +57,8 @@ class StepConfig:
     pressure_bc: bool = False
     outflow_bc: bool = False
     periodic: tuple = (True, True, True)
-    # CUDA register cap per thread. None: 128 for the forward kernel (the most it needs once the
-    # moving-wall terms come from a table; uncapped it took 243-252 before), 128 for the fused
-    # adjoint, the compiler's choice for Warp's generated adjoint. See BENCHMARKS.md.
+    # CUDA register cap per thread. None: no cap on the step kernel (a cap made ptxas use up to it:
+    # 128 registers where 56 suffice) and kernels.adjoint_register_cap for the fused adjoint.
     max_registers: int | None = None
 
 
