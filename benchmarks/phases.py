@@ -21,14 +21,8 @@ cells = size ** 3
 
 
 def timed(fn, repeats=5):
-    ts = []
-    for _ in range(repeats):
-        wp.synchronize_device(dev)
-        t0 = time.perf_counter()
-        fn()
-        wp.synchronize_device(dev)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    """Median seconds of ``fn`` (device synchronized around each repeat), as difflbm.bench measures."""
+    return bench._time(fn, dev, repeats)[0]
 
 
 def graph_of(fn):
