@@ -6,8 +6,7 @@ steady state (2 warm-up calls of the same length); and two reference kernels on 
 only pull 19 populations and apply BGK (periodic, no boundary code): shape at run time vs compiled
 in. All medians of 5 (gradient: of 3), device synchronized.
 """
-import json, statistics, sys, time
-import numpy as np
+import json, sys, time
 import warp as wp
 wp.config.log_level = wp.LOG_WARNING
 from difflbm import adjoint as A, kernels as K, losses as L, bench
