@@ -331,8 +331,7 @@ def test_cuda_graphs_match_eager(open_boundaries):
 
 
 def test_velocity_mismatch_series_fd_and_bad_input():
-    """One term for snapshots at several time levels: adjoint = FD, and it equals the sum of the
-    single-snapshot mismatches evaluated at those levels; a snapshot of the wrong shape is refused."""
+    """Snapshot-series loss: adjoint = FD, value = sum of single-snapshot mismatches, bad shapes refused."""
     p = lbm.Problem((10, 8), "D2Q9", omega=1.3, precision="float64", device="cpu",
                     boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.03, 0.0))])
     rng = np.random.default_rng(7)
