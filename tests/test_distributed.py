@@ -182,7 +182,7 @@ def test_single_process_equals_value_and_grad():
 
 
 def test_bad_decompositions():
-    """More ranks than x-planes, MemoryBudget and a KernelLoss are refused with a ValueError."""
+    """More ranks than x-planes, MemoryBudget, a KernelLoss and a snapshot series are refused (ValueError)."""
     p = _problem("periodic")
     with pytest.raises(ValueError, match="nx=16.*17 ranks"):
         DD.SlabDecomposition(p, rank=0, world=17)
@@ -192,6 +192,9 @@ def test_bad_decompositions():
     kl = L.KernelLoss(None, dim=1)
     with pytest.raises(ValueError, match="KernelLoss"):
         DD.SlabDecomposition(p, rank=0, world=2).local_loss_terms(kl)
+    series = L.VelocityMismatchSeries({3: np.zeros(p.shape + (p.lattice.dim,))})
+    with pytest.raises(ValueError, match="VelocityMismatchSeries is not supported"):
+        DD.SlabDecomposition(p, rank=0, world=2).local_loss_terms(series)
 
 
 # ------------------------------------------------------------------ files per rank, bad input

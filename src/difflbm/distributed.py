@@ -428,6 +428,9 @@ class SlabDecomposition:
                 if part is not None:
                     parts.append(part)
             return _Scheduled(term, parts) if parts else None
+        if isinstance(term, L.VelocityMismatchSeries):
+            raise ValueError("loss term VelocityMismatchSeries is not supported by the slab decomposition (its "
+                             "snapshots are not split per rank); use one VelocityMismatch per observed step")
         if isinstance(term, L._FieldLoss):
             part = self._local_field(term)
             return _Scheduled(term, [part]) if part is not None else None

@@ -231,12 +231,18 @@ def gather_func(cfg: StepConfig, differentiable: bool = True):
     shifted = cfg.precision == "float16"
 
     @wp.func
-    def wall_terms(cell: wp.uint32, idx: int, wall_slot: wp.array(dtype=wp.int32),
-                   wall_term: wp.array2d(dtype=dtype)) -> vecQ:
-        """Moving-wall momentum terms of the boundary links of a cell (zero away from moving walls)."""
+    def wall_slot_of(cell: wp.uint32, idx: int, wall_slot: wp.array(dtype=wp.int32)) -> int:
+        """Row of the cell in the moving-wall term table, -1 if none (read only for cells with links)."""
         ws = int(-1)
         if (cell & wp.uint32(LINK_MASK)) != wp.uint32(0):
             ws = wall_slot[idx]
+        return ws
+
+    @wp.func
+    def wall_terms(cell: wp.uint32, idx: int, wall_slot: wp.array(dtype=wp.int32),
+                   wall_term: wp.array2d(dtype=dtype)) -> vecQ:
+        """Moving-wall momentum terms of the boundary links of a cell (zero away from moving walls)."""
+        ws = wall_slot_of(cell, idx, wall_slot)
         if ws < 0:
             return vecQ()
         out = vecQ()
@@ -309,9 +315,7 @@ def gather_func(cfg: StepConfig, differentiable: bool = True):
         if wp.static(cfg.moving_walls and not differentiable):
             # kernels that Warp does not differentiate (the forward-only step, the fused adjoint):
             # the terms are added in place, so no second Q-vector is live
-            ws = int(-1)
-            if (cell & wp.uint32(LINK_MASK)) != wp.uint32(0):
-                ws = wall_slot[idx]
+            ws = wall_slot_of(cell, idx, wall_slot)
             if ws >= 0:
                 for i in range(1, wp.static(Q)):
                     if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):

@@ -168,16 +168,12 @@ class _FieldLoss(Loss):
         vec3 = wp.types.vector(3, dtype)
         np_dt = np.float32 if problem.precision == "float32" else np.float64
         sel = self.cells.numpy() if self.region is not None else slice(None)
-        D = problem.lattice.dim
         # targets only where the loss reads them: a whole-domain kinetic energy needs none
         n = self.count if self.kind in ("velocity", "density") else 1
         tr = np.zeros(n)
         tu = np.zeros((n, 3))
         if self.kind == "velocity":
-            t = np.asarray(self.target, dtype=np.float64)
-            if t.shape != problem.shape + (D,):
-                raise ValueError(f"target has shape {t.shape}; it must be {problem.shape + (D,)}")
-            tu[:, :D] = t.reshape(-1, D)[sel]
+            tu = self._velocity_rows(problem, self.target, "target")
         if self.kind == "density":
             t = np.asarray(self.target, dtype=np.float64)
             if t.shape != problem.shape:
@@ -189,14 +185,25 @@ class _FieldLoss(Loss):
         self.partial = wp.zeros(LANES, dtype=wp.float64, device=problem.device)
         return self
 
-    def _launch(self, problem, f, params, out, adj):
+    def _velocity_rows(self, problem, target, name):
+        """A velocity snapshot of shape (*shape, D) as the (count, 3) rows of the loss's cells."""
+        D = problem.lattice.dim
+        t = np.asarray(target, dtype=np.float64)
+        if t.shape != problem.shape + (D,):
+            raise ValueError(f"{name} has shape {t.shape}; it must be {problem.shape + (D,)}")
+        rows = np.zeros((self.count, 3))
+        rows[:, :D] = t.reshape(-1, D)[self.cells.numpy() if self.region is not None else slice(None)]
+        return rows
+
+    def _launch(self, problem, f, params, out, adj, target_u=None):
+        target_u = self.target_u if target_u is None else target_u
         if adj is None:
             lanes = min(LANES, self.count)
-            inputs = [f, self.cells, self.target_rho, self.target_u, params.force, self.weight, self.partial, lanes]
+            inputs = [f, self.cells, self.target_rho, target_u, params.force, self.weight, self.partial, lanes]
             wp.launch(self.kernel, dim=self.count, inputs=inputs, device=problem.device)
             wp.launch(_fold_lanes, dim=lanes, inputs=[self.partial, out], device=problem.device)
         else:
-            inputs = [f, self.cells, self.target_rho, self.target_u, params.force, self.weight, out, 1]
+            inputs = [f, self.cells, self.target_rho, target_u, params.force, self.weight, out, 1]
             wp.launch(self.kernel, dim=self.count, inputs=inputs,
                       adj_inputs=[adj[0], None, None, None, adj[1].force, 0.0, out, 0], adjoint=True,
                       device=problem.device)
@@ -257,14 +264,11 @@ class VelocityMismatchSeries(VelocityMismatch):
                 raise ValueError(f"targets[{t}] has shape {snap.shape}; it must be {problem.shape + (D,)}")
         self.target = self.snapshots[0]
         super().bind(problem)
-        dtype = K.wp_dtype(problem.precision)
-        vec3 = wp.types.vector(3, dtype)
         np_dt = np.float32 if problem.precision == "float32" else np.float64
-        sel = self.cells.numpy() if self.region is not None else slice(None)
-        stack = np.zeros((len(self.levels), self.count, 3), dtype=np_dt)
+        stack = np.empty((len(self.levels) * self.count, 3), dtype=np_dt)  # filled a snapshot at a time
         for k, snap in enumerate(self.snapshots):
-            stack[k, :, :D] = snap.reshape(-1, D)[sel]
-        self.stack = wp.array(stack.reshape(-1, 3), dtype=vec3, device=problem.device)
+            stack[k * self.count:(k + 1) * self.count] = self._velocity_rows(problem, snap, "target")
+        self.stack = wp.array(stack, dtype=self.target_u.dtype, device=problem.device)
         self.views = [self.stack[k * self.count:(k + 1) * self.count] for k in range(len(self.levels))]
         self._bound = problem  # a reference, not an id: ids are reused after garbage collection
         return self
@@ -273,12 +277,10 @@ class VelocityMismatchSeries(VelocityMismatch):
         raise RuntimeError("VelocityMismatchSeries is evaluated through evaluate_at (the rollout passes t)")
 
     def evaluate_at(self, t, problem, f, params, out):
-        self.target_u = self.views[self.index[t]]
-        self._launch(problem, f, params, out, None)
+        self._launch(problem, f, params, out, None, self.views[self.index[t]])
 
     def adjoint_at(self, t, problem, f, params, adj_out, adj_f, adj_params):
-        self.target_u = self.views[self.index[t]]
-        self._launch(problem, f, params, adj_out, (adj_f, adj_params))
+        self._launch(problem, f, params, adj_out, (adj_f, adj_params), self.views[self.index[t]])
 
 
 class DensityMismatch(_FieldLoss):

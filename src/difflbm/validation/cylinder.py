@@ -138,7 +138,7 @@ def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=No
         metrics = {"c_D": float(prev[0]), "c_L": float(prev[1])}
         out.update(steps=t, steady_change=change, converged=change < tol)
     else:
-        # periodic: let shedding develop, then record c_D and c_L every step over the last window
+        # periodic: let shedding develop, then record c_D and c_L over the last window
         max_steps = int(max_steps or 600 * t_conv)
         record = int(min(60 * t_conv, max_steps // 3))
         # c_D and c_L every t_conv / 200 steps: a shedding period is ~3 t_conv (St ~ 0.3), so a
