@@ -52,6 +52,19 @@ if plan == "v2":
     record("grad-d3q19-fp16-256-T100", lattice="D3Q19", precision="fp16", size=256, steps=100, gradient=True,
            repeats=4)
     record("ensemble-1024x128^2", lattice="D2Q9", precision="fp32", size=128, steps=100, ensemble=1024)
+if plan == "v3":
+    # fourth session: the preloaded fused adjoint (v8) and the gradient's overheads
+    record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
+    record("grad-d3q19-fp32-256-T100", lattice="D3Q19", precision="fp32", size=256, steps=100, gradient=True,
+           repeats=4)
+    record("grad-d3q19-fp32-256-T1000", lattice="D3Q19", precision="fp32", size=256, steps=1000, gradient=True,
+           repeats=2)
+    record("grad-d3q19-fp16-256-T100", lattice="D3Q19", precision="fp16", size=256, steps=100, gradient=True,
+           repeats=4)
+    record("grad-d3q27-fp32-128-T100", lattice="D3Q27", precision="fp32", size=128, steps=100, gradient=True,
+           repeats=3)
+    record("grad-d3q19-fp64-128-T100", lattice="D3Q19", precision="fp64", size=128, steps=100, gradient=True,
+           repeats=3)
 if plan == "final":
     record("d3q19-fp32-256", lattice="D3Q19", precision="fp32", size=256, steps=100)
     record("d3q19-fp32-512", lattice="D3Q19", precision="fp32", size=512, steps=20, repeats=3)

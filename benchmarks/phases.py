@@ -57,7 +57,7 @@ def bwd():
         A._fused_step_adjoint(solver, fused, a, adj2, adj1, params, grads, None, ("initial", "wall_velocity"), adj_wall, None)
 t_b = timed(graph_of(bwd)) / 100
 print(json.dumps({"phase": "fused adjoint step", "ms": t_b * 1e3, "over_forward": t_b / t_f,
-                  "fraction_of_232B_roofline": (bw / 232) / (cells / t_b)}), flush=True)
+                  "fraction_of_232B_roofline": (cells * 232 / t_b) / bw}), flush=True)
 
 st = p.state()
 run = lambda: A.value_and_grad(p, params, st, 100, L.KineticEnergy(), wrt=("initial", "wall_velocity"))
@@ -118,7 +118,40 @@ def sweep(label, prob, caps, blocks):
                               "adjoint_fraction_232B": round((cells * 232 / tb) / bw, 3)}), flush=True)
     K.BLOCK_DIM = 128
 
+def adjoint_variants(variants):
+    """The fused adjoint step alone on the lid cavity, per variant: (label, mode, preload, register cap);
+    mode "split" = a moments kernel then a scatter kernel (preload: (moments, scatter))."""
+    for label, mode, preload, cap, *block in variants:
+        K.BLOCK_DIM = block[0] if block else 128
+        cfg = dataclasses.replace(p.config, max_registers=cap)
+        kw = dict(omega_grad=False, force_grad=False)
+        if mode == "split":
+            fk = (K.step_adjoint_kernel(cfg, preload=preload[0], mode="moments", **kw),
+                  K.step_adjoint_kernel(cfg, preload=preload[1], mode="scatter", **kw))
+        else:
+            fk = K.step_adjoint_kernel(cfg, preload=preload, mode=mode, **kw)
+        def b3():
+            for _ in range(50):
+                A._fused_step_adjoint(solver, fk, a, adj1, adj2, params, grads, None, ("initial", "wall_velocity"), adj_wall, None)
+                A._fused_step_adjoint(solver, fk, a, adj2, adj1, params, grads, None, ("initial", "wall_velocity"), adj_wall, None)
+        tb = timed(graph_of(b3)) / 100
+        print(json.dumps({"adjoint variant": label, "mode": mode, "preload": preload, "cap": cap,
+                          "block": K.BLOCK_DIM, "adjoint_ms": round(tb * 1e3, 3), "adjoint_over_forward": round(tb / t_f, 2),
+                          "adjoint_fraction_232B": round((cells * 232 / tb) / bw, 3)}), flush=True)
+    K.BLOCK_DIM = 128
+
 if len(sys.argv) > 2 and sys.argv[2] == "quick":
+    sys.exit(0)
+if len(sys.argv) > 2 and sys.argv[2] == "caps":
+    adjoint_variants([("preloaded cap %s block %d" % (c, b), "fused", True, c, b)
+                      for c, b in [(88, 128), (96, 128), (104, 128), (112, 128), (96, 64), (96, 256), (128, 128)]])
+    sys.exit(0)
+if len(sys.argv) > 2 and sys.argv[2] == "adjoint":
+    adjoint_variants([("fused, streamed", "fused", False, None), ("fused, preloaded", "fused", True, None),
+                      ("fused, preloaded, cap 96", "fused", True, 96),
+                      ("split", "split", (False, False), None), ("split, preloaded", "split", (True, True), None),
+                      ("split, scatter preloaded", "split", (False, True), None),
+                      ("split, cap 64", "split", (False, False), 64)])
     sys.exit(0)
 if len(sys.argv) > 2 and sys.argv[2] == "sweep":
     sweep("lid cavity", cavity_problem("D3Q19", size, "float32", dev), [None, 64, 56, 48, 80], [128, 256])

@@ -20,7 +20,10 @@ cfg = cavity_problem(args.lattice, 8, args.precision, "cpu").config
 if args.max_registers:
     import dataclasses
     cfg = dataclasses.replace(cfg, max_registers=args.max_registers)
-for name, kern in [("forward", K.step_kernel(cfg, backward=False)), ("fused adjoint", K.step_adjoint_kernel(cfg))]:
+kernels = [("forward", K.step_kernel(cfg, backward=False)),
+           ("fused adjoint (omega, force gradients)", K.step_adjoint_kernel(cfg)),
+           ("fused adjoint (no omega gradient)", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False))]
+for name, kern in kernels:
     with tempfile.TemporaryDirectory() as d:
         wp.compile_aot_module(kern.module, device=None, arch=90, module_dir=d, use_ptx=True)
         for path in glob.glob(os.path.join(d, "**", "*.ptx"), recursive=True):

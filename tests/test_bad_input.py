@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import warp as wp
 
 import difflbm as lbm
 from difflbm import adjoint as A, losses as L
@@ -81,3 +82,20 @@ def test_same_buffer_step_refused():
     st = p.state()
     with pytest.raises(ValueError, match="state_out"):
         lbm.Solver(p).step(st, st, p.parameters())
+
+
+@wp.kernel
+def _abs_difference(f: wp.array2d(dtype=wp.float64), out: wp.array(dtype=wp.float64)):
+    # sqrt(d^2) = |d|: finite at d = 0, but its generated adjoint there is 0 / 0
+    idx = wp.tid()
+    d = f[1, idx] - f[2, idx]
+    wp.atomic_add(out, 0, wp.sqrt(d * d))
+
+
+def test_nonfinite_gradient_names_the_step():
+    """A finite loss whose gradient is NaN: the call raises naming the backward step where it appeared
+    (checks run after each leaf of the checkpointed backward pass, here leaves [8, 12), [4, 8), [0, 4))."""
+    p = lbm.Problem((8, 8), "D2Q9", omega=1.2, precision="float64", device="cpu")
+    loss = L.KernelLoss(_abs_difference, dim=p.cell_count, when="final")
+    with pytest.raises(FloatingPointError, match="non-finite in the backward pass at step 8, cell"):
+        A.value_and_grad(p, p.parameters(), p.state(), 12, loss, adjoint=A.Checkpointed(segment=4))

@@ -400,7 +400,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         if (e0 - s0) % 2:
             adjs.reverse()
         if check:
-            _check_adjoint(solver, adjs[0], s0)
+            deferred.launch(adjs[0], s0)
 
     def run_level(s0, e0, start, level):
         """Adjoint of steps s0..e0-1 from the state ``start`` at s0: leaves at the last level, else
@@ -424,8 +424,11 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         for m in reversed(marks):
             run_level(m, min(m + sub, e0), kept.pop(m), level + 1)
 
+    deferred = _DeferredChecks(solver, steps)
     for c0 in reversed(range(0, steps, top)):
         run_level(c0, min(c0 + top, steps), checkpoints.pop(c0), 0)
+    if check:
+        deferred.raise_first()
     adj = adjs[0]
     graphs.clear()
 
@@ -454,9 +457,14 @@ def _finish_parameter_gradients(problem: Problem, params: Parameters, grads: Par
     adjoint into the wall velocities, per-cell omega / force sums into a scalar omega / uniform force
     (added to what the losses put there directly)."""
     if problem.moving_walls and "wall_velocity" in wrt:
-        wp.launch(K.wall_term_kernel(problem.lattice.name, problem.precision), dim=problem.wall_link_group.shape[0],
-                  inputs=[problem.wall_link_group, params.wall_velocity, solver.wall_term],
-                  adj_inputs=[None, grads.wall_velocity, adj_wall_term], adjoint=True, device=problem.device)
+        vec3 = K.physics(problem.lattice.name, problem.precision)["vec3"]
+        groups = grads.wall_velocity.shape[0]
+        lanes = wp.zeros((min(1024, problem.wall_link_group.shape[0]), groups), dtype=vec3, device=problem.device)
+        wp.launch(K.wall_term_adjoint_kernel(problem.lattice.name, problem.precision),
+                  dim=problem.wall_link_group.shape[0], inputs=[problem.wall_link_group, adj_wall_term, lanes],
+                  device=problem.device)
+        total = lanes.numpy().astype(np.float64).sum(axis=0) + grads.wall_velocity.numpy()
+        grads.wall_velocity.assign(total.astype(grads.wall_velocity.numpy().dtype))
     if force_cells is not None and problem.config.force == K.FORCE_UNIFORM:
         total = force_cells.numpy().astype(np.float64).sum(axis=0) + grads.force.numpy()[0]
         grads.force.assign(total[None, :].astype(grads.force.numpy().dtype))
@@ -467,7 +475,7 @@ def _finish_parameter_gradients(problem: Problem, params: Parameters, grads: Par
 
 def _any_nonzero(arr: wp.array) -> bool:
     flag = wp.zeros(1, dtype=wp.int32, device=arr.device)
-    wp.launch(K.any_nonzero_kernel(arr.dtype), dim=arr.shape, inputs=[arr, flag], device=arr.device)
+    wp.launch(K.any_nonzero_kernel(arr.dtype), dim=arr.shape[1], inputs=[arr, flag], device=arr.device)
     return bool(flag.numpy()[0])
 
 
@@ -514,6 +522,33 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State,
                       p.slot, params.inlet_velocity[window], params.outlet_density, grads.inlet_velocity[window],
                       grads.outlet_density, want_wall, want_omega, int(force_cells is not None), want_inlet,
                       want_outlet, g[0], g[1], g[2]])
+
+
+class _DeferredChecks:
+    """Finite checks of the adjoint state after each leaf of the backward pass, launched without a
+    host synchronisation (one per leaf cost a device idle gap each); read once at the end, which
+    raises naming the step where the gradient first went non-finite (the latest leaf start)."""
+
+    BIG = np.iinfo(np.int64).max
+
+    def __init__(self, solver: Solver, steps: int):
+        self.solver = solver
+        self.first = wp.full(steps + 1, self.BIG, dtype=wp.int64, device=solver.problem.device)
+
+    def launch(self, adj: State, t: int):
+        wp.launch(K.finite_check_kernel(adj.f.dtype), dim=adj.f.shape[1], inputs=[adj.f, self.first, t],
+                  device=self.solver.problem.device)
+
+    def raise_first(self):
+        first = self.first.numpy()
+        bad = np.flatnonzero(first != self.BIG)
+        if len(bad):
+            t = int(bad[-1])
+            p = self.solver.problem
+            direction, cell = divmod(int(first[t]), p.cell_count)
+            cell = tuple(int(i) for i in np.unravel_index(cell, p.shape))
+            raise FloatingPointError(f"gradient went non-finite in the backward pass at step {t}, cell {cell}, "
+                                     f"direction {direction}")
 
 
 def _check_adjoint(solver: Solver, adj: State, t: int):

@@ -603,18 +603,20 @@ def macroscopic_kernel(lattice_name: str, precision: str, force_mode: int):
 
 @lru_cache(maxsize=None)
 def finite_check_kernel(precision_or_dtype):
-    """Record the smallest flat index (direction * cell_count + cell) holding a non-finite value.
+    """Record in ``first[slot]`` the smallest flat index (direction * cell_count + cell) holding a
+    non-finite value; one thread per cell reads its Q values (coalesced across threads).
 
     Takes a precision name (its storage dtype) or a Warp dtype (adjoint states are float32 when the
     populations are stored in float16)."""
     dtype = storage_dtype(precision_or_dtype) if isinstance(precision_or_dtype, str) else precision_or_dtype
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS)
-    def lbm_first_nonfinite(f: wp.array2d(dtype=dtype), first: wp.array(dtype=wp.int64)):
-        i, idx = wp.tid()
-        v = f[i, idx]
-        if not wp.isfinite(v):
-            wp.atomic_min(first, 0, wp.int64(i) * wp.int64(f.shape[1]) + wp.int64(idx))
+    def lbm_first_nonfinite(f: wp.array2d(dtype=dtype), first: wp.array(dtype=wp.int64), slot: int):
+        idx = wp.tid()
+        for i in range(f.shape[0]):
+            if not wp.isfinite(f[i, idx]):
+                wp.atomic_min(first, slot, wp.int64(i) * wp.int64(f.shape[1]) + wp.int64(idx))
+                return
 
     return lbm_first_nonfinite
 
@@ -633,15 +635,40 @@ def convert_kernel(src_dtype, dst_dtype):
 
 @lru_cache(maxsize=None)
 def any_nonzero_kernel(dtype):
-    """Set flag[0] = 1 when any entry of a 2D array is non-zero."""
+    """Set flag[0] = 1 when any entry of a 2D array is non-zero (one thread per column)."""
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS)
     def lbm_any_nonzero(a: wp.array2d(dtype=dtype), flag: wp.array(dtype=wp.int32)):
-        i, j = wp.tid()
-        if a[i, j] != dtype(0.0):
-            flag[0] = 1
+        j = wp.tid()
+        for i in range(a.shape[0]):
+            if a[i, j] != dtype(0.0):
+                flag[0] = 1
+                return
 
     return lbm_any_nonzero
+
+
+@lru_cache(maxsize=None)
+def wall_term_adjoint_kernel(lattice_name: str, precision: str):
+    """Adjoint of :func:`wall_term_kernel`: d loss / d wall velocity of each group, summed from the
+    per-link adjoint ``adj_term`` into ``lanes[slot % lanes, group]`` (few contended atomics; Warp's
+    generated adjoint added every link into one address, 7 ms at 256^3) and then summed on the host."""
+    ph = physics(lattice_name, precision)
+    dtype, vec3, Q, C, W = ph["dtype"], ph["vec3"], ph["Q"], ph["C"], ph["W"]
+
+    @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS)
+    def lbm_wall_term_adjoint(group: wp.array2d(dtype=wp.int32), adj_term: wp.array2d(dtype=dtype),
+                              lanes: wp.array2d(dtype=vec3)):
+        s = wp.tid()
+        lane = s % lanes.shape[0]
+        for i in range(1, wp.static(Q)):
+            g = group[s, i]
+            if g > 0:
+                a = adj_term[s, i] * dtype(wp.static(6.0 * W[i]))
+                wp.atomic_add(lanes, lane, g, a * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
+                                                       dtype(wp.static(C[i][2]))))
+
+    return lbm_wall_term_adjoint
 
 
 @lru_cache(maxsize=None)
@@ -723,12 +750,12 @@ def fused_adjoint_supported(cfg: StepConfig) -> bool:
 
 
 def adjoint_register_cap(cfg: StepConfig):
-    """Default register cap of the fused adjoint: 80 for 4- and 2-byte storage with up to 19
-    directions (lid cavity D3Q19 fp32 on an H200: 2.29 ms per step at 80 with 44 B of spills vs 2.78 ms
-    uncapped at 106 registers, benchmarks/phases.py); the compiler's choice elsewhere, where 80
-    spilled 150-250 B (fp64, D3Q27, open boundaries) and nothing was measured."""
+    """Default register cap of the fused adjoint: 96 for 4- and 2-byte storage with up to 19
+    directions and no open boundaries (lid cavity D3Q19 fp32 on an H200: 1.75 ms per step at 96 with
+    8 B of spills vs 1.88-1.94 ms at 88, 104, 112, 128 and uncapped (108 registers),
+    ``benchmarks/phases.py 256 caps``); the compiler's choice elsewhere (not measured)."""
     small = cfg.precision in ("float32", "float16") and get_lattice(cfg.lattice).q <= 19
-    return 80 if small and not (cfg.velocity_bc or cfg.pressure_bc) else None
+    return 96 if small and not (cfg.velocity_bc or cfg.pressure_bc) else None
 
 
 @lru_cache(maxsize=None)
@@ -750,13 +777,13 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     """
     if not fused_adjoint_supported(cfg):
         raise ValueError(f"the fused adjoint does not cover {cfg}")
+    open_bc = cfg.velocity_bc or cfg.pressure_bc
     ph = physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
     sdtype = storage_dtype(cfg.precision)
     density, momentum = ph["density"], ph["momentum"]
     gather = gather_func(cfg, differentiable=False)
-    open_bc = cfg.velocity_bc or cfg.pressure_bc
     open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
     known_mass, link_normal = open_boundary_balance(cfg.lattice, cfg.precision)
 
@@ -843,19 +870,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
             for i in range(wp.static(Q)):
                 adj_in[i, idx] = adj_out[i, idx]
             return
-        f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
-        # open boundaries: the collision acts on the rebuilt populations (as in the step kernel)
-        ub = vec3()
-        rho_b = dtype(1.0)
-        f_gathered = f
-        if wp.static(open_bc):
-            if kind == KIND_VELOCITY:
-                ub = inlet_velocity[slot[idx]]
-            if kind == KIND_PRESSURE:
-                rho_b = outlet_density[slot[idx]]
-            if kind >= KIND_VELOCITY:
-                f = open_boundary(f_gathered, f_gathered, cell, kind, ub, rho_b)
-        # the scatter below needs the same wrapped neighbour coordinates as the gather
+        # wrapped neighbour coordinates: the scatter needs the same ones as the gather
         z = idx % nz
         y = (idx / nz) % ny
         x = idx / (ny * nz)
@@ -870,6 +885,32 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
             omega = omega_arr[idx]
         else:
             omega = omega_arr[0]
+        # out_i = (1 - A) f_i - B f_opp + A feq_i + B feq_opp (+ Guo source); BGK: A = omega, B = 0
+        omega_m = omega
+        if wp.static(cfg.collision == COLLISION_TRT):
+            omega_m = dtype(1.0) / (dtype(wp.static(cfg.trt_magic)) / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
+        coef_a = dtype(0.5) * (omega + omega_m)
+        coef_b = dtype(0.5) * (omega - omega_m)
+        keep = dtype(1.0) - coef_a
+        # All Q adjoint loads are issued at the top, with the gather's Q loads: the kernel is bound
+        # by loads in flight, and loading the adjoints after the moments (or again in the second
+        # loop) left one round trip exposed per phase (H200: 1.75 ms per step vs 2.42 / 3.35 ms;
+        # docs/PERF_NOTES.md, v8)
+        av = vecQ()
+        for i in range(wp.static(Q)):
+            av[i] = adj_out[i, idx]
+        f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
+        # open boundaries: the collision acts on the rebuilt populations (as in the step kernel)
+        ub = vec3()
+        rho_b = dtype(1.0)
+        f_gathered = f
+        if wp.static(open_bc):
+            if kind == KIND_VELOCITY:
+                ub = inlet_velocity[slot[idx]]
+            if kind == KIND_PRESSURE:
+                rho_b = outlet_density[slot[idx]]
+            if kind >= KIND_VELOCITY:
+                f = open_boundary(f_gathered, f_gathered, cell, kind, ub, rho_b)
         rho = density(f)
         m = momentum(f)
         force = vec3()
@@ -881,53 +922,38 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
             m = m + dtype(0.5) * force
         u = m / rho
         usq = dtype(1.5) * wp.dot(u, u)
-        # out_i = (1 - A) f_i - B f_opp + A feq_i + B feq_opp (+ Guo source); BGK: A = omega, B = 0
-        omega_m = omega
-        if wp.static(cfg.collision == COLLISION_TRT):
-            omega_m = dtype(1.0) / (dtype(wp.static(cfg.trt_magic)) / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
-        coef_a = dtype(0.5) * (omega + omega_m)
-        coef_b = dtype(0.5) * (omega - omega_m)
         pref = dtype(1.0) - dtype(0.5) * omega
         pref_odd = dtype(1.0) - dtype(0.5) * omega_m
         adj_rho = dtype(0.0)
         adj_u = vec3()
         adj_force_direct = vec3()
-        a = vecQ()
-        for i in range(wp.static(Q)):
-            a[i] = adj_out[i, idx]
-        # the parts of d omega that need f, folded first so that f is dead before the main loop
-        # (keeping 19 f and 19 adjoints live together spilled registers): with opp(i) the opposite,
-        # sum_i a_i (f_i +- f_opp(i)) / 2 = sum_i f_i (a_i +- a_opp(i)) / 2
-        af_even = dtype(0.0)
-        af_odd = dtype(0.0)
-        if wp.static(omega_grad):
-            for i in range(wp.static(Q)):
-                if wp.static(cfg.collision == COLLISION_TRT):
-                    af_even += dtype(0.5) * (a[i] + a[wp.static(OPP[i])]) * f[i]
-                    af_odd += dtype(0.5) * (a[i] - a[wp.static(OPP[i])]) * f[i]
-                else:
-                    af_even += a[i] * f[i]
-        d_omega = -af_even
-        d_omega_m = -af_odd
+        d_omega = dtype(0.0)
+        d_omega_m = dtype(0.0)
+        # pass 1: the adjoint of this cell's outputs through the moments (rho, u)
         for i in range(wp.static(Q)):
             ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+            a_i = av[i]
             cu = wp.dot(ci, u)
             wr = dtype(wp.static(W[i])) * rho
             feq_i = wr * (dtype(1.0) + dtype(3.0) * cu + dtype(4.5) * cu * cu - usq)
-            ae = coef_a * a[i] + coef_b * a[wp.static(OPP[i])]
+            ae = coef_a * a_i
+            if wp.static(cfg.collision == COLLISION_TRT):
+                a_o = av[wp.static(OPP[i])]
+                ae = ae + coef_b * a_o
+                if wp.static(omega_grad):
+                    # d out / d omega_(+/-) = feq_(+/-) - f_(+/-), halves of the even / odd parts
+                    feq_o = wr * (dtype(1.0) - dtype(3.0) * cu + dtype(4.5) * cu * cu - usq)
+                    d_omega += a_i * dtype(0.5) * (feq_i + feq_o) - dtype(0.5) * (a_i + a_o) * f[i]
+                    d_omega_m += a_i * dtype(0.5) * (feq_i - feq_o) - dtype(0.5) * (a_i - a_o) * f[i]
+            else:
+                if wp.static(omega_grad):
+                    d_omega += a_i * (feq_i - f[i])
             adj_rho += ae * feq_i / rho
             adj_u += (ae * wr) * (dtype(3.0) * ci + dtype(9.0) * cu * ci - dtype(3.0) * u)
-            if wp.static(omega_grad):
-                if wp.static(cfg.collision == COLLISION_TRT):
-                    feq_o = wr * (dtype(1.0) - dtype(3.0) * cu + dtype(4.5) * cu * cu - usq)
-                    d_omega += a[i] * dtype(0.5) * (feq_i + feq_o)
-                    d_omega_m += a[i] * dtype(0.5) * (feq_i - feq_o)
-                else:
-                    d_omega += a[i] * feq_i
             if wp.static(cfg.force != FORCE_NONE):
                 # Guo source S_i = w_i [(1 - omega_m/2) 3 c_i.F + (1 - omega/2)(9 (c_i.u)(c_i.F) - 3 u.F)]
                 cf = wp.dot(ci, force)
-                aw = a[i] * dtype(wp.static(W[i]))
+                aw = a_i * dtype(wp.static(W[i]))
                 adj_u += (aw * pref) * (dtype(9.0) * cf * ci - dtype(3.0) * force)
                 if wp.static(force_grad):
                     adj_force_direct += aw * (pref_odd * dtype(3.0) * ci + pref * (dtype(9.0) * cu * ci - dtype(3.0) * u))
@@ -945,22 +971,30 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         if wp.static(cfg.force != FORCE_NONE and force_grad):
             if want_force != 0:
                 adj_force[idx] = adj_force[idx] + adj_force_direct + dtype(0.5) * adj_m
-        keep = dtype(1.0) - coef_a
-        # d loss / d (populations the collision saw); at an open-boundary cell mapped back through
-        # the Zou-He rebuild onto the gathered populations (the transposed Jacobian of open_boundary)
+        if wp.static(omega_grad):
+            if want_omega != 0:
+                adj_omega[idx] = adj_omega[idx] + d_omega
+        # the moving-wall table row, read once per cell (cells without links have none)
+        ws = int(-1)
+        if wp.static(cfg.moving_walls):
+            if want_wall != 0:
+                if (cell & wp.uint32(LINK_MASK)) != wp.uint32(0):
+                    ws = wall_slot[idx]
+        # pass 2: d loss / d (populations the collision saw), stored where the forward pulled them.
+        # At an open-boundary cell they are first mapped back through the Zou-He rebuild onto the
+        # gathered populations (the transposed Jacobian of open_boundary), which needs all Q.
         gt = vecQ()
         if wp.static(open_bc):
             for i in range(wp.static(Q)):
-                gt[i] = keep * a[i] - coef_b * a[wp.static(OPP[i])] + adj_rho + (
+                gt[i] = keep * av[i] + adj_rho + (
                     dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
                     + dtype(wp.static(C[i][2])) * adj_m[2])
+                if wp.static(cfg.collision == COLLISION_TRT):
+                    gt[i] = gt[i] - coef_b * av[wp.static(OPP[i])]
             if kind == KIND_VELOCITY or kind == KIND_PRESSURE:
                 gt = open_boundary_adjoint(gt, f_gathered, cell, kind, ub, rho_b, slot[idx], adj_inlet, adj_outlet,
                                            want_inlet, want_outlet)
-        adj_in[0, idx] = (keep - coef_b) * a[0] + adj_rho  # the rest population is its own opposite
-        if wp.static(open_bc):
-            adj_in[0, idx] = gt[0]
-        for i in range(1, wp.static(Q)):
+        for i in range(wp.static(Q)):
             cx = wp.static(C[i][0])
             cy = wp.static(C[i][1])
             cz = wp.static(C[i][2])
@@ -968,21 +1002,21 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
             if wp.static(open_bc):
                 g = gt[i]
             else:
-                g = keep * a[i] - coef_b * a[wp.static(OPP[i])] + adj_rho + (
+                g = keep * av[i] + adj_rho + (
                     dtype(wp.static(C[i][0])) * adj_m[0] + dtype(wp.static(C[i][1])) * adj_m[1]
                     + dtype(wp.static(C[i][2])) * adj_m[2])
-            if (cell >> wp.uint32(i)) & wp.uint32(1):
-                adj_in[wp.static(OPP[i]), idx] = g
-                if wp.static(cfg.moving_walls):
-                    if want_wall != 0:
-                        ws = wall_slot[idx]
+                if wp.static(cfg.collision == COLLISION_TRT):
+                    g = g - coef_b * av[wp.static(OPP[i])]
+            if wp.static(i == 0):
+                adj_in[0, idx] = g  # the rest population is its own opposite and never a link
+            else:
+                if (cell >> wp.uint32(i)) & wp.uint32(1):
+                    adj_in[wp.static(OPP[i]), idx] = g
+                    if wp.static(cfg.moving_walls):
                         if ws >= 0:
                             # each (slot, link) belongs to this cell alone: accumulate without atomics
                             adj_wall_term[ws, i] = adj_wall_term[ws, i] + g
-            else:
-                adj_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)] = g
-        if wp.static(omega_grad):
-            if want_omega != 0:
-                adj_omega[idx] = adj_omega[idx] + d_omega
+                else:
+                    adj_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)] = g
 
     return lbm_step_adjoint

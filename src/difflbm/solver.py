@@ -80,7 +80,7 @@ class Solver:
         self._first.fill_(big)
         kernel = self._check if state.f.dtype == K.storage_dtype(self.problem.precision) else \
             K.finite_check_kernel(state.f.dtype)
-        wp.launch(kernel, dim=state.f.shape, inputs=[state.f, self._first], device=self.problem.device)
+        wp.launch(kernel, dim=state.f.shape[1], inputs=[state.f, self._first, 0], device=self.problem.device)
         first = int(self._first.numpy()[0])
         if first != big:
             direction, cell = divmod(first, self.problem.cell_count)

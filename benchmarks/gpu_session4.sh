@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fourth session (2026-11-24), one H200. Usage: bash benchmarks/gpu_session4.sh PART
+#   adjoint : the streaming fused adjoint (v8) vs the previous head (carried as .gpu/old), then CUDA tests
+set -u
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import warp; print('warp', warp.__version__)"
+case "$1" in
+adjoint)
+  echo "== new (working tree)"; python3 benchmarks/phases.py 256 adjoint
+  echo "== old (HEAD before the change)"; PYTHONPATH=/tmp/site:$PWD/.gpu/old/src python3 benchmarks/phases.py 256 quick
+  python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k "cuda" 2>&1 | tail -3
+  ;;
+variants)
+  python3 benchmarks/phases.py 256 adjoint
+  ;;
+final)
+  python3 benchmarks/phases.py 256 quick
+  python3 benchmarks/gpu_bench.py v3 | cut -c1-600
+  timeout 200 python3 benchmarks/long_gradient.py 256 10000 0
+  python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k "cuda" 2>&1 | tail -3
+  ;;
+caps)
+  python3 benchmarks/phases.py 256 caps
+  ;;
+ncu)
+  # where the adjoint's time goes: DRAM bytes read / written per launch vs the 232 B/cell model
+  m="--metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_op_read.sum,lts__t_sectors_op_write.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_lg_throttle_per_warp_active.pct,smsp__warp_issue_stalled_drain_per_warp_active.pct,smsp__warp_issue_stalled_membar_per_warp_active.pct"
+  secs="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats"
+  for who in new old; do
+    pp=/tmp/site:$PWD/src; [ $who = old ] && pp=/tmp/site:$PWD/.gpu/old/src
+    for k in "regex:lbm_step_[0-9a-f]+_cuda_kernel_forward" "regex:lbm_step_adjoint"; do
+      PYTHONPATH=$pp ncu --clock-control none $secs $m -k "$k" --launch-skip 2 --launch-count 1 \
+        python3 benchmarks/ncu_kernels.py 256 > /tmp/ncu.txt 2>&1
+      echo "== $who $k"; grep -E "Duration|DRAM Throughput|Achieved Occupancy|Registers Per|dram__bytes|lts__t_sectors|stalled|No Eligible|Warp Cycles Per Issued" /tmp/ncu.txt | head -20
+    done
+  done
+  ;;
+esac
