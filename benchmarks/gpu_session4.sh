@@ -20,6 +20,26 @@ final)
   timeout 200 python3 benchmarks/long_gradient.py 256 10000 0
   python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k "cuda" 2>&1 | tail -3
   ;;
+cyl)
+  # issue #2, 2D-2 c_L,max (0.98821 at D = 80 vs [0.99, 1.01]): TRT magic parameter and the outlet sponge,
+  # four runs at once (each is launch-bound on a small grid)
+  v() { timeout 570 python3 -m difflbm.cli validate cylinder --device cuda --json --benchmark 2D-2 --u-max 0.02 \
+        --precision fp64 --collision trt "$@"; }
+  v --resolution 328 --trt-magic 0.0833333333 > /tmp/cyl_a.json 2>/tmp/cyl_a.err &
+  v --resolution 328 --trt-magic 0.1875 > /tmp/cyl_b.json 2>/tmp/cyl_b.err &
+  v --resolution 164 --trt-magic 0.0833333333 > /tmp/cyl_c.json 2>/tmp/cyl_c.err &
+  timeout 570 python3 -c "
+import json; from difflbm.validation import cylinder
+print(json.dumps(cylinder.run(resolution=164, case='2D-2', u_max=0.02, collision='trt', precision='float64', device='cuda', sponge=False)))" > /tmp/cyl_d.json 2>/tmp/cyl_d.err &
+  wait
+  for x in a b c d; do python3 -c "
+import json, sys
+try:
+    r = json.loads(open('/tmp/cyl_$x.json').read().strip().splitlines()[-1])
+    print(json.dumps({k: r.get(k) for k in ('resolution', 'diameter_cells', 'u_max', 'collision', 'trt_magic', 'sponge', 'steps', 'c_D_max', 'c_L_max', 'St', 'inside_reference', 'wall_time_s')}))
+except Exception as e:
+    print('$x failed', e, open('/tmp/cyl_$x.err').read()[-500:])"; done
+  ;;
 caps)
   python3 benchmarks/phases.py 256 caps
   ;;

@@ -24,7 +24,7 @@ def _cmd_validate(args) -> int:
     options = {"resolution": args.resolution, "device": args.device}
     if args.precision:
         options["precision"] = args.precision
-    for name in ("reynolds", "benchmark", "lattice", "u_max", "collision"):
+    for name in ("reynolds", "benchmark", "lattice", "u_max", "collision", "trt_magic"):
         value = getattr(args, name)
         if value is not None:
             if name == "reynolds" and args.case != "cavity":
@@ -33,7 +33,7 @@ def _cmd_validate(args) -> int:
                 raise ValueError(f"--benchmark={value} applies to the cylinder case only")
             if name == "lattice" and args.case != "cavity-3d":
                 raise ValueError(f"--lattice={value} applies to the cavity-3d case only")
-            if name in ("u_max", "collision") and args.case != "cylinder":
+            if name in ("u_max", "collision", "trt_magic") and args.case != "cylinder":
                 raise ValueError(f"--{name.replace('_', '-')}={value} applies to the cylinder case only")
             options["case" if name == "benchmark" else name] = value
     result = run_case(args.case, **options)
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cylinder only: peak inlet velocity in lattice units (Mach number; drag error ~ u_max^2)")
     v.add_argument("--collision", default=None, choices=["bgk", "trt", "smagorinsky"],
                    help="cylinder only (default: trt for 2D-1, smagorinsky for 2D-2)")
+    v.add_argument("--trt-magic", dest="trt_magic", type=float, default=None,
+                   help="cylinder with --collision trt only: the magic parameter Lambda (default 1/4)")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_validate)
 

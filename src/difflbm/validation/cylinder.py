@@ -13,7 +13,7 @@ import numpy as np
 import warp as wp
 
 from .. import kernels as K
-from ..problem import PressureOutlet, Problem, VelocityInlet, Wall, circle_link_fractions
+from ..problem import CollisionTRT, PressureOutlet, Problem, VelocityInlet, Wall, circle_link_fractions
 from ..solver import Solver
 
 H, L, D_PHYS, CENTER = 0.41, 2.2, 0.1, (0.2, 0.2)
@@ -24,7 +24,7 @@ CASES = {
 }
 
 
-def build(N: int, reynolds: float, u_max: float, device=None, precision="float64", collision="trt"):
+def build(N: int, reynolds: float, u_max: float, device=None, precision="float64", collision="trt", sponge=True):
     """The channel problem and its scales.
 
     Returns (problem, cylinder boundary index, D in cells, U_bar, omega of the fluid, initial velocity).
@@ -55,7 +55,7 @@ def build(N: int, reynolds: float, u_max: float, device=None, precision="float64
                   Wall(mask=mask, link_fraction=q)]
     # sponge: the viscosity rises smoothly to 0.1 over the last H / 2 (18 D behind the cylinder),
     # so the wake and pressure waves reach the Zou-He outlet damped instead of reflecting upstream
-    ramp = np.clip((np.arange(nx) - (nx - N / 2)) / (N / 2), 0.0, 1.0)
+    ramp = np.clip((np.arange(nx) - (nx - N / 2)) / (N / 2), 0.0, 1.0) * float(bool(sponge))
     nu_x = nu + (max(0.1, nu) - nu) * np.sin(0.5 * np.pi * ramp) ** 2
     omega_field = np.repeat((1.0 / (3.0 * nu_x + 0.5))[:, None], N, axis=1)
     p = Problem(shape, "D2Q9", collision, omega=omega_field, boundaries=boundaries, precision=precision,
@@ -92,7 +92,7 @@ def _strouhal(t: np.ndarray, cl: np.ndarray):
 
 
 def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=None, tol=1e-5, max_steps=None,
-        collision=None, **_):
+        collision=None, trt_magic=None, sponge=True, **_):
     if case not in CASES:
         raise ValueError(f"case={case!r} is not known; allowed: {', '.join(CASES)}")
     N = int(resolution or 41)
@@ -107,7 +107,11 @@ def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=No
         # TRT places the bounce-back wall independently of viscosity (Ginzburg 2008); at Re 100 with
         # D = 10 cells TRT diverged near the inlet, Smagorinsky (Hou et al. 1996) stays stable
         collision = "trt" if case == "2D-1" else "smagorinsky"
-    p, cyl, diameter, u_bar, omega, u0 = build(N, spec["reynolds"], u_max, device, precision, collision)
+    if trt_magic is not None:
+        if collision != "trt":
+            raise ValueError(f"trt_magic={trt_magic} needs collision='trt', got collision={collision!r}")
+        collision = CollisionTRT(magic=float(trt_magic))
+    p, cyl, diameter, u_bar, omega, u0 = build(N, spec["reynolds"], u_max, device, precision, collision, sponge)
     solver = Solver(p)
     params = p.parameters()
     probe = ForceProbe(p, cyl)
@@ -118,7 +122,9 @@ def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=No
     a, b = p.state(velocity=u0), p.state()
     out = {"case": "cylinder", "benchmark": case, "reynolds": spec["reynolds"], "resolution": N,
            "diameter_cells": diameter, "shape": list(p.shape), "u_max": u_max, "omega": omega,
-           "collision": p.collision.name, "precision": precision}
+           "collision": p.collision.name, "precision": precision, "sponge": bool(sponge)}
+    if trt_magic is not None:
+        out["trt_magic"] = float(trt_magic)
     if case == "2D-1":
         # steady: stop when the coefficients change less than tol per convective time
         interval = max(int(t_conv), 50)
