@@ -40,6 +40,15 @@ try:
 except Exception as e:
     print('$x failed', e, open('/tmp/cyl_$x.err').read()[-500:])"; done
   ;;
+dist)
+  # issue #7 on nvidia-h200-x2: weak scaling at 256^3 per GPU with the exchange on Warp's stream
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  python3 -c "import torch; print('torch', torch.__version__)"
+  R="python3 -m torch.distributed.run --standalone"; S=/tmp/scaling.jsonl
+  timeout 120 $R --nproc_per_node=2 benchmarks/dist_bench.py --mode weak --size 64 --steps 20 --repeats 2 --check 20 2>&1 | grep -v Warning | tail -3
+  timeout 200 $R --nproc_per_node=1 benchmarks/dist_bench.py --mode weak --size 256 --gradient --out $S 2>&1 | tail -2
+  timeout 250 $R --nproc_per_node=2 benchmarks/dist_bench.py --mode weak --size 256 --gradient --out $S --baseline $S 2>&1 | tail -2
+  ;;
 caps)
   python3 benchmarks/phases.py 256 caps
   ;;

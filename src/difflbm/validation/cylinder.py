@@ -164,7 +164,8 @@ def run(resolution=None, device=None, precision="float64", case="2D-1", u_max=No
         f = _strouhal(ts, cs[:, 1])
         metrics = {"c_D_max": float(cs[:, 0].max()), "c_L_max": float(cs[:, 1].max()),
                    "St": None if f is None else f * diameter / u_bar}
-        out.update(steps=max_steps, recorded_steps=record, sample_every=sample)
+        out.update(steps=max_steps, recorded_steps=record, sample_every=sample,
+                   c_L_min=float(cs[:, 1].min()), c_D_mean=float(cs[:, 0].mean()))
     inside = {k: (v is not None and lo <= v <= hi) for k, (lo, hi) in spec["intervals"].items() for v in [metrics[k]]}
     out.update(metrics)
     out["reference"] = {k: list(v) for k, v in spec["intervals"].items()}
