@@ -22,7 +22,9 @@ if args.max_registers:
     cfg = dataclasses.replace(cfg, max_registers=args.max_registers)
 kernels = [("forward", K.step_kernel(cfg, backward=False)),
            ("fused adjoint (omega, force gradients)", K.step_adjoint_kernel(cfg)),
-           ("fused adjoint (no omega gradient)", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False))]
+           ("fused adjoint (no omega gradient)", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False)),
+           ("forward storing moments", K.step_kernel(cfg, backward=False, moments=True)),
+           ("moments adjoint", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False, moments=True))]
 for name, kern in kernels:
     with tempfile.TemporaryDirectory() as d:
         wp.compile_aot_module(kern.module, device=None, arch=90, module_dir=d, use_ptx=True)

@@ -1,6 +1,6 @@
-import math
 """Gradients through rollouts: the seed check, finite differences in float64, strategies agree."""
 
+import math
 import numpy as np
 import pytest
 
@@ -354,3 +354,69 @@ def test_velocity_mismatch_series_fd_and_bad_input():
         A.rollout_loss(p, p.parameters(), st, 20, L.VelocityMismatchSeries(bad))
     with pytest.raises(ValueError, match="time levels start at 1"):
         L.VelocityMismatchSeries({0: snaps[3]})
+
+
+def _moments_problem(lattice, collision, force):
+    sh = (12, 10) if lattice == "D2Q9" else (6, 5, 4)
+    D = len(sh)
+    rng = np.random.default_rng(11)
+    mask = np.zeros(sh, bool)
+    mask[(slice(5, 7), slice(4, 6)) + (slice(None),) * (D - 2)] = True
+    fval = None if force is None else ((2e-4,) + (-1e-4,) * (D - 1) if force == "uniform"
+                                       else 1e-4 * rng.standard_normal(sh + (D,)))
+    return lbm.Problem(sh, lattice, collision, omega=1.3, force=fval, precision="float64", device="cpu",
+                       boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.03,) + (0.0,) * (D - 1)),
+                                   lbm.Wall(mask=mask)])
+
+
+@pytest.mark.parametrize("lattice", ["D2Q9", "D3Q19"])
+@pytest.mark.parametrize("collision", ["bgk", "trt"])
+@pytest.mark.parametrize("force", [None, "uniform", "field"])
+def test_moments_replay_equals_states_replay(lattice, collision, force, monkeypatch):
+    """A leaf replay that keeps only (rho, u) per step gives the gradient of the one that keeps
+    whole states, to round-off, for segment lengths that do and do not divide T and for T = 1."""
+    p = _moments_problem(lattice, collision, force)
+    st = _state(p)
+    wrt = ("initial", "wall_velocity") + (("force",) if force else ())
+    calls = []
+    original = lbm.Solver.step_moments
+
+    def spy(self, *args, **kw):
+        calls.append(1)
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(lbm.Solver, "step_moments", spy)
+    for steps, seg in [(13, 4), (12, 3), (1, 1)]:
+        v1, g1 = A.value_and_grad(p, p.parameters(), st, steps, L.KineticEnergy(), wrt=wrt, replay="states",
+                                  adjoint=A.Checkpointed(seg))
+        assert not calls
+        v2, g2 = A.value_and_grad(p, p.parameters(), st, steps, L.KineticEnergy(), wrt=wrt,
+                                  adjoint=A.Checkpointed(seg))  # auto picks moments here
+        assert len(calls) == (steps - math.ceil(steps / seg)), (steps, seg, len(calls))
+        calls.clear()
+        assert v1 == v2
+        for name in wrt:
+            a, b = getattr(g1, name), getattr(g2, name)
+            assert np.abs(a).max() > 0, name
+            assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), (name, steps, np.abs(a - b).max())
+
+
+def test_moments_replay_fd():
+    """The moments replay (chosen by auto: final-state loss, no omega) against central differences."""
+    p = _moments_problem("D2Q9", "trt", "field")
+    r = gradcheck(p, p.parameters(), _state(p), 24, L.KineticEnergy(), wrt=("initial", "wall_velocity", "force"),
+                  adjoint=A.Checkpointed(5))
+    for k, v in r.items():
+        if k != "pairs":
+            assert v <= TOL, (k, v)
+
+
+def test_moments_replay_refused_where_it_is_not_exact():
+    p = _moments_problem("D2Q9", "bgk", None)
+    with pytest.raises(ValueError, match="replay='moments' cannot be used here: the omega gradient"):
+        A.value_and_grad(p, p.parameters(), _state(p), 3, L.KineticEnergy(), wrt=("omega",), replay="moments")
+    with pytest.raises(ValueError, match="a loss term before the last step"):
+        A.value_and_grad(p, p.parameters(), _state(p), 3, L.KineticEnergy(when="every"), wrt=("initial",),
+                         replay="moments")
+    with pytest.raises(ValueError, match="replay='everything' is not allowed"):
+        A.value_and_grad(p, p.parameters(), _state(p), 3, L.KineticEnergy(), replay="everything")

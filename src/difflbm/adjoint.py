@@ -15,6 +15,7 @@ intermediate state is ever overwritten while it is still needed.
 
 from __future__ import annotations
 
+import gc
 import math
 import warnings
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ def _schedule(adjoint, steps: int, state_bytes: int, device) -> tuple[list[int],
         seg = math.isqrt(steps - 1) + 1
         need = seg + math.ceil(steps / seg) + WORKING_STATES
         dev = wp.get_device(device)
-        if dev.is_cuda and need * state_bytes > 0.9 * dev.free_memory:
+        if dev.is_cuda and need * state_bytes > 0.9 * dev.free_memory and need * state_bytes > 0.9 * _free_memory(dev):
             # the default must not run out of memory: more levels in what is free (documented)
             n = int(0.9 * dev.free_memory // state_bytes) - WORKING_STATES
             if n < 2:
@@ -170,6 +171,18 @@ def _schedule(adjoint, steps: int, state_bytes: int, device) -> tuple[list[int],
                 return [k], False
         return _multilevel(n, steps), False
     raise TypeError(f"adjoint={adjoint!r} is not a strategy; allowed: StoreAll(), Checkpointed(), MemoryBudget()")
+
+
+def _free_memory(dev) -> int:
+    """Free device memory after handing back what the CUDA memory pool keeps from earlier gradients
+    (see :func:`_keep_pool`; release threshold 0, then a synchronisation, which is when the pool
+    trims). Without this a second gradient with a longer rollout in the same process saw the first
+    one's reserve as used and refused to run (H200, 256^3, T = 100 then T = 400)."""
+    gc.collect()  # the buffers of an earlier gradient can sit in reference cycles of its closures
+    if wp.is_mempool_enabled(dev) and wp.get_mempool_release_threshold(dev) > 0:
+        wp.set_mempool_release_threshold(dev, 0)
+        wp.synchronize_device(dev)
+    return dev.free_memory
 
 
 def _keep_pool(device, nbytes: int):
@@ -262,7 +275,7 @@ def rollout_loss(problem: Problem, params: Parameters, initial: State, steps: in
 
 def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: int, loss: Loss,
                    adjoint=None, wrt=("initial",) + Parameters.NAMES, check: bool = True,
-                   step_adjoint: str = "auto", graph: bool = True):
+                   step_adjoint: str = "auto", graph: bool = True, replay: str = "auto"):
     """Run ``steps`` steps from ``initial`` and return ``(loss, Gradients)``.
 
     ``adjoint`` is the strategy (default :class:`Checkpointed`); ``wrt`` names what to return
@@ -274,6 +287,11 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     segment and of a segment's replay + adjoint as CUDA graphs, once per segment shape, and replay
     them (launch overhead shows on small grids); losses defined outside difflbm.losses are never
     captured, since they may do host work.
+    ``replay`` is what a replayed leaf segment keeps for its adjoint: ``"states"`` every state
+    (4 Q bytes per cell and step in float32), ``"moments"`` only each step's (rho, u) (16 bytes;
+    the fused adjoint needs no more for BGK or TRT with walls and force), or ``"auto"`` (moments
+    where they suffice: fused adjoint, no omega gradient, no velocity or pressure boundary and the
+    loss on the final state only). Both give the same gradient to round-off.
     """
     adjoint = Checkpointed() if adjoint is None else adjoint
     steps = int(steps)
@@ -297,6 +315,8 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     if problem.precision == "float16" and (not supported or step_adjoint == "warp"):
         raise ValueError("precision='float16' (float16 storage) is differentiated by the fused adjoint only: it "
                          "needs BGK or TRT, no solid fraction, no curved walls, no zero-gradient outflow; use float32")
+    if replay not in ("auto", "states", "moments"):
+        raise ValueError(f"replay={replay!r} is not allowed; allowed: 'auto', 'states', 'moments'")
     solver = Solver(problem)
     solver.update_wall_term(params)  # parameters are fixed during the rollout
     want_omega = "omega" in wrt
@@ -305,6 +325,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
              if supported and step_adjoint != "warp" else None)
     dev = problem.device
     terms = [t.bind(problem) for t in loss.terms()]
+    use_moments = _moments_replay(problem, replay, fused is not None, want_omega, terms, steps)
+    fused_m = (K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True)
+               if use_moments else None)
     state_bytes = initial.f.capacity
     spans, host = _schedule(adjoint, steps, state_bytes, dev)
     _keep_pool(dev, state_bytes * (len(spans) * 8 + spans[-1] + 8))
@@ -313,7 +336,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     # ---- forward: checkpoints every spans[0] steps, loss accumulated on the way
     out = wp.zeros(1, dtype=wp.float64, device=dev)
     checkpoints = {}
-    a, b = initial.copy(), State.empty(problem)
+    a, b = initial.copy(), _unset_state(problem)
     arith = _arithmetic_view(problem)
 
     def signature(t0, t1, with_loss):
@@ -351,8 +374,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     adj_out = wp.ones(1, dtype=wp.float64, device=dev)
     grads = params.zeros_like()
     adj = State.empty(problem, arithmetic=True)
-    adj_prev = State.empty(problem, arithmetic=True)
-    scratch = State.empty(problem)
+    # the fused adjoint stores every entry of its output; Warp's adds into a zeroed one (below)
+    adj_prev = _unset_state(problem, arithmetic=True) if fused is not None else State.empty(problem, arithmetic=True)
+    scratch = State.empty(problem) if fused is None else None
     for term in terms:
         if term.active(steps, steps):
             term.adjoint_at(steps, problem, arith(final.f), params, adj_out, adj.f, grads)
@@ -371,7 +395,29 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             problem.cell_count, dtype=grads.force.dtype, device=dev)
     adjs = [adj, adj_prev]
     leaf = spans[-1]
-    buffer = [State.empty(problem) for _ in range(max(min(leaf, steps), 0))]
+    if use_moments:
+        # a ring of two states for the replay, (rho, u) of every step but the leaf's last (whose
+        # adjoint reads the state left in the ring)
+        buffer = [_unset_state(problem) for _ in range(2)]
+        moms = [wp.empty((4, problem.cell_count), dtype=K.wp_dtype(problem.precision), device=dev)
+                for _ in range(max(min(leaf, steps) - 1, 0))]
+    else:
+        buffer = [_unset_state(problem) for _ in range(max(min(leaf, steps), 0))]
+
+    def leaf_body_moments(s0, e0, cur, prev):
+        """As leaf_body, keeping (rho, u) per step instead of states (no loss terms before the end)."""
+        for t in range(s0, e0 - 1):
+            k = t - s0
+            solver.step_moments(buffer[k % 2], buffer[1 - k % 2], moms[k], params, solver.window(t, steps))
+        for t in reversed(range(s0, e0)):
+            k = t - s0
+            if t == e0 - 1:
+                _fused_step_adjoint(solver, fused, buffer[k % 2], cur, prev, params, grads, omega_cells, wrt,
+                                    adj_wall_term, force_cells, solver.window(t, steps))
+            else:
+                _fused_step_adjoint(solver, fused_m, None, cur, prev, params, grads, omega_cells, wrt,
+                                    adj_wall_term, force_cells, solver.window(t, steps), moments=moms[k])
+            cur, prev = prev, cur
 
     def leaf_body(s0, e0, cur, prev):
         """Replay states s0..e0-1 (s0 already in buffer[0]) and run the adjoint of steps e0-1 .. s0."""
@@ -396,7 +442,8 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         else:
             wp.copy(buffer[0].f, start)
         cur, prev = adjs
-        graphs.run((signature(s0, e0, True), cur.f.ptr), lambda: leaf_body(s0, e0, cur, prev))
+        body = leaf_body_moments if use_moments else leaf_body
+        graphs.run((signature(s0, e0, True), cur.f.ptr), lambda: body(s0, e0, cur, prev))
         if (e0 - s0) % 2:
             adjs.reverse()
         if check:
@@ -451,6 +498,32 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     return value, g
 
 
+def _unset_state(problem: Problem, arithmetic: bool = False) -> State:
+    """A state whose populations are not initialised (no memset), for buffers a kernel fills
+    completely before anything reads them: replayed states (a step writes every population of
+    every cell) and the fused adjoint's outputs."""
+    dtype = K.wp_dtype(problem.precision) if arithmetic else K.storage_dtype(problem.precision)
+    return State(problem, wp.empty((problem.lattice.q, problem.cell_count), dtype=dtype, device=problem.device))
+
+
+def _moments_replay(problem: Problem, replay: str, fused: bool, want_omega: bool, terms, steps: int) -> bool:
+    """Whether a gradient's leaf replay keeps (rho, u) per step instead of whole states; raises when
+    ``replay="moments"`` is asked for where it cannot be exact."""
+    cfg = problem.config
+    reasons = []
+    if not fused:
+        reasons.append("the step adjoint is Warp's, not the fused kernel")
+    if want_omega:
+        reasons.append("the omega gradient needs the populations")
+    if cfg.velocity_bc or cfg.pressure_bc:
+        reasons.append("velocity and pressure boundaries rebuild links from the populations")
+    if any(term.active(t, steps) for term in terms for t in range(steps)):
+        reasons.append("a loss term before the last step reads the state of its step")
+    if replay == "moments" and reasons:
+        raise ValueError("replay='moments' cannot be used here: " + "; ".join(reasons) + "; use 'states' or 'auto'")
+    return replay == "moments" or (replay == "auto" and not reasons)
+
+
 def _finish_parameter_gradients(problem: Problem, params: Parameters, grads: Parameters, solver: Solver, wrt,
                                 adj_wall_term, omega_cells, force_cells):
     """Fold the per-link and per-cell accumulators of a backward pass into ``grads``: the wall-term
@@ -501,14 +574,16 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
     adj_inputs = [adj_in.f, adj_out.f, None, None, None, None, None, want("wall_velocity", adj_wall_term),
                   want("inlet_velocity", grads.inlet_velocity[window]), want("outlet_density", grads.outlet_density),
                   None, want("omega", grads.omega), want("force", grads.force),
-                  want("solid_fraction", grads.solid_fraction), 0, 0, 0]
+                  want("solid_fraction", grads.solid_fraction), 0, 0, 0, None]
     wp.launch(solver.kernel, dim=p.cell_count, inputs=inputs, adj_inputs=adj_inputs, adjoint=True, device=p.device)
 
 
-def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State, adj_in: State, params: Parameters,
-                        grads: Parameters, omega_cells, wrt, adj_wall_term, force_cells, window: int = 0):
+def _fused_step_adjoint(solver: Solver, kernel, state_in: State | None, adj_out: State, adj_in: State,
+                        params: Parameters, grads: Parameters, omega_cells, wrt, adj_wall_term, force_cells,
+                        window: int = 0, moments: wp.array | None = None):
     """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored);
-    ``window`` is the inlet window of the step."""
+    ``window`` is the inlet window of the step. A moments kernel reads ``moments`` (the step's
+    stored rho and u) instead of ``state_in``."""
     p = solver.problem
     g = p.grid3
     want_wall = int("wall_velocity" in wrt)
@@ -516,12 +591,12 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State, adj_out: State,
     want_inlet = int("inlet_velocity" in wrt and p.config.velocity_bc)
     want_outlet = int("outlet_density" in wrt and p.config.pressure_bc)
     wp.launch(kernel, dim=p.cell_count, device=p.device, block_dim=K.BLOCK_DIM,
-              inputs=[state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
+              inputs=[None if state_in is None else state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
                       params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, params.force,
                       force_cells if force_cells is not None else grads.force, p.link_q, params.solid_fraction,
                       p.slot, params.inlet_velocity[window], params.outlet_density, grads.inlet_velocity[window],
                       grads.outlet_density, want_wall, want_omega, int(force_cells is not None), want_inlet,
-                      want_outlet, g[0], g[1], g[2]])
+                      want_outlet, g[0], g[1], g[2], moments])
 
 
 class _DeferredChecks:

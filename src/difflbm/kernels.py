@@ -400,13 +400,18 @@ def open_boundary_func(lattice: str, precision: str):
 
 
 @lru_cache(maxsize=None)
-def step_kernel(cfg: StepConfig, backward: bool = True):
+def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False):
     """The fused pull-stream + boundary + collide kernel for ``cfg``.
 
     Reads ``f_in`` (post-collision populations of the previous step) and writes ``f_out``; it never
     writes an array it reads, so Warp's adjoint of it is exact. ``backward=False`` builds the same
     kernel without its adjoint (half the compile time; used by plain forward runs).
+    ``moments=True`` (forward only) also stores each fluid cell's (rho, u) as the collision saw them
+    into ``mom`` (shape (4, cells): rho, u_x, u_y, u_z): the replay of a gradient keeps those instead of whole states (see
+    :func:`step_adjoint_kernel`); otherwise ``mom`` is never touched and may be None.
     """
+    if moments and backward:
+        raise ValueError("step_kernel(moments=True) is a forward-only kernel; pass backward=False")
     ph = physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
@@ -449,6 +454,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
         nx: int,
         ny: int,
         nz: int,
+        mom: wp.array2d(dtype=dtype),
     ):
         idx = wp.tid()
         cell = code[idx]
@@ -499,6 +505,11 @@ def step_kernel(cfg: StepConfig, backward: bool = True):
         if wp.static(collision == COLLISION_TRT):
             # Ginzburg (2008) two-relaxation-time, magic parameter Lambda fixed per configuration
             omega_m = dtype(1.0) / (dtype(wp.static(trt_magic)) / (dtype(1.0) / omega - dtype(0.5)) + dtype(0.5))
+        if wp.static(moments):
+            mom[0, idx] = rho
+            mom[1, idx] = u[0]
+            mom[2, idx] = u[1]
+            mom[3, idx] = u[2]
         usq = dtype(1.5) * wp.dot(u, u)
         # Guo forcing: the odd part of the source relaxes with omega_m, the even part with omega,
         # so that the first moment is (1 - omega_m/2) F (for BGK both are omega)
@@ -759,7 +770,7 @@ def adjoint_register_cap(cfg: StepConfig):
 
 
 @lru_cache(maxsize=None)
-def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bool = True):
+def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bool = True, moments: bool = False):
     """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK or TRT, Guo forcing and
     (moving) walls.
 
@@ -774,10 +785,20 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     ``omega_grad`` / ``force_grad`` = False compile the kernel without the omega / force gradient
     (the launch flags ``want_omega`` / ``want_force`` then must be 0): without them f is dead right
     after its moments, which saves registers (ncu: spills were the adjoint's main extra cost).
+
+    ``moments=True``: the Jacobian of a BGK / TRT collision with walls and force depends on f only
+    through (rho, u), so this variant reads the (rho, u) the forward stored
+    (``step_kernel(moments=True)``) from ``mom`` instead of gathering f (``f_in`` is not read):
+    16 bytes per cell instead of 4 Q. It cannot give the omega gradient (d out / d omega needs f)
+    nor rebuild open-boundary links (they need the gathered populations).
     """
     if not fused_adjoint_supported(cfg):
         raise ValueError(f"the fused adjoint does not cover {cfg}")
     open_bc = cfg.velocity_bc or cfg.pressure_bc
+    if moments and (omega_grad or open_bc):
+        raise ValueError("step_adjoint_kernel(moments=True) needs omega_grad=False and no velocity or pressure "
+                         f"boundary (both need the populations, not only rho and u); got omega_grad={omega_grad}, "
+                         f"velocity_bc={cfg.velocity_bc}, pressure_bc={cfg.pressure_bc}")
     ph = physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
@@ -862,6 +883,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         nx: int,
         ny: int,
         nz: int,
+        mom: wp.array2d(dtype=dtype),
     ):
         idx = wp.tid()
         cell = code[idx]
@@ -896,31 +918,54 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         # by loads in flight, and loading the adjoints after the moments (or again in the second
         # loop) left one round trip exposed per phase (H200: 1.75 ms per step vs 2.42 / 3.35 ms;
         # docs/PERF_NOTES.md, v8)
+        rho_m = dtype(1.0)
+        u_m = vec3()
+        if wp.static(moments):
+            rho_m = mom[0, idx]
+            u_m = vec3(mom[1, idx], mom[2, idx], mom[3, idx])
         av = vecQ()
         for i in range(wp.static(Q)):
             av[i] = adj_out[i, idx]
-        f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
-        # open boundaries: the collision acts on the rebuilt populations (as in the step kernel)
-        ub = vec3()
-        rho_b = dtype(1.0)
-        f_gathered = f
-        if wp.static(open_bc):
-            if kind == KIND_VELOCITY:
-                ub = inlet_velocity[slot[idx]]
-            if kind == KIND_PRESSURE:
-                rho_b = outlet_density[slot[idx]]
-            if kind >= KIND_VELOCITY:
-                f = open_boundary(f_gathered, f_gathered, cell, kind, ub, rho_b)
-        rho = density(f)
-        m = momentum(f)
+        if wp.static(moments):
+            # rho depends (by 0 x their sum) on every adjoint load, so that nothing below starts
+            # before all Q + 4 loads are in flight: without it the compiler spread the adjoint loads
+            # over pass 1 and the kernel waited on memory once per load group (H200, 256^3 D3Q19
+            # fp32: 2.47 ms per step vs 1.24 ms with it; benchmarks/moments.py). A non-finite
+            # adjoint makes rho non-finite, as it makes the outputs non-finite anyway.
+            sav = dtype(0.0)
+            for i in range(wp.static(Q)):
+                sav += av[i]
+            rho_m = rho_m + sav * dtype(0.0)
         force = vec3()
         if wp.static(cfg.force == FORCE_UNIFORM):
             force = force_arr[0]
         if wp.static(cfg.force == FORCE_FIELD):
             force = force_arr[idx]
-        if wp.static(cfg.force != FORCE_NONE):
-            m = m + dtype(0.5) * force
-        u = m / rho
+        rho = dtype(1.0)
+        u = vec3()
+        f = vecQ()
+        ub = vec3()
+        rho_b = dtype(1.0)
+        f_gathered = f
+        if wp.static(moments):
+            rho = rho_m
+            u = u_m
+        else:
+            f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
+            # open boundaries: the collision acts on the rebuilt populations (as in the step kernel)
+            f_gathered = f
+            if wp.static(open_bc):
+                if kind == KIND_VELOCITY:
+                    ub = inlet_velocity[slot[idx]]
+                if kind == KIND_PRESSURE:
+                    rho_b = outlet_density[slot[idx]]
+                if kind >= KIND_VELOCITY:
+                    f = open_boundary(f_gathered, f_gathered, cell, kind, ub, rho_b)
+            rho = density(f)
+            m = momentum(f)
+            if wp.static(cfg.force != FORCE_NONE):
+                m = m + dtype(0.5) * force
+            u = m / rho
         usq = dtype(1.5) * wp.dot(u, u)
         pref = dtype(1.0) - dtype(0.5) * omega
         pref_odd = dtype(1.0) - dtype(0.5) * omega_m

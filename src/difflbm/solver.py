@@ -27,6 +27,7 @@ class Solver:
         self.problem = problem
         self.kernel = K.step_kernel(problem.config)
         self.forward_kernel = K.step_kernel(problem.config, backward=False)
+        self._moments_kernel = None  # built on first use (gradients' moments replay)
         self._check = K.finite_check_kernel(problem.precision)
         self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
         # moving-wall terms per boundary link, derived from the parameters at every step
@@ -55,7 +56,7 @@ class Solver:
         p = self.problem
         return [state_in.f, None, p.code, p.slot, p.solid_wall, p.face_wall, p.wall_slot, self.wall_term,
                 params.inlet_velocity[window], params.outlet_density, p.link_q, params.omega, params.force,
-                params.solid_fraction, p.grid3[0], p.grid3[1], p.grid3[2]]
+                params.solid_fraction, p.grid3[0], p.grid3[1], p.grid3[2], None]
 
     def step(self, state_in: State, state_out: State, params: Parameters, window: int = 0,
              update_walls: bool = True):
@@ -72,6 +73,21 @@ class Solver:
         args = self.step_inputs(state_in, params, window)
         args[1] = state_out.f
         wp.launch(self.forward_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
+                  block_dim=K.BLOCK_DIM)
+
+    def step_moments(self, state_in: State, state_out: State, moments: wp.array, params: Parameters,
+                     window: int = 0):
+        """:meth:`step` that also stores each fluid cell's (rho, u_x, u_y, u_z) as its collision saw
+        them into ``moments`` (shape (4, cells); what the moments replay of a gradient keeps).
+        The moving-wall terms are as last set by :meth:`update_wall_term`."""
+        if state_in.f.ptr == state_out.f.ptr:
+            raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
+        if self._moments_kernel is None:
+            self._moments_kernel = K.step_kernel(self.problem.config, backward=False, moments=True)
+        args = self.step_inputs(state_in, params, window)
+        args[1] = state_out.f
+        args[-1] = moments
+        wp.launch(self._moments_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
                   block_dim=K.BLOCK_DIM)
 
     def check_finite(self, state: State, step: int):
