@@ -11,8 +11,25 @@ moments)
   python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k "cuda" 2>&1 | tail -3
   ;;
 final)
-  python3 benchmarks/gpu_bench.py v3 | cut -c1-600
-  timeout 200 python3 benchmarks/long_gradient.py 256 10000 0
+  timeout 170 python3 benchmarks/moments.py 256 all
+  timeout 280 python3 benchmarks/gpu_bench.py v3 | cut -c1-700
+  timeout 110 python3 benchmarks/long_gradient.py 256 10000 0
+  ;;
+cyl)
+  # issue #2: Zou-He inlet with the tangential correction; 2D-2 at D = 40, u_max 0.02 (before: c_L,max
+  # 0.98679) and 2D-1 at D = 40 (before: inside), two runs at once
+  v() { timeout 560 python3 -m difflbm.cli validate cylinder --device cuda --json --resolution 164 --precision fp64 \
+        --collision trt "$@"; }
+  v --benchmark 2D-2 --u-max 0.02 > /tmp/cyl_a.json 2>/tmp/cyl_a.err &
+  v --benchmark 2D-1 --u-max 0.02 > /tmp/cyl_b.json 2>/tmp/cyl_b.err &
+  wait
+  for x in a b; do python3 -c "
+import json
+try:
+    r = json.loads(open('/tmp/cyl_$x.json').read().strip().splitlines()[-1])
+    print(json.dumps({k: r.get(k) for k in ('benchmark', 'case', 'resolution', 'diameter_cells', 'u_max', 'collision', 'steps', 'c_D', 'c_L', 'c_D_max', 'c_L_max', 'c_L_min', 'St', 'inside_reference', 'wall_time_s')}))
+except Exception as e:
+    print('$x failed', e, open('/tmp/cyl_$x.err').read()[-800:])"; done
   ;;
 esac
 case "$1" in

@@ -472,8 +472,13 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             run_level(m, min(m + sub, e0), kept.pop(m), level + 1)
 
     deferred = _DeferredChecks(solver, steps)
-    for c0 in reversed(range(0, steps, top)):
-        run_level(c0, min(c0 + top, steps), checkpoints.pop(c0), 0)
+    try:
+        for c0 in reversed(range(0, steps, top)):
+            run_level(c0, min(c0 + top, steps), checkpoints.pop(c0), 0)
+    finally:
+        # run_level refers to itself, which would keep every buffer above alive until the garbage
+        # collector runs: the next gradient then maps tens of gigabytes anew instead of reusing them
+        run_level = None  # noqa: F841
     if check:
         deferred.raise_first()
     adj = adjs[0]

@@ -356,7 +356,26 @@ def open_boundary_balance(lattice: str, precision: str):
                                                        dtype(wp.static(C[i][2])))
         return wcn
 
-    return known_mass, link_normal
+    @wp.func
+    def axis_sign(v: dtype) -> dtype:
+        return wp.where(v > dtype(1.0e-12), dtype(1.0), wp.where(v < dtype(-1.0e-12), dtype(-1.0), dtype(0.0)))
+
+    @wp.func
+    def face_normal(cell: wp.uint32, wcn: vec3) -> vec3:
+        """The unit normal n (into the fluid) of a face cell, whose unknown links are exactly those
+        with c_i.n = 1; the zero vector for any other cell (edges, corners, irregular sets).
+        Written without branches or component stores (see open_boundary)."""
+        n = vec3(axis_sign(wcn[0]), axis_sign(wcn[1]), axis_sign(wcn[2]))
+        count = wp.abs(n[0]) + wp.abs(n[1]) + wp.abs(n[2])
+        bad = dtype(0.0)
+        for i in range(1, wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            cn = (dtype(wp.static(C[i][0])) * n[0] + dtype(wp.static(C[i][1])) * n[1]
+                  + dtype(wp.static(C[i][2])) * n[2])
+            bad += wp.abs(bit - wp.where(cn == dtype(1.0), dtype(1.0), dtype(0.0)))
+        return wp.where(count == dtype(1.0) and bad == dtype(0.0), dtype(1.0), dtype(0.0)) * n
+
+    return known_mass, link_normal, face_normal
 
 
 @lru_cache(maxsize=None)
@@ -365,7 +384,8 @@ def open_boundary_func(lattice: str, precision: str):
     ph = physics(lattice, precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
-    known_mass, link_normal = open_boundary_balance(lattice, precision)
+    known_mass, link_normal, face_normal = open_boundary_balance(lattice, precision)
+    tangential_correction = tangential_terms(lattice, precision)[0]
 
     @wp.func
     def open_boundary(f: vecQ, own: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype) -> vecQ:
@@ -375,6 +395,11 @@ def open_boundary_func(lattice: str, precision: str):
         Velocity / pressure: non-equilibrium bounce-back (Zou & He 1997) generalised to any set U of
         unknown links: f_i = f_opp(i) + 6 w_i rho c_i.u for i in U, rho (or u along the boundary
         normal sum_U w_i c_i, for a prescribed density) from the mass balance.
+        Velocity cells on a face (U = {c_i.n = 1}) also get Zou and He's tangential correction, so
+        that the rebuilt populations carry the whole prescribed velocity, not only its normal part
+        (Hecht & Harting 2010 for D3Q19; the same form on every lattice here):
+        f_i += c_i,t (2/3 rho u_t - sum_{c_j.n = 0} c_j,t f_j) / sum_U c_k,t^2 for each tangential t.
+        Pressure cells keep the plain rebuild (their tangential velocity stays free).
         """
         known = known_mass(f, cell)
         wcn = link_normal(cell)
@@ -384,19 +409,61 @@ def open_boundary_func(lattice: str, precision: str):
             rho_b = known / (dtype(1.0) - dtype(6.0) * wp.dot(wcn, ub))
         if kind == KIND_PRESSURE:
             ub = (dtype(1.0) - known / rho_b) / (dtype(6.0) * wp.dot(wcn, wcn)) * wcn
+        # tangential correction of velocity faces, branch-free (a weight of 0 elsewhere) and folded
+        # into the single store per component: Warp's generated adjoint of a vector component
+        # stored twice came out wrong (tests/test_gradients.py caught it)
+        n = face_normal(cell, wcn)
+        face = wp.where(kind == KIND_VELOCITY and wp.dot(n, n) > dtype(0.5), dtype(1.0), dtype(0.0))
+        corr = face * tangential_correction(f, cell, n, ub, rho_b)
         out = vecQ()
         out[0] = f[0]
         for i in range(1, wp.static(Q)):
             bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
-            cu = (dtype(wp.static(C[i][0])) * ub[0] + dtype(wp.static(C[i][1])) * ub[1]
-                  + dtype(wp.static(C[i][2])) * ub[2])
-            rebuilt = f[wp.static(OPP[i])] + dtype(wp.static(6.0 * W[i])) * rho_b * cu
+            ci = vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])), dtype(wp.static(C[i][2])))
+            rebuilt = f[wp.static(OPP[i])] + dtype(wp.static(6.0 * W[i])) * rho_b * wp.dot(ci, ub) + wp.dot(ci, corr)
             if kind == KIND_OUTFLOW:
                 rebuilt = own[i]
             out[i] = bit * rebuilt + (dtype(1.0) - bit) * f[i]
         return out
 
     return open_boundary
+
+
+@lru_cache(maxsize=None)
+def tangential_terms(lattice: str, precision: str):
+    """``(tangential_correction, tangential_scale)`` of the Zou-He velocity face (see
+    :func:`open_boundary_func`): the per-axis amounts N_t added as c_i,t N_t to the unknown links,
+    and the per-axis 1 / sum_U c_k,t^2 (0 on the normal axis and on axes the lattice lacks)."""
+    ph = physics(lattice, precision)
+    Q, C = ph["Q"], ph["C"]
+    dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
+
+    @wp.func
+    def inverse_or_zero(s2: dtype, normal: dtype) -> dtype:
+        return wp.where(normal == dtype(0.0) and s2 > dtype(0.0), dtype(1.0) / wp.max(s2, dtype(1.0)), dtype(0.0))
+
+    @wp.func
+    def tangential_scale(cell: wp.uint32, n: vec3) -> vec3:
+        s2 = vec3()
+        for i in range(1, wp.static(Q)):
+            bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+            s2 += bit * vec3(dtype(wp.static(C[i][0] * C[i][0])), dtype(wp.static(C[i][1] * C[i][1])),
+                             dtype(wp.static(C[i][2] * C[i][2])))
+        return vec3(inverse_or_zero(s2[0], n[0]), inverse_or_zero(s2[1], n[1]), inverse_or_zero(s2[2], n[2]))
+
+    @wp.func
+    def tangential_correction(f: vecQ, cell: wp.uint32, n: vec3, ub: vec3, rho_b: dtype) -> vec3:
+        inv = tangential_scale(cell, n)
+        p = vec3()  # tangential momentum of the populations in the boundary plane (c.n = 0)
+        for j in range(1, wp.static(Q)):
+            cn = (dtype(wp.static(C[j][0])) * n[0] + dtype(wp.static(C[j][1])) * n[1]
+                  + dtype(wp.static(C[j][2])) * n[2])
+            inplane = wp.where(cn == dtype(0.0), dtype(1.0), dtype(0.0))
+            p += (inplane * f[j]) * vec3(dtype(wp.static(C[j][0])), dtype(wp.static(C[j][1])),
+                                         dtype(wp.static(C[j][2])))
+        return wp.cw_mul(inv, dtype(wp.static(2.0 / 3.0)) * rho_b * ub - p)
+
+    return tangential_correction, tangential_scale
 
 
 @lru_cache(maxsize=None)
@@ -806,7 +873,8 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     density, momentum = ph["density"], ph["momentum"]
     gather = gather_func(cfg, differentiable=False)
     open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
-    known_mass, link_normal = open_boundary_balance(cfg.lattice, cfg.precision)
+    known_mass, link_normal, face_normal = open_boundary_balance(cfg.lattice, cfg.precision)
+    tangential_scale = tangential_terms(cfg.lattice, cfg.precision)[1]
 
     @wp.func
     def open_boundary_adjoint(g: vecQ, f_gathered: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype,
@@ -836,6 +904,22 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
             out[i] = out[i] + (dtype(1.0) - bit) * g[i]
             s_rho += bit * g[i] * dtype(wp.static(6.0 * W[i])) * wp.dot(ci, ub)
             s_u += (bit * g[i] * dtype(wp.static(6.0 * W[i])) * rho_b) * ci
+        if kind == KIND_VELOCITY:
+            n = face_normal(cell, wcn)
+            if wp.dot(n, n) > dtype(0.5):
+                # the tangential correction N = inv * (2/3 rho_b u_b - p), p from the in-plane f_j
+                g_n = vec3()
+                for i in range(1, wp.static(Q)):
+                    bit = dtype(float((cell >> wp.uint32(i)) & wp.uint32(1)))
+                    g_n += (bit * g[i]) * vec3(dtype(wp.static(C[i][0])), dtype(wp.static(C[i][1])),
+                                               dtype(wp.static(C[i][2])))
+                g_n = wp.cw_mul(g_n, tangential_scale(cell, n))
+                s_rho += dtype(wp.static(2.0 / 3.0)) * wp.dot(g_n, ub)
+                s_u += (dtype(wp.static(2.0 / 3.0)) * rho_b) * g_n
+                for j in range(1, wp.static(Q)):
+                    cj = vec3(dtype(wp.static(C[j][0])), dtype(wp.static(C[j][1])), dtype(wp.static(C[j][2])))
+                    if wp.dot(cj, n) == dtype(0.0):
+                        out[j] = out[j] - wp.dot(g_n, cj)
         adj_known = dtype(0.0)
         if kind == KIND_VELOCITY:
             adj_known = s_rho / denom
