@@ -399,6 +399,15 @@ def test_moments_replay_equals_states_replay(lattice, collision, force, monkeypa
             a, b = getattr(g1, name), getattr(g2, name)
             assert np.abs(a).max() > 0, name
             assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), (name, steps, np.abs(a - b).max())
+    # checkpoints in host memory: the leaf starts from a copy instead of the checkpoint itself
+    v3, g3 = A.value_and_grad(p, p.parameters(), st, 13, L.KineticEnergy(), wrt=wrt,
+                              adjoint=A.MemoryBudget(states=5, host=True))
+    assert calls
+    v4, g4 = A.value_and_grad(p, p.parameters(), st, 13, L.KineticEnergy(), wrt=wrt, replay="states")
+    assert v3 == v4
+    for name in wrt:
+        a, b = getattr(g4, name), getattr(g3, name)
+        assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), (name, "host", np.abs(a - b).max())
 
 
 def test_moments_replay_fd():

@@ -99,6 +99,7 @@ class Gradients:
 
 
 WORKING_STATES = 6  # states a gradient holds besides checkpoints and the leaf buffer
+DIRECT_CELLS = 2 ** 21  # from this many cells on, gradients skip CUDA graphs and checkpoint copies
 
 
 def _multilevel_spans(n: int, steps: int) -> list[int]:
@@ -336,7 +337,6 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     # ---- forward: checkpoints every spans[0] steps, loss accumulated on the way
     out = wp.zeros(1, dtype=wp.float64, device=dev)
     checkpoints = {}
-    a, b = initial.copy(), _unset_state(problem)
     arith = _arithmetic_view(problem)
 
     def signature(t0, t1, with_loss):
@@ -354,13 +354,41 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             solver.step(cur, nxt, params, solver.window(t, steps), update_walls=False)
             cur, nxt = nxt, cur
 
+    # "direct": checkpoints are the states the forward wrote (no copy into them, none out of them
+    # into the replay's first buffer); launches are then not captured, since their buffers differ
+    # from segment to segment. Used wherever graphs are off and on grids large enough for launch
+    # overhead not to matter; otherwise the copies keep the pointers fixed so the graphs replay.
+    direct = not host and (not graphs.enabled or problem.cell_count >= DIRECT_CELLS)
+    a, b = initial.copy(), _unset_state(problem)
+    scratch_pair = (b, _unset_state(problem)) if direct else (a, b)
+
+    def forward_into(t0, t1, x, last):
+        """Steps t0..t1-1 from x (never written), the last one into ``last``, the others into the
+        scratch pair; loss terms evaluated on the way."""
+        cur = x
+        for t in range(t0, t1):
+            for term in terms:
+                if term.active(t, steps):
+                    term.evaluate_at(t, problem, arith(cur.f), params, out)
+            nxt = last if t == t1 - 1 else (scratch_pair[0] if cur is not scratch_pair[0] else scratch_pair[1])
+            solver.step(cur, nxt, params, solver.window(t, steps), update_walls=False)
+            cur = nxt
+
     top = spans[0]
-    for c0 in range(0, steps, top):
-        c1 = min(c0 + top, steps)
-        checkpoints[c0] = a.f.numpy().copy() if host else wp.clone(a.f)
-        graphs.run((signature(c0, c1, True), a.f.ptr), lambda: forward(c0, c1, a, b, True))
-        if (c1 - c0) % 2:
-            a, b = b, a
+    if direct:
+        for c0 in range(0, steps, top):
+            c1 = min(c0 + top, steps)
+            checkpoints[c0] = a.f
+            nxt = _unset_state(problem)
+            forward_into(c0, c1, a, nxt)
+            a = nxt  # the next checkpoint, or the final state
+    else:
+        for c0 in range(0, steps, top):
+            c1 = min(c0 + top, steps)
+            checkpoints[c0] = a.f.numpy().copy() if host else wp.clone(a.f)
+            graphs.run((signature(c0, c1, True), a.f.ptr), lambda: forward(c0, c1, a, b, True))
+            if (c1 - c0) % 2:
+                a, b = b, a
     for term in terms:
         if term.active(steps, steps):
             term.evaluate_at(steps, problem, arith(a.f), params, out)
@@ -395,55 +423,64 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             problem.cell_count, dtype=grads.force.dtype, device=dev)
     adjs = [adj, adj_prev]
     leaf = spans[-1]
+    # the replay's first state: the checkpoint itself (direct) or a copy of it in ``lead`` (whose
+    # fixed address lets the leaf's graph replay)
+    lead = None if direct else _unset_state(problem)
     if use_moments:
-        # a ring of two states for the replay, (rho, u) of every step but the leaf's last (whose
-        # adjoint reads the state left in the ring)
-        buffer = [_unset_state(problem) for _ in range(2)]
+        # two states for the replay, (rho, u) of every step but the leaf's last (whose adjoint reads
+        # the state the replay ends on)
+        ring = [_unset_state(problem) for _ in range(2)]
         moms = [wp.empty((4, problem.cell_count), dtype=K.wp_dtype(problem.precision), device=dev)
                 for _ in range(max(min(leaf, steps) - 1, 0))]
     else:
-        buffer = [_unset_state(problem) for _ in range(max(min(leaf, steps), 0))]
+        rest = [_unset_state(problem) for _ in range(max(min(leaf, steps) - 1, 0))]
 
-    def leaf_body_moments(s0, e0, cur, prev):
+    def leaf_body_moments(s0, e0, cur, prev, first):
         """As leaf_body, keeping (rho, u) per step instead of states (no loss terms before the end)."""
+        x = first
         for t in range(s0, e0 - 1):
-            k = t - s0
-            solver.step_moments(buffer[k % 2], buffer[1 - k % 2], moms[k], params, solver.window(t, steps))
+            y = ring[0] if x is not ring[0] else ring[1]
+            solver.step_moments(x, y, moms[t - s0], params, solver.window(t, steps))
+            x = y
         for t in reversed(range(s0, e0)):
             k = t - s0
             if t == e0 - 1:
-                _fused_step_adjoint(solver, fused, buffer[k % 2], cur, prev, params, grads, omega_cells, wrt,
+                _fused_step_adjoint(solver, fused, x, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps))
             else:
                 _fused_step_adjoint(solver, fused_m, None, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps), moments=moms[k])
             cur, prev = prev, cur
 
-    def leaf_body(s0, e0, cur, prev):
-        """Replay states s0..e0-1 (s0 already in buffer[0]) and run the adjoint of steps e0-1 .. s0."""
+    def leaf_body(s0, e0, cur, prev, first):
+        """Replay states s0..e0-1 (s0 is ``first``) and run the adjoint of steps e0-1 .. s0."""
+        seq = [first] + rest
         for t in range(s0, e0 - 1):
-            solver.step(buffer[t - s0], buffer[t - s0 + 1], params, solver.window(t, steps), update_walls=False)
+            solver.step(seq[t - s0], seq[t - s0 + 1], params, solver.window(t, steps), update_walls=False)
         for t in reversed(range(s0, e0)):
             if fused is not None:
-                _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, params, grads, omega_cells, wrt,
+                _fused_step_adjoint(solver, fused, seq[t - s0], cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps))
             else:
                 prev.f.zero_()
-                _step_adjoint(solver, buffer[t - s0], cur, prev, params, grads, solver.window(t, steps), scratch,
+                _step_adjoint(solver, seq[t - s0], cur, prev, params, grads, solver.window(t, steps), scratch,
                               wrt, adj_wall_term)
             for term in terms:
                 if term.active(t, steps):
-                    term.adjoint_at(t, problem, arith(buffer[t - s0].f), params, adj_out, prev.f, grads)
+                    term.adjoint_at(t, problem, arith(seq[t - s0].f), params, adj_out, prev.f, grads)
             cur, prev = prev, cur
 
     def run_leaf(s0, e0, start):
-        if isinstance(start, np.ndarray):
-            buffer[0].f.assign(start)
-        else:
-            wp.copy(buffer[0].f, start)
         cur, prev = adjs
         body = leaf_body_moments if use_moments else leaf_body
-        graphs.run((signature(s0, e0, True), cur.f.ptr), lambda: body(s0, e0, cur, prev))
+        if direct:
+            body(s0, e0, cur, prev, State(problem, start))
+        else:
+            if isinstance(start, np.ndarray):
+                lead.f.assign(start)
+            else:
+                wp.copy(lead.f, start)
+            graphs.run((signature(s0, e0, True), cur.f.ptr), lambda: body(s0, e0, cur, prev, lead))
         if (e0 - s0) % 2:
             adjs.reverse()
         if check:
