@@ -649,14 +649,17 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     problem = dec.problem
     supported = K.fused_adjoint_supported(problem.config)
     if step_adjoint == "fused" and not supported:
-        raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK, no force, no solid "
+        raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK or TRT, no solid "
                          "fraction, no curved walls, no zero-gradient outflow); use 'warp' or 'auto'")
 
     lp = dec.local
     dev = lp.device
     lparams = dec.local_parameters(params)
     solver = Solver(lp)
-    fused = K.step_adjoint_kernel(lp.config) if supported and step_adjoint != "warp" else None
+    # without the omega / force gradient when not asked for (fewer registers, as in value_and_grad)
+    want_force = "force" in wrt and lp.config.force != K.FORCE_NONE
+    fused = (K.step_adjoint_kernel(lp.config, omega_grad="omega" in wrt, force_grad=want_force)
+             if supported and step_adjoint != "warp" else None)
     terms = dec.local_loss_terms(loss)
 
     # ---- forward: states are kept after their halo exchange (what the step and the loss read)
@@ -693,7 +696,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
         omega_cells = grads.omega if lp.config.omega_field else wp.zeros(lp.cell_count, dtype=grads.omega.dtype,
                                                                          device=dev)
     force_cells = None
-    if fused is not None and "force" in wrt and lp.config.force != K.FORCE_NONE:
+    if fused is not None and want_force:
         force_cells = grads.force if lp.config.force == K.FORCE_FIELD else wp.zeros(
             lp.cell_count, dtype=grads.force.dtype, device=dev)
     buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)))]
