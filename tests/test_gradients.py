@@ -31,7 +31,7 @@ def _channel(collision, lattice="D2Q9"):
     mask[(slice(5, 7), slice(4, 6)) + (slice(None),) * (len(sh) - 2)] = True
     return lbm.Problem(sh, lattice, collision, omega=1.2, precision="float64", device="cpu",
                        boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.02,) + (0.0,) * (len(sh) - 1)),
-                                   lbm.Wall(mask=mask), lbm.VelocityInlet(face="x-", velocity=(0.03,) + (0.0,) * (len(sh) - 1)),
+                                   lbm.Wall(mask=mask), lbm.VelocityInlet(face="x-", velocity=(0.03, 0.005, 0.003)[:len(sh)]),
                                    lbm.PressureOutlet(face="x+", density=1.0)])
 
 
@@ -214,15 +214,17 @@ def test_fused_refused_where_it_does_not_apply():
 @pytest.mark.parametrize("lattice", ["D2Q9", "D3Q19"])
 @pytest.mark.parametrize("collision", ["bgk", "trt"])
 def test_fused_adjoint_open_boundaries_match_warp(collision, lattice):
-    """Velocity inlet (three time windows) and pressure outlet: the fused adjoint's Zou-He transpose
-    equals Warp's generated adjoint for every control."""
+    """Velocity inlet (three time windows, a tangential component, so that every term of the
+    tangential correction counts) and pressure outlet: the fused adjoint's Zou-He transpose equals
+    Warp's generated adjoint for every control."""
     sh = (12, 10) if lattice == "D2Q9" else (6, 5, 4)
     D = len(sh)
     mask = np.zeros(sh, bool)
     mask[(slice(5, 7), slice(4, 6)) + (slice(None),) * (D - 2)] = True
     p = lbm.Problem(sh, lattice, collision, omega=1.2, precision="float64", device="cpu", inlet_windows=3,
                     boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.02,) + (0.0,) * (D - 1)),
-                                lbm.Wall(mask=mask), lbm.VelocityInlet(face="x-", velocity=(0.03,) + (0.0,) * (D - 1)),
+                                lbm.Wall(mask=mask),
+                                lbm.VelocityInlet(face="x-", velocity=(0.03, 0.006, -0.004)[:D]),
                                 lbm.PressureOutlet(face="x+", density=1.0)])
     rng = np.random.default_rng(8)
     params = p.parameters()

@@ -178,7 +178,9 @@ def _free_memory(dev) -> int:
     """Free device memory after handing back what the CUDA memory pool keeps from earlier gradients
     (see :func:`_keep_pool`; release threshold 0, then a synchronisation, which is when the pool
     trims). Without this a second gradient with a longer rollout in the same process saw the first
-    one's reserve as used and refused to run (H200, 256^3, T = 100 then T = 400)."""
+    one's reserve as used and refused to run (H200, 256^3, T = 100 then T = 400). Runs only when
+    memory looks short; the threshold is then raised again by :func:`_keep_pool` (a threshold the
+    user had set is not restored)."""
     gc.collect()  # the buffers of an earlier gradient can sit in reference cycles of its closures
     if wp.is_mempool_enabled(dev) and wp.get_mempool_release_threshold(dev) > 0:
         wp.set_mempool_release_threshold(dev, 0)

@@ -332,8 +332,9 @@ def gather_func(cfg: StepConfig, differentiable: bool = True):
 
 @lru_cache(maxsize=None)
 def open_boundary_balance(lattice: str, precision: str):
-    """``(known_mass, link_normal)``: the mass carried by the known populations of an open-boundary
-    cell (the unknown link i counts through f_opp(i)), and sum over its unknown links of w_i c_i.
+    """``(known_mass, link_normal, face_normal)``: the mass carried by the known populations of an
+    open-boundary cell (the unknown link i counts through f_opp(i)), the sum over its unknown links of
+    w_i c_i, and the unit normal of a face cell (zero elsewhere).
     Shared by :func:`open_boundary_func` and the fused adjoint's transpose of it."""
     ph = physics(lattice, precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
