@@ -35,7 +35,7 @@ def _problem(case):
     if case == "open":  # fused step adjoint with the Zou-He transpose
         return lbm.Problem(sh, "D2Q9", boundaries=walls + [lbm.VelocityInlet(face="x-", velocity=(0.03, 0.0)),
                                                            lbm.PressureOutlet(face="x+", density=1.0)], **kw)
-    if case == "periodic":  # hand-written fused step adjoint (periodic in x, the cut wraps)
+    if case in ("periodic", "final"):  # hand-written fused step adjoint (periodic in x, the cut wraps)
         return lbm.Problem(sh, "D2Q9", boundaries=walls, **kw)
     if case == "uniform_force":  # fused adjoint with a uniform force, which the losses also read
         return lbm.Problem(sh, "D2Q9", boundaries=walls, force=(2e-4, -1e-4), **kw)
@@ -55,6 +55,8 @@ def _loss(case):
     target[..., 0] = 0.01
     loss = L.KineticEnergy(region=region) + L.Probe((9, 3), "uy", when="every") + \
         L.VelocityMismatch(target=target, when="every", every=5)
+    if case == "final":  # on the last state only: the moments replay applies
+        return L.KineticEnergy(region=region) + L.Drag(2)
     if case != "fields":
         loss = loss + L.Drag(2, when="every")
     return loss
@@ -64,7 +66,8 @@ WRT = {"open": ("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_d
        "periodic": ("initial", "omega", "wall_velocity"),
        "curved": ("initial", "omega", "wall_velocity"),
        "uniform_force": ("initial", "omega", "force"),
-       "fields": ("initial", "omega", "force", "solid_fraction")}
+       "fields": ("initial", "omega", "force", "solid_fraction"),
+       "final": ("initial", "wall_velocity")}
 
 
 def _initial(p, seed=0):
@@ -73,7 +76,7 @@ def _initial(p, seed=0):
 
 
 def _adjoint(case):
-    return A.Checkpointed(segment=6) if case == "periodic" else A.StoreAll()
+    return A.Checkpointed(segment=6) if case in ("periodic", "final") else A.StoreAll()
 
 
 def _worker(case, rank, world, init, out):
@@ -167,18 +170,30 @@ def test_fields_uneven_3_ranks(tmp_path):
     _check_against_single_rank("fields", 3, tmp_path)
 
 
-def test_single_process_equals_value_and_grad():
+def test_final_loss_moments_replay_2_ranks(tmp_path):
+    """Loss on the last state, no omega gradient: each rank replays keeping (rho, u) per step
+    (halo cells included), Checkpointed(6), 2 ranks: equals 1 rank."""
+    _check_against_single_rank("final", 2, tmp_path)
+
+
+def test_single_process_equals_value_and_grad(monkeypatch):
     """Without a process group the slab machinery runs as one rank and reproduces value_and_grad."""
     p = _problem("periodic")
     st = _initial(p)
     f = DD.distributed_run(p, STEPS, st)
     assert np.abs(f - lbm.Solver(p).run(st, STEPS).populations()).max() <= FWD_TOL
-    for case, wrt in (("periodic", WRT["periodic"]), ("uniform_force", ("initial", "force"))):
-        # the second: the fused adjoint compiled without the omega gradient
+    calls = []
+    original = lbm.Solver.step_moments
+    monkeypatch.setattr(lbm.Solver, "step_moments", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    for case, wrt in (("periodic", WRT["periodic"]), ("uniform_force", ("initial", "force")),
+                      ("final", WRT["final"])):
+        # the second: the fused adjoint compiled without the omega gradient; the third: moments replay
         p = _problem(case)
         st = _initial(p)
-        v, g = A.value_and_grad(p, p.parameters(), st, STEPS, _loss(case), wrt=wrt)
+        v, g = A.value_and_grad(p, p.parameters(), st, STEPS, _loss(case), wrt=wrt, replay="states")
+        calls.clear()
         v2, g2 = DD.distributed_value_and_grad(p, STEPS, _loss(case), st, wrt=wrt)
+        assert bool(calls) == (case == "final"), case
         assert abs(v - v2) <= GRAD_TOL * abs(v)
         for name in wrt:
             ref = getattr(g, name)

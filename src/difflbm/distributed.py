@@ -37,7 +37,7 @@ import warp as wp
 from . import kernels as K
 from . import losses as L
 from .adjoint import (GRAD_TARGETS, Checkpointed, MemoryBudget, StoreAll, _finish_parameter_gradients,
-                      _fused_step_adjoint, _step_adjoint)
+                      _fused_step_adjoint, _moments_replay, _step_adjoint)
 from .io import FIELDS, _target, macroscopic
 from .problem import Parameters, Problem, State
 from .solver import Solver
@@ -699,10 +699,36 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     if fused is not None and want_force:
         force_cells = grads.force if lp.config.force == K.FORCE_FIELD else wp.zeros(
             lp.cell_count, dtype=grads.force.dtype, device=dev)
-    buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)))]
+    # the moments replay of value_and_grad where it is exact: a halo cell's stored (rho, u) come from
+    # the same exchanged state the adjoint would gather from
+    use_moments = _moments_replay(lp, "auto", fused is not None, "omega" in wrt, terms, steps)
+    fused_m = (K.step_adjoint_kernel(lp.config, omega_grad=False, force_grad=want_force, moments=True)
+               if use_moments else None)
+    buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)) if not use_moments else 3)]
+    moms = [wp.empty((4, lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
+            for _ in range(max(min(seg, steps) - 1, 0))] if use_moments else []
     for s0 in reversed(range(0, steps, seg)):
         e0 = min(s0 + seg, steps)
         wp.copy(buffer[0].f, checkpoints.pop(s0))
+        if use_moments:
+            x = buffer[0]
+            for t in range(s0, e0 - 1):
+                y = buffer[1] if x is not buffer[1] else buffer[2]
+                solver.step_moments(x, y, moms[t - s0], lparams, solver.window(t, steps))
+                dec.exchange(y.f)
+                x = y
+            for t in reversed(range(s0, e0)):
+                cur, prev = adjs
+                prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
+                if t == e0 - 1:
+                    _fused_step_adjoint(solver, fused, x, cur, prev, lparams, grads, omega_cells, wrt,
+                                        adj_wall_term, force_cells, solver.window(t, steps))
+                else:
+                    _fused_step_adjoint(solver, fused_m, None, cur, prev, lparams, grads, omega_cells, wrt,
+                                        adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0])
+                dec.reverse_exchange(prev.f)
+                adjs.reverse()
+            continue
         for t in range(s0, e0 - 1):
             solver.step(buffer[t - s0], buffer[t - s0 + 1], lparams, solver.window(t, steps))
             dec.exchange(buffer[t - s0 + 1].f)
