@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Fourth session (2026-11-24), one H200. Usage: bash benchmarks/gpu_session4.sh PART
+# (The `adjoint` and `variants` parts ran kernel variants that were removed afterwards; benchmarks/phases.py
+# no longer has that mode. This file records what ran at the commits named in BENCHMARKS.md.)
 #   adjoint : the streaming fused adjoint (v8) vs the previous head (carried as .gpu/old), then CUDA tests
 set -u
 export PYTHONUNBUFFERED=1
