@@ -289,7 +289,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     ``"auto"`` (fused where it applies). ``graph`` (CUDA only): capture the launches of a forward
     segment and of a segment's replay + adjoint as CUDA graphs, once per segment shape, and replay
     them (launch overhead shows on small grids); losses defined outside difflbm.losses are never
-    captured, since they may do host work.
+    captured, since they may do host work. From ``DIRECT_CELLS`` cells on the launches run eagerly
+    instead: checkpoints are then the forward's own states, with no copies to keep a graph's buffers
+    fixed (docs/DESIGN.md).
     ``replay`` is what a replayed leaf segment keeps for its adjoint: ``"states"`` every state
     (4 Q bytes per cell and step in float32), ``"moments"`` only each step's (rho, u) (16 bytes;
     the fused adjoint needs no more for BGK or TRT with walls and force), or ``"auto"`` (moments
