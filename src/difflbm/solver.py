@@ -66,28 +66,26 @@ class Solver:
         (a small kernel over the wall links): loops that hold the parameters fixed call
         update_wall_term once and step without it.
         """
-        if state_in.f.ptr == state_out.f.ptr:
-            raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         if update_walls:
             self.update_wall_term(params)
-        args = self.step_inputs(state_in, params, window)
-        args[1] = state_out.f
-        wp.launch(self.forward_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
-                  block_dim=K.BLOCK_DIM)
+        self._launch(self.forward_kernel, state_in, state_out, params, window)
 
     def step_moments(self, state_in: State, state_out: State, moments: wp.array, params: Parameters,
                      window: int = 0):
         """:meth:`step` that also stores each fluid cell's (rho, u_x, u_y, u_z) as its collision saw
         them into ``moments`` (shape (4, cells); what the moments replay of a gradient keeps).
         The moving-wall terms are as last set by :meth:`update_wall_term`."""
-        if state_in.f.ptr == state_out.f.ptr:
-            raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         if self._moments_kernel is None:
             self._moments_kernel = K.step_kernel(self.problem.config, backward=False, moments=True)
+        self._launch(self._moments_kernel, state_in, state_out, params, window, moments)
+
+    def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None):
+        if state_in.f.ptr == state_out.f.ptr:
+            raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         args = self.step_inputs(state_in, params, window)
         args[1] = state_out.f
         args[-1] = moments
-        wp.launch(self._moments_kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
+        wp.launch(kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
                   block_dim=K.BLOCK_DIM)
 
     def check_finite(self, state: State, step: int):
