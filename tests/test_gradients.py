@@ -380,22 +380,33 @@ def test_moments_replay_equals_states_replay(lattice, collision, force, monkeypa
     p = _moments_problem(lattice, collision, force)
     st = _state(p)
     wrt = ("initial", "wall_velocity") + (("force",) if force else ())
-    calls = []
-    original = lbm.Solver.step_moments
+    calls, plain = [], []
+    original, original_step = lbm.Solver.step_moments, lbm.Solver.step
 
     def spy(self, *args, **kw):
         calls.append(1)
         return original(self, *args, **kw)
 
+    def spy_step(self, *args, **kw):
+        plain.append(1)
+        return original_step(self, *args, **kw)
+
     monkeypatch.setattr(lbm.Solver, "step_moments", spy)
-    for steps, seg in [(13, 4), (12, 3), (1, 1)]:
+    monkeypatch.setattr(lbm.Solver, "step", spy_step)
+    for steps, seg in [(13, 4), (12, 3), (1, 1), (7, 7), (7, 20)]:
         v1, g1 = A.value_and_grad(p, p.parameters(), st, steps, L.KineticEnergy(), wrt=wrt, replay="states",
                                   adjoint=A.Checkpointed(seg))
         assert not calls
+        plain.clear()
         v2, g2 = A.value_and_grad(p, p.parameters(), st, steps, L.KineticEnergy(), wrt=wrt,
                                   adjoint=A.Checkpointed(seg))  # auto picks moments here
+        # every leaf but the last keeps (rho, u) on its replay; the forward keeps the last leaf's
+        # itself, so the only plain steps are the forward's outside that leaf, plus its final step
+        tail = steps - (steps - 1) // seg * seg
         assert len(calls) == (steps - math.ceil(steps / seg)), (steps, seg, len(calls))
+        assert len(plain) == steps - tail + 1, (steps, seg, len(plain))
         calls.clear()
+        plain.clear()
         assert v1 == v2
         for name in wrt:
             a, b = getattr(g1, name), getattr(g2, name)
@@ -410,6 +421,18 @@ def test_moments_replay_equals_states_replay(lattice, collision, force, monkeypa
     for name in wrt:
         a, b = getattr(g4, name), getattr(g3, name)
         assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), (name, "host", np.abs(a - b).max())
+    # the other strategies: everything in one leaf, the default, a budget of two levels, and one of
+    # four levels (T = 40 in 8 states), which keeps the forward from keeping its last leaf
+    v6, g6 = A.value_and_grad(p, p.parameters(), st, 40, L.KineticEnergy(), wrt=wrt, replay="states")
+    assert len(A._schedule(A.MemoryBudget(states=8), 40, 9, "cpu", 4)[0]) == 4
+    for strategy, steps, v_ref, g_ref in ((A.StoreAll(), 13, v4, g4), (A.Checkpointed(), 13, v4, g4),
+                                          (A.MemoryBudget(states=6), 13, v4, g4),
+                                          (A.MemoryBudget(states=8), 40, v6, g6)):
+        v5, g5 = A.value_and_grad(p, p.parameters(), st, steps, L.KineticEnergy(), wrt=wrt, adjoint=strategy)
+        assert v5 == v_ref
+        for name in wrt:
+            a, b = getattr(g_ref, name), getattr(g5, name)
+            assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), (name, strategy, np.abs(a - b).max())
 
 
 def test_moments_replay_fd():

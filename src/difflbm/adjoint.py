@@ -100,6 +100,7 @@ class Gradients:
 
 WORKING_STATES = 6  # states a gradient holds besides checkpoints and the leaf buffer
 DIRECT_CELLS = 2 ** 21  # from this many cells on, gradients skip CUDA graphs and checkpoint copies
+_KEEP_LAST_LEAF = True  # the forward keeps its last leaf's moments (False: the fifth session's replay, for benchmarks)
 
 
 def _multilevel_spans(n: int, steps: int) -> list[int]:
@@ -135,23 +136,29 @@ def _fits(n: int, steps: int) -> bool:
         return False
 
 
-def _schedule(adjoint, steps: int, state_bytes: int, device) -> tuple[list[int], bool]:
+def _schedule(adjoint, steps: int, state_bytes: int, device, leaf_bytes: int | None = None) -> tuple[list[int], bool]:
     """Checkpoint spans, outermost first, and whether outer checkpoints live in host memory.
 
     spans[0] is the checkpoint interval of the forward pass, spans[-1] the leaf segment whose states
     are all kept while its adjoint runs; spans in between are replayed keeping a checkpoint every
-    next span (see :func:`_multilevel`).
+    next span (see :func:`_multilevel`). ``leaf_bytes``: what a leaf keeps per step (a state, or
+    16 bytes per cell with the moments replay; default a state). Two-level schedules balance the
+    checkpoints' memory against the leaf's, and a budget takes the longest leaf it can hold: the
+    last leaf is not replayed when the forward keeps it (moments replay), so longer leaves replay less.
     """
     steps = max(steps, 1)
+    leaf_bytes = state_bytes if leaf_bytes is None else leaf_bytes
+    ratio = leaf_bytes / state_bytes  # a leaf step's share of a state
     if isinstance(adjoint, StoreAll):
         return [steps], False
     if isinstance(adjoint, Checkpointed):
         if adjoint.segment:
             return [min(int(adjoint.segment), steps)], False
-        seg = math.isqrt(steps - 1) + 1
-        need = seg + math.ceil(steps / seg) + WORKING_STATES
+        # ceil(T / s) checkpoints + s leaf steps, least at s = sqrt(T / ratio): sqrt(T) for states
+        seg = min(steps, math.isqrt(max(int(math.ceil(steps / ratio)) - 1, 0)) + 1)
+        need = (math.ceil(steps / seg) + WORKING_STATES) * state_bytes + seg * leaf_bytes
         dev = wp.get_device(device)
-        if dev.is_cuda and need * state_bytes > 0.9 * dev.free_memory and need * state_bytes > 0.9 * _free_memory(dev):
+        if dev.is_cuda and need > 0.9 * dev.free_memory and need > 0.9 * _free_memory(dev):
             # the default must not run out of memory: more levels in what is free (documented)
             n = int(0.9 * dev.free_memory // state_bytes) - WORKING_STATES
             if n < 2:
@@ -165,10 +172,11 @@ def _schedule(adjoint, steps: int, state_bytes: int, device) -> tuple[list[int],
         if n < 2:
             raise ValueError(f"MemoryBudget allows {n} states; at least 2 are needed; raise states or bytes")
         if adjoint.host:  # only the leaf is on the device: the longest leaf that fits
-            return [min(n, steps)], True
-        # two levels (one recompute) when a leaf of k plus ceil(T / k) checkpoints fit
-        for k in range(1, steps + 1):
-            if k + math.ceil(steps / k) <= n:
+            return [min(int(n / ratio), steps)], True
+        # two levels (one recompute) when a leaf of k steps plus ceil(T / k) checkpoints fit: the
+        # longest such leaf
+        for k in range(steps, 0, -1):
+            if k * ratio + math.ceil(steps / k) <= n:
                 return [k], False
         return _multilevel(n, steps), False
     raise TypeError(f"adjoint={adjoint!r} is not a strategy; allowed: StoreAll(), Checkpointed(), MemoryBudget()")
@@ -334,7 +342,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     fused_m = (K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True)
                if use_moments else None)
     state_bytes = initial.f.capacity
-    spans, host = _schedule(adjoint, steps, state_bytes, dev)
+    mom_dtype = K.wp_dtype(problem.precision)
+    mom_bytes = 4 * problem.cell_count * wp.types.type_size_in_bytes(mom_dtype)
+    spans, host = _schedule(adjoint, steps, state_bytes, dev, mom_bytes if use_moments else state_bytes)
     _keep_pool(dev, state_bytes * (len(spans) * 8 + spans[-1] + 8))
     graphs = _Graphs(dev, enabled=graph and all(_graph_safe(t) for t in terms))
 
@@ -378,10 +388,44 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             solver.step(cur, nxt, params, solver.window(t, steps), update_walls=False)
             cur = nxt
 
+    leaf = spans[-1]
+    if use_moments:
+        # two states for the replay, (rho, u) of every step but the leaf's last (whose adjoint reads
+        # the state the replay ends on)
+        ring = [_unset_state(problem) for _ in range(2)]
+        moms = [wp.empty((4, problem.cell_count), dtype=mom_dtype, device=dev)
+                for _ in range(max(min(leaf, steps) - 1, 0))]
+
+    def replay_moments(s0, e0, first):
+        """Steps s0..e0-2 from ``first`` (never written) keeping each step's (rho, u); returns the
+        state at e0 - 1 (``first`` itself when e0 - s0 == 1)."""
+        x = first
+        for t in range(s0, e0 - 1):
+            y = ring[0] if x is not ring[0] else ring[1]
+            solver.step_moments(x, y, moms[t - s0], params, solver.window(t, steps))
+            x = y
+        return x
+
     top = spans[0]
+    # Two levels with the moments replay: the forward keeps its last segment's (rho, u) itself, so
+    # that segment, a leaf, is not replayed (one leaf fewer of replay; the last step writes b, which
+    # is neither its input nor a ring state)
+    tail = (steps - 1 - (steps - 1) % top if _KEEP_LAST_LEAF and use_moments and len(spans) == 1 and steps > 0
+            else None)
+    tail_last = None
+
+    def forward_tail(x):
+        nonlocal tail_last
+        tail_last = replay_moments(tail, steps, x)
+        solver.step(tail_last, b, params, solver.window(steps - 1, steps), update_walls=False)
+
     if direct:
         for c0 in range(0, steps, top):
             c1 = min(c0 + top, steps)
+            if c0 == tail:
+                forward_tail(a)
+                a = b
+                break
             checkpoints[c0] = a.f
             nxt = _unset_state(problem)
             forward_into(c0, c1, a, nxt)
@@ -389,6 +433,10 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     else:
         for c0 in range(0, steps, top):
             c1 = min(c0 + top, steps)
+            if c0 == tail:
+                forward_tail(a)  # once per call, so eagerly (a graph would be captured at a second use)
+                a, b = b, a
+                break
             checkpoints[c0] = a.f.numpy().copy() if host else wp.clone(a.f)
             graphs.run((signature(c0, c1, True), a.f.ptr), lambda: forward(c0, c1, a, b, True))
             if (c1 - c0) % 2:
@@ -426,35 +474,26 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         force_cells = grads.force if problem.config.force == K.FORCE_FIELD else wp.zeros(
             problem.cell_count, dtype=grads.force.dtype, device=dev)
     adjs = [adj, adj_prev]
-    leaf = spans[-1]
     # the replay's first state: the checkpoint itself (direct) or a copy of it in ``lead`` (whose
     # fixed address lets the leaf's graph replay)
     lead = None if direct else _unset_state(problem)
-    if use_moments:
-        # two states for the replay, (rho, u) of every step but the leaf's last (whose adjoint reads
-        # the state the replay ends on)
-        ring = [_unset_state(problem) for _ in range(2)]
-        moms = [wp.empty((4, problem.cell_count), dtype=K.wp_dtype(problem.precision), device=dev)
-                for _ in range(max(min(leaf, steps) - 1, 0))]
-    else:
+    if not use_moments:
         rest = [_unset_state(problem) for _ in range(max(min(leaf, steps) - 1, 0))]
 
-    def leaf_body_moments(s0, e0, cur, prev, first):
-        """As leaf_body, keeping (rho, u) per step instead of states (no loss terms before the end)."""
-        x = first
-        for t in range(s0, e0 - 1):
-            y = ring[0] if x is not ring[0] else ring[1]
-            solver.step_moments(x, y, moms[t - s0], params, solver.window(t, steps))
-            x = y
+    def adjoint_moments(s0, e0, cur, prev, x):
+        """Adjoint of steps e0-1 .. s0 from the kept (rho, u) and the state ``x`` at e0 - 1."""
         for t in reversed(range(s0, e0)):
-            k = t - s0
             if t == e0 - 1:
                 _fused_step_adjoint(solver, fused, x, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps))
             else:
                 _fused_step_adjoint(solver, fused_m, None, cur, prev, params, grads, omega_cells, wrt,
-                                    adj_wall_term, force_cells, solver.window(t, steps), moments=moms[k])
+                                    adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0])
             cur, prev = prev, cur
+
+    def leaf_body_moments(s0, e0, cur, prev, first):
+        """As leaf_body, keeping (rho, u) per step instead of states (no loss terms before the end)."""
+        adjoint_moments(s0, e0, cur, prev, replay_moments(s0, e0, first))
 
     def leaf_body(s0, e0, cur, prev, first):
         """Replay states s0..e0-1 (s0 is ``first``) and run the adjoint of steps e0-1 .. s0."""
@@ -515,6 +554,14 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     deferred = _DeferredChecks(solver, steps)
     try:
         for c0 in reversed(range(0, steps, top)):
+            if c0 == tail:  # kept by the forward: no replay
+                cur, prev = adjs
+                adjoint_moments(tail, steps, cur, prev, tail_last)
+                if (steps - tail) % 2:
+                    adjs.reverse()
+                if check:
+                    deferred.launch(adjs[0], tail)
+                continue
             run_level(c0, min(c0 + top, steps), checkpoints.pop(c0), 0)
     finally:
         # run_level refers to itself, which would keep every buffer above alive until the garbage
