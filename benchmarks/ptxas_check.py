@@ -24,7 +24,11 @@ kernels = [("forward", K.step_kernel(cfg, backward=False)),
            ("fused adjoint (omega, force gradients)", K.step_adjoint_kernel(cfg)),
            ("fused adjoint (no omega gradient)", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False)),
            ("forward storing moments", K.step_kernel(cfg, backward=False, moments=True)),
-           ("moments adjoint", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False, moments=True))]
+           ("moments adjoint", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False, moments=True)),
+           ("moments adjoint, gathered -> gathered", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False,
+                                                                          moments=True, pull_in=True, push_out=False)),
+           ("moments adjoint, plain -> gathered", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False,
+                                                                       moments=True, pull_in=False, push_out=False))]
 for name, kern in kernels:
     with tempfile.TemporaryDirectory() as d:
         wp.compile_aot_module(kern.module, device=None, arch=90, module_dir=d, use_ptx=True)

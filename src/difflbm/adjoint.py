@@ -100,6 +100,7 @@ class Gradients:
 
 WORKING_STATES = 6  # states a gradient holds besides checkpoints and the leaf buffer
 DIRECT_CELLS = 2 ** 21  # from this many cells on, gradients skip CUDA graphs and checkpoint copies
+_GATHERED_FORM = True  # moments leaves keep the adjoint in the gathered form (False: push every step, as before)
 _KEEP_LAST_LEAF = True  # the forward keeps its last leaf's moments (False: the fifth session's replay, for benchmarks)
 
 
@@ -487,7 +488,13 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                 _fused_step_adjoint(solver, fused, x, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps))
             else:
-                _fused_step_adjoint(solver, fused_m, None, cur, prev, params, grads, omega_cells, wrt,
+                # inside the leaf the adjoint state stays in the gathered form (K.step_adjoint_kernel)
+                kernel = K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True,
+                                               pull_in=_GATHERED_FORM and t < e0 - 2,
+                                               push_out=not _GATHERED_FORM or t == s0,
+                                               max_registers=None if not _GATHERED_FORM or t == s0
+                                               else K.GATHERED_MAX_REGISTERS)
+                _fused_step_adjoint(solver, kernel, None, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0])
             cur, prev = prev, cur
 

@@ -828,6 +828,9 @@ def fused_adjoint_supported(cfg: StepConfig) -> bool:
             and not cfg.outflow_bc)
 
 
+GATHERED_MAX_REGISTERS = 64  # register cap of the moments adjoints that write the gathered form (PERF_NOTES)
+
+
 def adjoint_register_cap(cfg: StepConfig):
     """Default register cap of the fused adjoint: 96 for 4- and 2-byte storage with up to 19
     directions and no open boundaries (lid cavity D3Q19 fp32 on an H200: 1.75 ms per step at 96 with
@@ -838,7 +841,8 @@ def adjoint_register_cap(cfg: StepConfig):
 
 
 @lru_cache(maxsize=None)
-def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bool = True, moments: bool = False):
+def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bool = True, moments: bool = False,
+                        pull_in: bool = False, push_out: bool = True, max_registers: int | None = None):
     """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK or TRT, Guo forcing and
     (moving) walls.
 
@@ -859,7 +863,20 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     (``step_kernel(moments=True)``) from ``mom`` instead of gathering f (``f_in`` is not read):
     16 bytes per cell instead of 4 Q. It cannot give the omega gradient (d out / d omega needs f)
     nor rebuild open-boundary links (they need the gathered populations).
+
+    ``pull_in`` / ``push_out`` (moments kernels only) choose the form of the adjoint state on each
+    side. The plain form is d loss / d (a state's populations). The gathered form stores, at each
+    cell, d loss / d (the populations the cell gathered), i.e. before the transposed streaming:
+    ``push_out=False`` writes it there (a coalesced store of the cell's own Q values instead of a
+    scatter to its neighbours), and ``pull_in=True`` reads it, taking the streaming's transpose as a
+    pull: the plain value of population i at y is the gathered-form value of direction i at
+    y + c_i, or of direction opp(i) at y itself where y's link opp(i) is a wall (the forward's
+    gather, mirrored). A leaf of the moments replay runs plain -> gathered, gathered -> gathered,
+    ..., gathered -> plain, so everything outside it sees the plain form; the pull and the own-cell
+    stores have the forward step's memory pattern. Solid cells keep their values in both forms.
     """
+    if (pull_in or not push_out) and not moments:
+        raise ValueError(f"pull_in={pull_in}, push_out={push_out}: the gathered form is for moments kernels only")
     if not fused_adjoint_supported(cfg):
         raise ValueError(f"the fused adjoint does not cover {cfg}")
     open_bc = cfg.velocity_bc or cfg.pressure_bc
@@ -938,7 +955,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         return out
 
     @wp.kernel(enable_backward=False, module="unique", module_options=MODULE_OPTIONS,
-               cuda_max_registers=cfg.max_registers or adjoint_register_cap(cfg))
+               cuda_max_registers=max_registers or cfg.max_registers or adjoint_register_cap(cfg))
     def lbm_step_adjoint(
         f_in: wp.array2d(dtype=sdtype),
         adj_out: wp.array2d(dtype=dtype),
@@ -1010,7 +1027,15 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
             u_m = vec3(mom[1, idx], mom[2, idx], mom[3, idx])
         av = vecQ()
         for i in range(wp.static(Q)):
-            av[i] = adj_out[i, idx]
+            if wp.static(pull_in and i > 0):
+                # population i at this cell, from the gathered form: direction opp(i) here where
+                # that link is a wall, else direction i at the neighbour x + c_i
+                wall = ((cell >> wp.uint32(wp.static(OPP[i]))) & wp.uint32(1)) != wp.uint32(0)
+                there = source_index(x, y, z, xm, xp, ym, yp, zm, zp, wp.static(-C[i][0]), wp.static(-C[i][1]),
+                                     wp.static(-C[i][2]), ny, nz)
+                av[i] = adj_out[wp.where(wall, wp.static(OPP[i]), i), wp.where(wall, idx, there)]
+            else:
+                av[i] = adj_out[i, idx]
         if wp.static(moments):
             # rho depends (by 0 x their sum) on every adjoint load, so that nothing below starts
             # before all Q + 4 loads are in flight: without it the compiler spread the adjoint loads
@@ -1139,6 +1164,12 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
                     g = g - coef_b * av[wp.static(OPP[i])]
             if wp.static(i == 0):
                 adj_in[0, idx] = g  # the rest population is its own opposite and never a link
+            elif wp.static(not push_out):
+                adj_in[i, idx] = g  # gathered form: where the cell is
+                if wp.static(cfg.moving_walls):
+                    if ws >= 0:
+                        if (cell >> wp.uint32(i)) & wp.uint32(1):
+                            adj_wall_term[ws, i] = adj_wall_term[ws, i] + g
             else:
                 if (cell >> wp.uint32(i)) & wp.uint32(1):
                     adj_in[wp.static(OPP[i]), idx] = g
