@@ -31,3 +31,11 @@ grad)
   timeout 500 python3 benchmarks/session6.py 256 ${2:-all}
   ;;
 esac
+case "$1" in
+sweep)
+  # register caps and block sizes of the gathered-form adjoint, gradients at the better caps, where a
+  # gradient's time goes, and the CUDA tests (graphs vs eager with the new leaf)
+  timeout 330 python3 benchmarks/session6.py 256 sweep
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k cuda 2>&1 | tail -3
+  ;;
+esac

@@ -60,7 +60,7 @@ emit(phase="forward step", ms=t_f * 1e3, mlups=cells / t_f / 1e6, fraction_152B=
 t_fm = timed(graph_of(fwd_m)) / 100
 emit(phase="forward step storing moments", ms=t_fm * 1e3, over_forward=t_fm / t_f, fraction_168B=cells * 168 / t_fm / bw)
 
-if part in ("kernels", "all"):
+if part in ("kernels", "all", "sweep"):
     grads = params.zeros_like()
     adj1, adj2 = p.state(), p.state()
     adj_wall = wp.zeros_like(solver.wall_term)
@@ -73,20 +73,30 @@ if part in ("kernels", "all"):
                 A._fused_step_adjoint(solver, kernel, None, adj2, adj1, params, grads, None, wrt, adj_wall, None, moments=mom)
         return timed(graph_of(run)) / 100
 
-    for pull_in, push_out, caps in ((False, True, (None,)), (True, False, (None, 80, 72, 64, 56)),
-                                    (False, False, (None, 64)), (True, True, (None,))):
-        for cap in caps:
-            k = K.step_adjoint_kernel(p.config, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
-                                      push_out=push_out, max_registers=cap)
-            t_m = adjoint_time(k)
-            emit(phase="moments adjoint", pull_in=pull_in, push_out=push_out, cap=cap or K.adjoint_register_cap(p.config),
-                 ms=t_m * 1e3, over_forward=t_m / t_f, fraction_172B=cells * 172 / t_m / bw)
+    sweep = (((False, True, (None,)), (True, False, (None, 80, 72, 64, 56)), (False, False, (None, 64)),
+              (True, True, (None,))) if part != "sweep" else ((True, False, (64, 56, 48, 40)), (False, False, (56, 48))))
+    for block in ((K.BLOCK_DIM,) if part != "sweep" else (128, 256, 64)):
+        K.BLOCK_DIM, default_block = block, K.BLOCK_DIM
+        for pull_in, push_out, caps in sweep:
+            for cap in caps:
+                if block != 128 and cap not in (56, None):
+                    continue
+                k = K.step_adjoint_kernel(p.config, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
+                                          push_out=push_out, max_registers=cap)
+                t_m = adjoint_time(k)
+                emit(phase="moments adjoint", pull_in=pull_in, push_out=push_out, block_dim=block,
+                     cap=cap or K.adjoint_register_cap(p.config), ms=t_m * 1e3, over_forward=t_m / t_f,
+                     fraction_172B=cells * 172 / t_m / bw)
+        K.BLOCK_DIM = default_block
 
-if part in ("gradients", "all"):
+if part in ("gradients", "all", "sweep"):
     st = p.state()
     wrt = ("initial", "wall_velocity")
     variants = [("fifth session", False, False, None), ("+ forward keeps the last leaf", True, False, None),
                 ("+ gathered form, cap 96", True, True, 96), ("+ gathered form, cap 64", True, True, 64)]
+    if part == "sweep":
+        variants = [("gathered form, cap 64", True, True, 64), ("gathered form, cap 56", True, True, 56),
+                    ("gathered form, cap 48", True, True, 48)]
     for steps in (100, 400, 1000):
         for name, keep, gathered, cap in variants:
             A._KEEP_LAST_LEAF, A._GATHERED_FORM = keep, gathered
@@ -99,3 +109,22 @@ if part in ("gradients", "all"):
             emit(phase=f"gradient T={steps}", variant=name, spans=spans, s=t_g, mlups_equivalent=cells * steps / t_g / 1e6,
                  over_forward=t_g / (steps * t_f), peak_mempool_gb=wp.get_mempool_used_mem_high(dev) / 1e9)
     A._KEEP_LAST_LEAF, A._GATHERED_FORM, K.GATHERED_MAX_REGISTERS = True, True, 64
+
+if part in ("sweep", "profile"):
+    # where the time of one T = 100 gradient goes (graphs off, so every launch is timed)
+    import time
+    st = p.state()
+    run_ng = lambda: A.value_and_grad(p, params, st, 100, L.KineticEnergy(), wrt=("initial", "wall_velocity"), graph=False)
+    run_ng()
+    wp.synchronize_device(dev)
+    t0 = time.perf_counter()
+    wp.timing_begin(cuda_filter=wp.TIMING_ALL)
+    run_ng()
+    res = wp.timing_end()
+    wall = time.perf_counter() - t0
+    agg = {}
+    for r in res:
+        n, ms = agg.get(r.name[:60], (0, 0.0))
+        agg[r.name[:60]] = (n + 1, ms + r.elapsed)
+    emit(profile="gradient T=100 without graphs", wall_s=wall, device_ms_total=sum(v[1] for v in agg.values()),
+         by_name={k: [v[0], round(v[1], 2)] for k, v in sorted(agg.items(), key=lambda kv: -kv[1][1])[:14]})
