@@ -39,3 +39,11 @@ sweep)
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k cuda 2>&1 | tail -3
   ;;
 esac
+case "$1" in
+final)
+  # the committed defaults: kernels as launched, gradients vs the fifth session's schedule, bench CLI
+  timeout 300 python3 benchmarks/session6.py 256 final
+  timeout 150 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json | cut -c1-900
+  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k cuda 2>&1 | tail -3
+  ;;
+esac

@@ -60,7 +60,7 @@ emit(phase="forward step", ms=t_f * 1e3, mlups=cells / t_f / 1e6, fraction_152B=
 t_fm = timed(graph_of(fwd_m)) / 100
 emit(phase="forward step storing moments", ms=t_fm * 1e3, over_forward=t_fm / t_f, fraction_168B=cells * 168 / t_fm / bw)
 
-if part in ("kernels", "all", "sweep"):
+if part in ("kernels", "all", "sweep", "final"):
     grads = params.zeros_like()
     adj1, adj2 = p.state(), p.state()
     adj_wall = wp.zeros_like(solver.wall_term)
@@ -75,9 +75,14 @@ if part in ("kernels", "all", "sweep"):
 
     sweep = (((False, True, (None,)), (True, False, (None, 80, 72, 64, 56)), (False, False, (None, 64)),
               (True, True, (None,))) if part != "sweep" else ((True, False, (64, 56, 48, 40)), (False, False, (56, 48))))
+    if part == "final":  # the kernels as value_and_grad launches them
+        sweep = ((False, True, (None,)), (True, False, (K.GATHERED_MAX_REGISTERS,)),
+                 (False, False, (K.GATHERED_MAX_REGISTERS,)), (True, True, (None,)))
     for block in ((K.BLOCK_DIM,) if part != "sweep" else (128, 256, 64)):
         K.BLOCK_DIM, default_block = block, K.BLOCK_DIM
         for pull_in, push_out, caps in sweep:
+            if part == "final":
+                K.BLOCK_DIM = default_block if push_out else K.GATHERED_BLOCK_DIM
             for cap in caps:
                 if block != 128 and cap not in (56, None):
                     continue
@@ -89,7 +94,7 @@ if part in ("kernels", "all", "sweep"):
                      fraction_172B=cells * 172 / t_m / bw)
         K.BLOCK_DIM = default_block
 
-if part in ("gradients", "all", "sweep"):
+if part in ("gradients", "all", "sweep", "final"):
     st = p.state()
     wrt = ("initial", "wall_velocity")
     variants = [("fifth session", False, False, None), ("+ forward keeps the last leaf", True, False, None),
@@ -97,18 +102,24 @@ if part in ("gradients", "all", "sweep"):
     if part == "sweep":
         variants = [("gathered form, cap 64", True, True, 64), ("gathered form, cap 56", True, True, 56),
                     ("gathered form, cap 48", True, True, 48)]
+    if part == "final":
+        variants = [("fifth session", False, False, None), ("default Checkpointed()", True, True, None),
+                    ("MemoryBudget(bytes=40e9)", True, True, None)]
+    cap0, block0 = K.GATHERED_MAX_REGISTERS, K.GATHERED_BLOCK_DIM
     for steps in (100, 400, 1000):
         for name, keep, gathered, cap in variants:
             A._KEEP_LAST_LEAF, A._GATHERED_FORM = keep, gathered
-            K.GATHERED_MAX_REGISTERS = cap or 64
-            strategy = A.Checkpointed(math.isqrt(steps - 1) + 1) if name == "fifth session" else A.Checkpointed()
+            K.GATHERED_MAX_REGISTERS = cap or cap0
+            K.GATHERED_BLOCK_DIM = block0 if part == "final" else 128
+            strategy = (A.Checkpointed(math.isqrt(steps - 1) + 1) if name == "fifth session" else
+                        A.MemoryBudget(bytes=int(40e9)) if name.startswith("MemoryBudget") else A.Checkpointed())
             spans = A._schedule(strategy, steps, a.f.capacity, dev, mom.capacity if keep else a.f.capacity)[0]
             run = lambda: A.value_and_grad(p, params, st, steps, L.KineticEnergy(), wrt=wrt)
             run(); run()
             t_g = timed(run, 3)
             emit(phase=f"gradient T={steps}", variant=name, spans=spans, s=t_g, mlups_equivalent=cells * steps / t_g / 1e6,
                  over_forward=t_g / (steps * t_f), peak_mempool_gb=wp.get_mempool_used_mem_high(dev) / 1e9)
-    A._KEEP_LAST_LEAF, A._GATHERED_FORM, K.GATHERED_MAX_REGISTERS = True, True, 64
+    A._KEEP_LAST_LEAF, A._GATHERED_FORM, K.GATHERED_MAX_REGISTERS, K.GATHERED_BLOCK_DIM = True, True, cap0, block0
 
 if part in ("sweep", "profile"):
     # where the time of one T = 100 gradient goes (graphs off, so every launch is timed)

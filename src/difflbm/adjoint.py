@@ -410,9 +410,13 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     top = spans[0]
     # Two levels with the moments replay: the forward keeps its last segment's (rho, u) itself, so
     # that segment, a leaf, is not replayed (one leaf fewer of replay; the last step writes b, which
-    # is neither its input nor a ring state)
-    tail = (steps - 1 - (steps - 1) % top if _KEEP_LAST_LEAF and use_moments and len(spans) == 1 and steps > 0
-            else None)
+    # is neither its input nor a ring state). The remainder of T / top is then the first segment,
+    # so that the kept one is a whole leaf.
+    keep_tail = _KEEP_LAST_LEAF and use_moments and len(spans) == 1 and steps > 0
+    first = (steps % top or top) if keep_tail else top
+    starts = [0] + list(range(first, steps, top)) if steps > 0 else []
+    ends = dict(zip(starts, starts[1:] + [steps]))
+    tail = starts[-1] if keep_tail else None
     tail_last = None
 
     def forward_tail(x):
@@ -421,8 +425,8 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         solver.step(tail_last, b, params, solver.window(steps - 1, steps), update_walls=False)
 
     if direct:
-        for c0 in range(0, steps, top):
-            c1 = min(c0 + top, steps)
+        for c0 in starts:
+            c1 = ends[c0]
             if c0 == tail:
                 forward_tail(a)
                 a = b
@@ -432,8 +436,8 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             forward_into(c0, c1, a, nxt)
             a = nxt  # the next checkpoint, or the final state
     else:
-        for c0 in range(0, steps, top):
-            c1 = min(c0 + top, steps)
+        for c0 in starts:
+            c1 = ends[c0]
             if c0 == tail:
                 forward_tail(a)  # once per call, so eagerly (a graph would be captured at a second use)
                 a, b = b, a
@@ -495,7 +499,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                                                max_registers=None if not _GATHERED_FORM or t == s0
                                                else K.GATHERED_MAX_REGISTERS)
                 _fused_step_adjoint(solver, kernel, None, cur, prev, params, grads, omega_cells, wrt,
-                                    adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0])
+                                    adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0],
+                                    block_dim=K.BLOCK_DIM if not _GATHERED_FORM or t == s0
+                                    else K.GATHERED_BLOCK_DIM)
             cur, prev = prev, cur
 
     def leaf_body_moments(s0, e0, cur, prev, first):
@@ -560,7 +566,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
 
     deferred = _DeferredChecks(solver, steps)
     try:
-        for c0 in reversed(range(0, steps, top)):
+        for c0 in reversed(starts):
             if c0 == tail:  # kept by the forward: no replay
                 cur, prev = adjs
                 adjoint_moments(tail, steps, cur, prev, tail_last)
@@ -569,7 +575,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                 if check:
                     deferred.launch(adjs[0], tail)
                 continue
-            run_level(c0, min(c0 + top, steps), checkpoints.pop(c0), 0)
+            run_level(c0, ends[c0], checkpoints.pop(c0), 0)
     finally:
         # run_level refers to itself, which would keep every buffer above alive until the garbage
         # collector runs: the next gradient then maps tens of gigabytes anew instead of reusing them
@@ -680,7 +686,7 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
 
 def _fused_step_adjoint(solver: Solver, kernel, state_in: State | None, adj_out: State, adj_in: State,
                         params: Parameters, grads: Parameters, omega_cells, wrt, adj_wall_term, force_cells,
-                        window: int = 0, moments: wp.array | None = None):
+                        window: int = 0, moments: wp.array | None = None, block_dim: int | None = None):
     """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored);
     ``window`` is the inlet window of the step. A moments kernel reads ``moments`` (the step's
     stored rho and u) instead of ``state_in``."""
@@ -690,7 +696,7 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State | None, adj_out:
     want_omega = int(omega_cells is not None)
     want_inlet = int("inlet_velocity" in wrt and p.config.velocity_bc)
     want_outlet = int("outlet_density" in wrt and p.config.pressure_bc)
-    wp.launch(kernel, dim=p.cell_count, device=p.device, block_dim=K.BLOCK_DIM,
+    wp.launch(kernel, dim=p.cell_count, device=p.device, block_dim=block_dim or K.BLOCK_DIM,
               inputs=[None if state_in is None else state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
                       params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, params.force,
                       force_cells if force_cells is not None else grads.force, p.link_q, params.solid_fraction,

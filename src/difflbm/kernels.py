@@ -828,7 +828,12 @@ def fused_adjoint_supported(cfg: StepConfig) -> bool:
             and not cfg.outflow_bc)
 
 
-GATHERED_MAX_REGISTERS = 64  # register cap of the moments adjoints that write the gathered form (PERF_NOTES)
+# launch shape of the moments adjoints that write the gathered form: H200, 256^3 D3Q19 fp32, per
+# step (gathered -> gathered): cap 96 1.265 ms, 80 1.093, 72 1.089, 64 1.056, 56 1.035, 48 1.130,
+# 40 1.372 (128 threads per block); at cap 56 blocks of 64 / 128 / 256: 1.027 / 1.035 / 1.093 ms
+# (benchmarks/session6.py, docs/PERF_NOTES.md)
+GATHERED_MAX_REGISTERS = 56
+GATHERED_BLOCK_DIM = 64
 
 
 def adjoint_register_cap(cfg: StepConfig):
