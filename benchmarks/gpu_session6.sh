@@ -47,3 +47,12 @@ final)
   timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k cuda 2>&1 | tail -3
   ;;
 esac
+case "$1" in
+long)
+  # 10,000 steps at 256^3 with the default schedule (now balanced for the 16 B moments leaf), then the
+  # bench CLI's gradient for fp16 storage and D3Q27
+  timeout 200 python3 benchmarks/long_gradient.py 256 10000 0
+  timeout 120 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --precision fp16 --gradient --json | cut -c1-900
+  timeout 100 python3 -m difflbm.cli bench --device cuda --lattice D3Q27 --size 128 --steps 1000 --gradient --json | cut -c1-900
+  ;;
+esac
