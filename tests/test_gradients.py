@@ -126,6 +126,21 @@ def test_memory_budget_schedules():
         A._schedule(A.MemoryBudget(states=3), 20, 1, "cpu")
 
 
+def test_schedules_weigh_leaf_bytes():
+    """Two-level schedules: the default balances checkpoint and leaf bytes (sqrt(T) for a states
+    leaf, sqrt(5 T) for a leaf step costing a fifth of a state), and a budget takes the longest leaf
+    that fits, a cheap leaf step counting as its share of a state."""
+    assert A._schedule(A.Checkpointed(), 100, 5, "cpu")[0] == [10]
+    assert A._schedule(A.Checkpointed(), 100, 5, "cpu", 1)[0] == [23]
+    assert A._schedule(A.Checkpointed(), 3, 5, "cpu", 1)[0] == [3]
+    (k,), _ = A._schedule(A.MemoryBudget(states=24), 100, 1, "cpu")
+    assert k == max(j for j in range(1, 101) if j + math.ceil(100 / j) <= 24) == 18
+    assert A._schedule(A.MemoryBudget(states=24), 100, 5, "cpu", 1)[0] == [100]
+    (k,), _ = A._schedule(A.MemoryBudget(states=12), 100, 5, "cpu", 1)
+    assert k == max(j for j in range(1, 101) if j / 5 + math.ceil(100 / j) <= 12) == 50
+    assert A._schedule(A.MemoryBudget(states=4, host=True), 100, 5, "cpu", 1) == ([20], True)
+
+
 def test_float32_matches_float64():
     """float32 gradients agree with float64 within 1e-3 relative on the same problem."""
     g = {}
