@@ -433,7 +433,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
             c1 = ends[c0]
             if c0 == tail:
                 forward_tail(a)
-                a = b
+                a, b = b, a  # a: the final state; b is not read again (the tail needs two levels)
                 break
             checkpoints[c0] = a.f
             nxt = _unset_state(problem)
@@ -501,7 +501,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                                                pull_in=_GATHERED_FORM and t < e0 - 2,
                                                push_out=not _GATHERED_FORM or t == s0,
                                                max_registers=None if not _GATHERED_FORM or t == s0
-                                               else K.GATHERED_MAX_REGISTERS)
+                                               else K.gathered_register_cap(problem.config))
                 _fused_step_adjoint(solver, kernel, None, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0],
                                     block_dim=K.BLOCK_DIM if not _GATHERED_FORM or t == s0
@@ -571,7 +571,8 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     deferred = _DeferredChecks(solver, steps)
     try:
         for c0 in reversed(starts):
-            if c0 == tail:  # kept by the forward: no replay
+            if c0 == tail:  # kept by the forward: no replay. It comes first in this loop, before any
+                # replay reuses the ring states that tail_last (the state at T - 1) may live in
                 cur, prev = adjs
                 adjoint_moments(tail, steps, cur, prev, tail_last)
                 if (steps - tail) % 2:

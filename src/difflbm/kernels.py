@@ -836,6 +836,14 @@ GATHERED_MAX_REGISTERS = 56
 GATHERED_BLOCK_DIM = 64
 
 
+def gathered_register_cap(cfg: StepConfig):
+    """Register cap of the gathered-form moments adjoints: GATHERED_MAX_REGISTERS for 4- and 2-byte
+    storage (measured: D3Q19 fp32 above; D3Q27 fp32 and D3Q19 fp16 gradients ran faster than the
+    fifth session's with it, BENCHMARKS.md); the compiler's choice for float64, where ptxas reports
+    ~110 registers uncapped and 230 B of spills at 56 (not measured on a GPU)."""
+    return GATHERED_MAX_REGISTERS if cfg.precision in ("float32", "float16") else None
+
+
 def adjoint_register_cap(cfg: StepConfig):
     """Default register cap of the fused adjoint: 96 for 4- and 2-byte storage with up to 19
     directions and no open boundaries (lid cavity D3Q19 fp32 on an H200: 1.75 ms per step at 96 with
