@@ -307,9 +307,10 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     fixed (docs/DESIGN.md).
     ``replay`` is what a replayed leaf segment keeps for its adjoint: ``"states"`` every state
     (4 Q bytes per cell and step in float32), ``"moments"`` only each step's (rho, u) (16 bytes;
-    the fused adjoint needs no more for BGK or TRT with walls and force), or ``"auto"`` (moments
-    where they suffice: fused adjoint, no omega gradient, no velocity or pressure boundary and the
-    loss on the final state only). Both give the same gradient to round-off.
+    the fused adjoint needs no more for BGK or TRT with walls and force; velocity and pressure
+    boundary cells also keep the mass of their known links, a fifth row), or ``"auto"`` (moments
+    where they suffice: fused adjoint, no omega gradient and the loss on the final state only).
+    Both give the same gradient to round-off.
     """
     adjoint = Checkpointed() if adjoint is None else adjoint
     steps = int(steps)
@@ -348,7 +349,8 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                if use_moments else None)
     state_bytes = initial.f.capacity
     mom_dtype = K.wp_dtype(problem.precision)
-    mom_bytes = 4 * problem.cell_count * wp.types.type_size_in_bytes(mom_dtype)
+    mom_rows = K.moment_rows(problem.config)
+    mom_bytes = mom_rows * problem.cell_count * wp.types.type_size_in_bytes(mom_dtype)
     spans, host = _schedule(adjoint, steps, state_bytes, dev, mom_bytes if use_moments else state_bytes)
     _keep_pool(dev, state_bytes * (len(spans) * 8 + spans[-1] + 8))
     graphs = _Graphs(dev, enabled=graph and all(_graph_safe(t) for t in terms))
@@ -398,7 +400,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         # two states for the replay, (rho, u) of every step but the leaf's last (whose adjoint reads
         # the state the replay ends on)
         ring = [_unset_state(problem) for _ in range(2)]
-        moms = [wp.empty((4, problem.cell_count), dtype=mom_dtype, device=dev)
+        moms = [wp.empty((mom_rows, problem.cell_count), dtype=mom_dtype, device=dev)
                 for _ in range(max(min(leaf, steps) - 1, 0))]
 
     def replay_moments(s0, e0, first):
@@ -626,8 +628,6 @@ def _moments_replay(problem: Problem, replay: str, fused: bool, want_omega: bool
         reasons.append("the step adjoint is Warp's, not the fused kernel")
     if want_omega:
         reasons.append("the omega gradient needs the populations")
-    if cfg.velocity_bc or cfg.pressure_bc:
-        reasons.append("velocity and pressure boundaries rebuild links from the populations")
     if any(term.active(t, steps) for term in terms for t in range(steps)):
         reasons.append("a loss term before the last step reads the state of its step")
     if replay == "moments" and reasons:

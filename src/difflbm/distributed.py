@@ -705,7 +705,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     fused_m = (K.step_adjoint_kernel(lp.config, omega_grad=False, force_grad=want_force, moments=True)
                if use_moments else None)
     buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)) if not use_moments else 3)]
-    moms = [wp.empty((4, lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
+    moms = [wp.empty((K.moment_rows(lp.config), lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
             for _ in range(max(min(seg, steps) - 1, 0))] if use_moments else []
     for s0 in reversed(range(0, steps, seg)):
         e0 = min(s0 + seg, steps)

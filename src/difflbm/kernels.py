@@ -467,6 +467,12 @@ def tangential_terms(lattice: str, precision: str):
     return tangential_correction, tangential_scale
 
 
+def moment_rows(cfg: StepConfig) -> int:
+    """Rows of the per-step moments array of the moments replay: rho and u, plus the known mass of
+    open-boundary cells where the problem has velocity or pressure boundaries."""
+    return 5 if (cfg.velocity_bc or cfg.pressure_bc) else 4
+
+
 @lru_cache(maxsize=None)
 def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False):
     """The fused pull-stream + boundary + collide kernel for ``cfg``.
@@ -475,7 +481,9 @@ def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False):
     writes an array it reads, so Warp's adjoint of it is exact. ``backward=False`` builds the same
     kernel without its adjoint (half the compile time; used by plain forward runs).
     ``moments=True`` (forward only) also stores each fluid cell's (rho, u) as the collision saw them
-    into ``mom`` (shape (4, cells): rho, u_x, u_y, u_z): the replay of a gradient keeps those instead of whole states (see
+    into ``mom`` (shape (moment_rows(cfg), cells): rho, u_x, u_y, u_z, and with velocity or pressure
+    boundaries a fifth row, written at those cells only: the mass of the links the cell knows before
+    the Zou-He rebuild): the replay of a gradient keeps those instead of whole states (see
     :func:`step_adjoint_kernel`); otherwise ``mom`` is never touched and may be None.
     """
     if moments and backward:
@@ -501,6 +509,8 @@ def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False):
         return out
 
     open_boundary = open_boundary_func(cfg.lattice, cfg.precision)
+    known_mass = open_boundary_balance(cfg.lattice, cfg.precision)[0]
+    store_known = moments and (cfg.velocity_bc or cfg.pressure_bc)
 
     @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward},
                cuda_max_registers=cfg.max_registers or None)
@@ -545,6 +555,10 @@ def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False):
                     ub = inlet_velocity[slot[idx]]
                 if kind == KIND_PRESSURE:
                     rho_b = outlet_density[slot[idx]]
+                if wp.static(store_known):
+                    if kind != KIND_OUTFLOW:
+                        # all the adjoint of the rebuild needs of the gathered populations
+                        mom[4, idx] = known_mass(f, cell)
                 f = open_boundary(f, own, cell, kind, ub, rho_b)
 
         # --- collision
@@ -893,10 +907,9 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     if not fused_adjoint_supported(cfg):
         raise ValueError(f"the fused adjoint does not cover {cfg}")
     open_bc = cfg.velocity_bc or cfg.pressure_bc
-    if moments and (omega_grad or open_bc):
-        raise ValueError("step_adjoint_kernel(moments=True) needs omega_grad=False and no velocity or pressure "
-                         f"boundary (both need the populations, not only rho and u); got omega_grad={omega_grad}, "
-                         f"velocity_bc={cfg.velocity_bc}, pressure_bc={cfg.pressure_bc}")
+    if moments and omega_grad:
+        raise ValueError("step_adjoint_kernel(moments=True) needs omega_grad=False (d out / d omega needs the "
+                         f"populations, not only rho and u); got omega_grad={omega_grad}")
     ph = physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     dtype, vec3, vecQ = ph["dtype"], ph["vec3"], ph["vecQ"]
@@ -908,14 +921,14 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     tangential_scale = tangential_terms(cfg.lattice, cfg.precision)[1]
 
     @wp.func
-    def open_boundary_adjoint(g: vecQ, f_gathered: vecQ, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype,
+    def open_boundary_adjoint(g: vecQ, known: dtype, cell: wp.uint32, kind: int, ub_in: vec3, rho_in: dtype,
                               s: int, adj_inlet: wp.array(dtype=vec3), adj_outlet: wp.array(dtype=dtype),
                               want_inlet: int, want_outlet: int) -> vecQ:
         """Transposed Jacobian of :func:`open_boundary` (velocity / pressure kinds): ``g`` is d loss /
-        d (rebuilt populations), the result d loss / d (gathered populations); the prescribed velocity
-        or density gets its share added at its slot (an atomic add: on one rank a halo cell can share
-        an owned cell's slot; there are few boundary cells)."""
-        known = known_mass(f_gathered, cell)
+        d (rebuilt populations), the result d loss / d (gathered populations), which enter the rebuild
+        only through ``known`` (their known mass); the prescribed velocity or density gets its share
+        added at its slot (an atomic add: on one rank a halo cell can share an owned cell's slot; there
+        are few boundary cells)."""
         wcn = link_normal(cell)
         ub = ub_in
         rho_b = rho_in
@@ -1069,10 +1082,17 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         f = vecQ()
         ub = vec3()
         rho_b = dtype(1.0)
-        f_gathered = f
+        known = dtype(0.0)
         if wp.static(moments):
             rho = rho_m
             u = u_m
+            if wp.static(open_bc):
+                if kind == KIND_VELOCITY:
+                    ub = inlet_velocity[slot[idx]]
+                    known = mom[4, idx]
+                if kind == KIND_PRESSURE:
+                    rho_b = outlet_density[slot[idx]]
+                    known = mom[4, idx]
         else:
             f = gather(f_in, cell, idx, nx, ny, nz, wall_slot, wall_term, link_q, solid_fraction)
             # open boundaries: the collision acts on the rebuilt populations (as in the step kernel)
@@ -1083,6 +1103,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
                 if kind == KIND_PRESSURE:
                     rho_b = outlet_density[slot[idx]]
                 if kind >= KIND_VELOCITY:
+                    known = known_mass(f_gathered, cell)
                     f = open_boundary(f_gathered, f_gathered, cell, kind, ub, rho_b)
             rho = density(f)
             m = momentum(f)
@@ -1160,7 +1181,7 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
                 if wp.static(cfg.collision == COLLISION_TRT):
                     gt[i] = gt[i] - coef_b * av[wp.static(OPP[i])]
             if kind == KIND_VELOCITY or kind == KIND_PRESSURE:
-                gt = open_boundary_adjoint(gt, f_gathered, cell, kind, ub, rho_b, slot[idx], adj_inlet, adj_outlet,
+                gt = open_boundary_adjoint(gt, known, cell, kind, ub, rho_b, slot[idx], adj_inlet, adj_outlet,
                                            want_inlet, want_outlet)
         for i in range(wp.static(Q)):
             cx = wp.static(C[i][0])

@@ -73,7 +73,8 @@ class Solver:
     def step_moments(self, state_in: State, state_out: State, moments: wp.array, params: Parameters,
                      window: int = 0):
         """:meth:`step` that also stores each fluid cell's (rho, u_x, u_y, u_z) as its collision saw
-        them into ``moments`` (shape (4, cells); what the moments replay of a gradient keeps).
+        them into ``moments`` (shape (K.moment_rows(config), cells): a fifth row with velocity or
+        pressure boundaries; what the moments replay of a gradient keeps).
         The moving-wall terms are as last set by :meth:`update_wall_term`."""
         if self._moments_kernel is None:
             self._moments_kernel = K.step_kernel(self.problem.config, backward=False, moments=True)
