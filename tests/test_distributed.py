@@ -32,7 +32,7 @@ def _problem(case):
     if case == "curved":  # Bouzidi disc across the cut (Warp's generated adjoint; curved-wall drag)
         disc, q = lbm.circle_link_fractions("D2Q9", sh, (8.0, 5.0), 2.3)
         return lbm.Problem(sh, "D2Q9", boundaries=walls[:2] + [lbm.Wall(mask=disc, link_fraction=q)], **kw)
-    if case == "open":  # fused step adjoint with the Zou-He transpose
+    if case in ("open", "open_final"):  # fused step adjoint with the Zou-He transpose
         return lbm.Problem(sh, "D2Q9", boundaries=walls + [lbm.VelocityInlet(face="x-", velocity=(0.03, 0.0)),
                                                            lbm.PressureOutlet(face="x+", density=1.0)], **kw)
     if case in ("periodic", "final"):  # hand-written fused step adjoint (periodic in x, the cut wraps)
@@ -55,7 +55,7 @@ def _loss(case):
     target[..., 0] = 0.01
     loss = L.KineticEnergy(region=region) + L.Probe((9, 3), "uy", when="every") + \
         L.VelocityMismatch(target=target, when="every", every=5)
-    if case == "final":  # on the last state only: the moments replay applies
+    if case in ("final", "open_final"):  # on the last state only: the moments replay applies
         return L.KineticEnergy(region=region) + L.Drag(2)
     if case != "fields":
         loss = loss + L.Drag(2, when="every")
@@ -67,7 +67,8 @@ WRT = {"open": ("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_d
        "curved": ("initial", "omega", "wall_velocity"),
        "uniform_force": ("initial", "omega", "force"),
        "fields": ("initial", "omega", "force", "solid_fraction"),
-       "final": ("initial", "wall_velocity")}
+       "final": ("initial", "wall_velocity"),
+       "open_final": ("initial", "wall_velocity", "inlet_velocity", "outlet_density")}
 
 
 def _initial(p, seed=0):
@@ -76,7 +77,7 @@ def _initial(p, seed=0):
 
 
 def _adjoint(case):
-    return A.Checkpointed(segment=6) if case in ("periodic", "final") else A.StoreAll()
+    return A.Checkpointed(segment=6) if case in ("periodic", "final", "open_final") else A.StoreAll()
 
 
 def _worker(case, rank, world, init, out):
@@ -174,6 +175,12 @@ def test_final_loss_moments_replay_2_ranks(tmp_path):
     """Loss on the last state, no omega gradient: each rank replays keeping (rho, u) per step
     (halo cells included), Checkpointed(6), 2 ranks: equals 1 rank."""
     _check_against_single_rank("final", 2, tmp_path)
+
+
+def test_final_loss_moments_replay_open_channel_2_ranks(tmp_path):
+    """The moments replay with the inlet and the outlet (their known-link mass kept per step as a
+    fifth row, halo cells included), Checkpointed(6), 2 ranks: equals 1 rank."""
+    _check_against_single_rank("open_final", 2, tmp_path)
 
 
 def test_single_process_equals_value_and_grad(monkeypatch):
