@@ -19,6 +19,16 @@ def test_gradcheck_json_is_one_object_and_small():
     out = json.loads(r.stdout)
     assert out["relative_error"] <= 1e-6
     assert out["parameter"] == "wall_velocity" and out["steps"] == 20
+    assert out["replay"] == "states"  # a loss at every step: the replay keeps states
+
+
+def test_gradcheck_final_loss_takes_the_moments_replay():
+    """`--loss final` on an inlet-outlet channel is differentiated by the moments replay, within 1e-6 of FD."""
+    r = _run("gradcheck", "--boundary", "inlet-outlet", "--parameter", "outlet_density", "--loss", "final",
+             "--steps", "20", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["replay"] == "moments" and out["relative_error"] <= 1e-6
 
 
 def test_validate_json_taylor_green_second_order():
