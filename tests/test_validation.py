@@ -57,6 +57,15 @@ def test_cylinder_2d1_drag_loose_band():
     assert set(r["inside_reference"]) == {"c_D", "c_L"}
 
 
+def test_cylinder_2d2_short_run_samples_forces():
+    """The 2D-2 loop (chunks of an even number of steps between force samples) on a short, coarse run:
+    the steps are a whole number of chunks, the recorded window is sampled, the coefficients finite."""
+    r = run_case("cylinder", resolution=41, device="cpu", case="2D-2", max_steps=901)
+    assert r["sample_every"] % 2 == 0 and r["steps"] % r["sample_every"] == 0 and r["steps"] >= 901
+    assert 0 < r["recorded_steps"] <= r["steps"] // 3 + r["sample_every"]
+    assert np.isfinite(r["c_D_max"]) and r["c_D_max"] > 0 and np.isfinite(r["c_L_min"])
+
+
 def test_cylinder_bad_case_named():
     """An unknown benchmark name raises, naming it and the allowed ones."""
     with pytest.raises(ValueError, match="case='2D-3'.*2D-1, 2D-2"):
