@@ -5,8 +5,9 @@ One entry point, :func:`value_and_grad`, takes the differentiation strategy as a
 - :class:`StoreAll` keeps every state of the rollout (T + 1 states; the reference);
 - :class:`Checkpointed` (default) keeps a state every ``segment`` steps and recomputes each
   segment in the backward pass (about 2 sqrt(T) states when ``segment`` is left to choose; with
-  the moments replay, whose leaf keeps 16 bytes per cell and step, the segment balances the two:
-  sqrt(T x state bytes / 16 bytes per cell), 22 steps at T = 100 for D3Q19 float32);
+  the moments replay, whose leaf keeps 16 bytes per cell and step in float32 (20 with velocity or
+  pressure boundaries), the segment balances the two: sqrt(T x state bytes / leaf bytes per step),
+  22 steps at T = 100 for D3Q19 float32);
 - :class:`MemoryBudget` picks the segment length that fits a number of states or of bytes, and can
   keep checkpoints in host memory.
 
@@ -147,7 +148,7 @@ def _schedule(adjoint, steps: int, state_bytes: int, device, leaf_bytes: int | N
     spans[0] is the checkpoint interval of the forward pass, spans[-1] the leaf segment whose states
     are all kept while its adjoint runs; spans in between are replayed keeping a checkpoint every
     next span (see :func:`_multilevel`). ``leaf_bytes``: what a leaf keeps per step (a state, or
-    16 bytes per cell with the moments replay; default a state). Two-level schedules balance the
+    16 bytes per cell in float32 with the moments replay, 20 with open boundaries; default a state). Two-level schedules balance the
     checkpoints' memory against the leaf's, and a budget takes the longest leaf it can hold: the
     last leaf is not replayed when the forward keeps it (moments replay), so longer leaves replay less.
     """

@@ -888,7 +888,8 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     ``moments=True``: the Jacobian of a BGK / TRT collision with walls and force depends on f only
     through (rho, u), so this variant reads the (rho, u) the forward stored
     (``step_kernel(moments=True)``) from ``mom`` instead of gathering f (``f_in`` is not read):
-    16 bytes per cell instead of 4 Q. It cannot give the omega gradient (d out / d omega needs f)
+    16 bytes per cell instead of 4 Q (plus, at velocity / pressure boundary cells, the known-link mass
+    from the fifth row). It cannot give the omega gradient (d out / d omega needs f)
     nor rebuild open-boundary links (they need the gathered populations).
 
     ``pull_in`` / ``push_out`` (moments kernels only) choose the form of the adjoint state on each
