@@ -493,6 +493,9 @@ def test_moments_replay_with_inlet_and_outlet(lattice, collision, monkeypatch):
     for strategy in (A.Checkpointed(4), A.Checkpointed(), A.StoreAll(), A.MemoryBudget(states=4, host=True)):
         v, g = A.value_and_grad(p, p.parameters(), st, 13, L.KineticEnergy(), wrt=wrt, adjoint=strategy)
         assert calls and set(calls) == {5}, (strategy, calls)
+        assert g.schedule["replay"] == "moments" and g_ref.schedule["replay"] == "states"
+        assert g.schedule["forward_kept_last_leaf"] == (not isinstance(strategy, A.MemoryBudget) or
+                                                        len(g.schedule["spans"]) == 1)
         calls.clear()
         assert v == v_ref
         for name in wrt:

@@ -80,10 +80,14 @@ class Gradients:
     without a copy to the host.
     """
 
-    def __init__(self, problem: Problem, wrt, device_params: Parameters, initial_device: wp.array):
+    def __init__(self, problem: Problem, wrt, device_params: Parameters, initial_device: wp.array,
+                 schedule: dict | None = None):
         self._problem, self._wrt = problem, tuple(wrt)
         self._device, self._initial_device = device_params, initial_device
         self._host = {}
+        #: how the gradient was computed: checkpoint spans (outermost first), host checkpoints,
+        #: what the leaves kept ("states" or "moments") and whether the forward kept the last leaf
+        self.schedule = dict(schedule or {})
 
     def device(self, name: str) -> wp.array:
         if name not in self._wrt:
@@ -594,7 +598,9 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     graphs.clear()
 
     _finish_parameter_gradients(problem, params, grads, solver, wrt, adj_wall_term, omega_cells, force_cells)
-    g = Gradients(problem, wrt, grads, adj.f)
+    g = Gradients(problem, wrt, grads, adj.f, dict(spans=list(spans), host=host,
+                                                   replay="moments" if use_moments else "states",
+                                                   forward_kept_last_leaf=tail is not None))
     for name in wrt:
         if name == "initial":
             # checked on the device: the populations' gradient can be gigabytes
