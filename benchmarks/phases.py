@@ -68,23 +68,10 @@ print(json.dumps({"phase": "gradient T=100 steady", "s": t_g, "mlups_equivalent"
 
 # per-activity device time of one gradient without graphs (Warp's timing API, CUPTI), summed by name
 if dev != "cpu":
-    run_ng = lambda: A.value_and_grad(p, params, st, 100, L.KineticEnergy(), wrt=("initial", "wall_velocity"), graph=False)
-    run_ng()
-    wp.synchronize_device(dev)
-    t0 = time.perf_counter()
-    wp.timing_begin(cuda_filter=wp.TIMING_ALL)
-    run_ng()
-    res = wp.timing_end()
-    wall = time.perf_counter() - t0
-    agg = {}
-    for r in res:
-        key = r.name[:60]
-        n, ms = agg.get(key, (0, 0.0))
-        agg[key] = (n + 1, ms + r.elapsed)
-    total = sum(v[1] for v in agg.values())
-    print(json.dumps({"profile": "gradient T=100 without graphs", "wall_s": wall, "device_ms_total": total,
-                      "by_name": {k: [v[0], round(v[1], 2)] for k, v in sorted(agg.items(), key=lambda kv: -kv[1][1])[:12]}}),
-          flush=True)
+    from _common import profile
+    print(json.dumps({"profile": "gradient T=100 without graphs", **profile(
+        lambda: A.value_and_grad(p, params, st, 100, L.KineticEnergy(), wrt=("initial", "wall_velocity"), graph=False))}),
+        flush=True)
 
 # register caps and block sizes for the step and the fused adjoint (forward step and adjoint step alone)
 import dataclasses

@@ -8,57 +8,17 @@ of the final state, d/d initial and wall velocity) as the fifth session ran it (
 every leaf replayed, adjoint pushed every step) and with this session's changes one at a time, in
 steady state (two warm-up calls). Medians of 5 (gradients: of 3), device synchronized.
 """
-import dataclasses, json, math, sys
+import math, sys
 import warp as wp
 wp.config.log_level = wp.LOG_WARNING
-from difflbm import adjoint as A, kernels as K, losses as L, bench
-from difflbm.bench import cavity_problem
-from difflbm.solver import Solver
+from difflbm import adjoint as A, kernels as K, losses as L
+from _common import Cavity, emit, graph_of, profile, timed
 
 size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 part = sys.argv[2] if len(sys.argv) > 2 else "all"
-dev = "cuda:0"
-cells = size ** 3
-timed = lambda fn, repeats=5: bench._time(fn, dev, repeats)[0]
-
-
-def graph_of(fn):
-    fn()
-    with wp.ScopedCapture(device=dev, force_module_load=False) as cap:
-        fn()
-    return lambda: wp.capture_launch(cap.graph)
-
-
-def emit(**kw):
-    print(json.dumps(kw), flush=True)
-
-
-bw = bench.copy_bandwidth(dev)
-emit(copy_gbs=round(bw / 1e9), device=wp.get_device(dev).name, warp=wp.__version__, size=size)
-p = cavity_problem("D3Q19", size, "float32", dev)
-solver = Solver(p)
-params = p.parameters()
-a, b = p.state(), p.state()
-mom = wp.zeros((4, cells), dtype=wp.float32, device=dev)
-solver.update_wall_term(params)
-
-
-def fwd():
-    for _ in range(50):
-        solver.step(a, b, params, update_walls=False)
-        solver.step(b, a, params, update_walls=False)
-
-
-def fwd_m():
-    for _ in range(50):
-        solver.step_moments(a, b, mom, params)
-        solver.step_moments(b, a, mom, params)
-
-
-t_f = timed(graph_of(fwd)) / 100
-emit(phase="forward step", ms=t_f * 1e3, mlups=cells / t_f / 1e6, fraction_152B=cells * 152 / t_f / bw)
-t_fm = timed(graph_of(fwd_m)) / 100
-emit(phase="forward step storing moments", ms=t_fm * 1e3, over_forward=t_fm / t_f, fraction_168B=cells * 168 / t_fm / bw)
+c = Cavity(size)
+p, solver, params, a, mom, cells, bw, t_f = c.p, c.solver, c.params, c.a, c.mom, c.cells, c.bw, c.t_f
+dev = p.device
 
 if part in ("kernels", "all", "sweep", "final"):
     grads = params.zeros_like()
@@ -118,24 +78,12 @@ if part in ("gradients", "all", "sweep", "final"):
             run(); run()
             t_g = timed(run, 3)
             emit(phase=f"gradient T={steps}", variant=name, spans=spans, s=t_g, mlups_equivalent=cells * steps / t_g / 1e6,
-                 over_forward=t_g / (steps * t_f), peak_mempool_gb=wp.get_mempool_used_mem_high(dev) / 1e9)
+                 over_forward=t_g / (steps * t_f), peak_mempool_gb=wp.get_mempool_used_mem_high(dev) / 1e9 if dev.is_cuda else None)
     A._KEEP_LAST_LEAF, A._GATHERED_FORM, K.GATHERED_MAX_REGISTERS, K.GATHERED_BLOCK_DIM = True, True, cap0, block0
 
 if part in ("sweep", "profile"):
     # where the time of one T = 100 gradient goes (graphs off, so every launch is timed)
-    import time
     st = p.state()
-    run_ng = lambda: A.value_and_grad(p, params, st, 100, L.KineticEnergy(), wrt=("initial", "wall_velocity"), graph=False)
-    run_ng()
-    wp.synchronize_device(dev)
-    t0 = time.perf_counter()
-    wp.timing_begin(cuda_filter=wp.TIMING_ALL)
-    run_ng()
-    res = wp.timing_end()
-    wall = time.perf_counter() - t0
-    agg = {}
-    for r in res:
-        n, ms = agg.get(r.name[:60], (0, 0.0))
-        agg[r.name[:60]] = (n + 1, ms + r.elapsed)
-    emit(profile="gradient T=100 without graphs", wall_s=wall, device_ms_total=sum(v[1] for v in agg.values()),
-         by_name={k: [v[0], round(v[1], 2)] for k, v in sorted(agg.items(), key=lambda kv: -kv[1][1])[:14]})
+    emit(profile="gradient T=100 without graphs", **profile(
+        lambda: A.value_and_grad(p, params, st, 100, L.KineticEnergy(), wrt=("initial", "wall_velocity"), graph=False),
+        top=14))
