@@ -350,8 +350,6 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     dev = problem.device
     terms = [t.bind(problem) for t in loss.terms()]
     use_moments = _moments_replay(problem, replay, fused is not None, want_omega, terms, steps)
-    fused_m = (K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True)
-               if use_moments else None)
     state_bytes = initial.f.capacity
     mom_dtype = K.wp_dtype(problem.precision)
     mom_rows = K.moment_rows(problem.config)
@@ -496,6 +494,20 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
     if not use_moments:
         rest = [_unset_state(problem) for _ in range(max(min(leaf, steps) - 1, 0))]
 
+    moments_kernels = {}
+
+    def moments_kernel(pull_in, push_out):
+        """The moments adjoint reading / writing the plain or the gathered form (K.step_adjoint_kernel)
+        and its block size; kernels writing the gathered form launch with their own register cap."""
+        if (pull_in, push_out) not in moments_kernels:
+            gathered_out = not push_out
+            kernel = K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True,
+                                           pull_in=pull_in, push_out=push_out,
+                                           max_registers=K.gathered_register_cap(problem.config) if gathered_out
+                                           else None)
+            moments_kernels[pull_in, push_out] = kernel, K.GATHERED_BLOCK_DIM if gathered_out else K.BLOCK_DIM
+        return moments_kernels[pull_in, push_out]
+
     def adjoint_moments(s0, e0, cur, prev, x):
         """Adjoint of steps e0-1 .. s0 from the kept (rho, u) and the state ``x`` at e0 - 1."""
         for t in reversed(range(s0, e0)):
@@ -503,16 +515,11 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
                 _fused_step_adjoint(solver, fused, x, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps))
             else:
-                # inside the leaf the adjoint state stays in the gathered form (K.step_adjoint_kernel)
-                kernel = K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True,
-                                               pull_in=_GATHERED_FORM and t < e0 - 2,
-                                               push_out=not _GATHERED_FORM or t == s0,
-                                               max_registers=None if not _GATHERED_FORM or t == s0
-                                               else K.gathered_register_cap(problem.config))
+                # inside the leaf the adjoint state stays in the gathered form
+                kernel, block = moments_kernel(_GATHERED_FORM and t < e0 - 2, not _GATHERED_FORM or t == s0)
                 _fused_step_adjoint(solver, kernel, None, cur, prev, params, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0],
-                                    block_dim=K.BLOCK_DIM if not _GATHERED_FORM or t == s0
-                                    else K.GATHERED_BLOCK_DIM)
+                                    block_dim=block)
             cur, prev = prev, cur
 
     def leaf_body_moments(s0, e0, cur, prev, first):
