@@ -1,0 +1,285 @@
+"""Forward-kernel variants of the D3Q19 BGK step, measured side by side (seventh session, issue #6).
+
+Each variant is a stand-alone kernel of this file; the lid-cavity variants must give the library's
+step bit for bit (checked here before timing). Usage:
+    python3 benchmarks/forward_lab.py [size] [time|ncu|check]
+``time``: copy bandwidth, then each variant as a CUDA graph of 100 steps (median of 5); ``ncu``:
+each variant launched twice (for Nsight Compute); ``check``: equality with the library only.
+BENCH_DEVICE=cpu runs it on the CPU (small sizes: a correctness smoke test).
+"""
+import os
+import sys
+
+import numpy as np
+import warp as wp
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import DEVICE, emit, graph_of, timed  # noqa: E402
+from difflbm import bench, kernels as K  # noqa: E402
+from difflbm.bench import cavity_problem  # noqa: E402
+from difflbm.problem import Problem  # noqa: E402
+from difflbm.solver import Solver  # noqa: E402
+
+wp.config.quiet = True
+ph = K.physics("D3Q19", "float32")
+Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+SOLID = K.KIND_SOLID
+vec19 = wp.types.vector(19, wp.float32)
+KS = K.KIND_SHIFT
+LM = K.LINK_MASK
+
+
+def make(mode, stor, cells_per_thread=1):
+    """A forward step kernel. mode: 'ref' (periodic pull + BGK, no cell codes), 'lid' (the library's
+    lid-cavity step: uint32 code per cell), 'bits' (a bit per cell says whether the cell has a code;
+    only those cells read it), 'xwalk' (ref, each thread walks 4 cells along x)."""
+    shifted = stor == wp.float16
+    SH = [float(w) if shifted else 0.0 for w in W]
+    f32 = wp.float32
+
+    @wp.func
+    def src_of(x: int, y: int, z: int, xm: int, xp: int, ym: int, yp: int, zm: int, zp: int,
+               cx: int, cy: int, cz: int, ny: int, nz: int) -> int:
+        sx = x
+        if cx == 1:
+            sx = xm
+        if cx == -1:
+            sx = xp
+        sy = y
+        if cy == 1:
+            sy = ym
+        if cy == -1:
+            sy = yp
+        sz = z
+        if cz == 1:
+            sz = zm
+        if cz == -1:
+            sz = zp
+        return (sx * ny + sy) * nz + sz
+
+    @wp.func
+    def collide_store(f: vec19, f_out: wp.array2d(dtype=stor), idx: int, omega: f32):
+        # the library's operations in the library's order (its step is the reference for the lid variants)
+        rho = f32(0.0)
+        m = wp.vec3()
+        for i in range(19):
+            rho += f[i]
+            m += f[i] * wp.vec3(f32(wp.static(C[i][0])), f32(wp.static(C[i][1])), f32(wp.static(C[i][2])))
+        u = m / rho
+        usq = f32(1.5) * wp.dot(u, u)
+        for i in range(19):
+            cu = f32(3.0) * (f32(wp.static(C[i][0])) * u[0] + f32(wp.static(C[i][1])) * u[1] + f32(wp.static(C[i][2])) * u[2])
+            feq = f32(wp.static(W[i])) * rho * (f32(1.0) + cu + f32(0.5) * cu * cu - usq)
+            val = f[i] + omega * (feq - f[i])
+            if wp.static(shifted):
+                val = val - f32(wp.static(SH[i]))
+            f_out[i, idx] = stor(val)
+
+    @wp.func
+    def decode(idx: int, ny: int, nz: int) -> wp.vec3i:
+        z = idx % nz
+        y = (idx / nz) % ny
+        x = idx / (ny * nz)
+        return wp.vec3i(x, y, z)
+
+    def ref(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), code: wp.array(dtype=wp.uint32),
+            bits: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32),
+            omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int, half: int):
+        t = wp.tid()
+        for h in range(wp.static(cells_per_thread)):
+            idx = t + h * half
+            p = decode(idx, ny, nz)
+            x = p[0]
+            y = p[1]
+            z = p[2]
+            xm = wp.where(x == 0, nx - 1, x - 1)
+            xp = wp.where(x == nx - 1, 0, x + 1)
+            ym = wp.where(y == 0, ny - 1, y - 1)
+            yp = wp.where(y == ny - 1, 0, y + 1)
+            zm = wp.where(z == 0, nz - 1, z - 1)
+            zp = wp.where(z == nz - 1, 0, z + 1)
+            f = vec19()
+            for i in range(19):
+                src = src_of(x, y, z, xm, xp, ym, yp, zm, zp, wp.static(C[i][0]), wp.static(C[i][1]),
+                             wp.static(C[i][2]), ny, nz)
+                f[i] = f32(f_in[i, src]) + f32(wp.static(SH[i]))
+            collide_store(f, f_out, idx, omega_arr[0])
+
+    def ref2(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), code: wp.array(dtype=wp.uint32),
+             bits: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32),
+             omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int, half: int):
+        # two cells per thread (t and t + half), all 38 loads before any store
+        t = wp.tid()
+        fa = vec19()
+        fb = vec19()
+        pa = decode(t, ny, nz)
+        pb = decode(t + half, ny, nz)
+        for h in range(2):
+            p = pa
+            if h == 1:
+                p = pb
+            x = p[0]
+            y = p[1]
+            z = p[2]
+            xm = wp.where(x == 0, nx - 1, x - 1)
+            xp = wp.where(x == nx - 1, 0, x + 1)
+            ym = wp.where(y == 0, ny - 1, y - 1)
+            yp = wp.where(y == ny - 1, 0, y + 1)
+            zm = wp.where(z == 0, nz - 1, z - 1)
+            zp = wp.where(z == nz - 1, 0, z + 1)
+            for i in range(19):
+                src = src_of(x, y, z, xm, xp, ym, yp, zm, zp, wp.static(C[i][0]), wp.static(C[i][1]),
+                             wp.static(C[i][2]), ny, nz)
+                v = f32(f_in[i, src]) + f32(wp.static(SH[i]))
+                if h == 0:
+                    fa[i] = v
+                else:
+                    fb[i] = v
+        omega = omega_arr[0]
+        collide_store(fa, f_out, t, omega)
+        collide_store(fb, f_out, t + half, omega)
+
+    def lid(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), code: wp.array(dtype=wp.uint32),
+            bits: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32),
+            omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int, half: int):
+        idx = wp.tid()
+        cell = wp.uint32(0)
+        if wp.static(mode == "bits"):
+            word = bits[idx >> 5]
+            if ((word >> wp.uint32(idx & 31)) & wp.uint32(1)) != wp.uint32(0):
+                cell = code[idx]
+        else:
+            cell = code[idx]
+        if int(cell >> wp.uint32(KS)) == SOLID:
+            for i in range(19):
+                f_out[i, idx] = f_in[i, idx]
+            return
+        p = decode(idx, ny, nz)
+        x = p[0]
+        y = p[1]
+        z = p[2]
+        xm = wp.where(x == 0, nx - 1, x - 1)
+        xp = wp.where(x == nx - 1, 0, x + 1)
+        ym = wp.where(y == 0, ny - 1, y - 1)
+        yp = wp.where(y == ny - 1, 0, y + 1)
+        zm = wp.where(z == 0, nz - 1, z - 1)
+        zp = wp.where(z == nz - 1, 0, z + 1)
+        f = vec19()
+        f[0] = f32(f_in[0, idx])
+        for i in range(1, 19):
+            src = src_of(x, y, z, xm, xp, ym, yp, zm, zp, wp.static(C[i][0]), wp.static(C[i][1]),
+                         wp.static(C[i][2]), ny, nz)
+            is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
+            f[i] = f32(f_in[wp.where(is_link, wp.static(OPP[i]), i), wp.where(is_link, idx, src)])
+        if (cell & wp.uint32(LM)) != wp.uint32(0):
+            ws = wall_slot[idx]
+            if ws >= 0:
+                for i in range(1, 19):
+                    if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                        f[i] = f[i] + wall_term[ws, i]
+        if wp.static(shifted):
+            for i in range(19):
+                f[i] = f[i] + f32(wp.static(SH[i]))
+        collide_store(f, f_out, idx, omega_arr[0])
+
+    def xwalk(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), code: wp.array(dtype=wp.uint32),
+              bits: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32),
+              omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int, half: int):
+        t = wp.tid()
+        z = t % nz
+        y = (t / nz) % ny
+        x0 = (t / (ny * nz)) * 4
+        ym = wp.where(y == 0, ny - 1, y - 1)
+        yp = wp.where(y == ny - 1, 0, y + 1)
+        zm = wp.where(z == 0, nz - 1, z - 1)
+        zp = wp.where(z == nz - 1, 0, z + 1)
+        omega = omega_arr[0]
+        for k in range(4):
+            x = x0 + k
+            xm = wp.where(x == 0, nx - 1, x - 1)
+            xp = wp.where(x == nx - 1, 0, x + 1)
+            f = vec19()
+            for i in range(19):
+                src = src_of(x, y, z, xm, xp, ym, yp, zm, zp, wp.static(C[i][0]), wp.static(C[i][1]),
+                             wp.static(C[i][2]), ny, nz)
+                f[i] = f32(f_in[i, src]) + f32(wp.static(SH[i]))
+            collide_store(f, f_out, (x * ny + y) * nz + z, omega)
+
+    fn = {"ref": ref, "lid": lid, "bits": lid, "xwalk": xwalk, "ref2": ref2}[mode]
+    fn.__name__ = fn.__qualname__ = f"lab_{mode}_{'h' if shifted else 's'}{cells_per_thread}"
+    return wp.kernel(fn, module="unique", module_options={"enable_backward": False, "max_unroll": 64})
+
+
+def main():
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+    what = sys.argv[2] if len(sys.argv) > 2 else "time"
+    cuda = wp.get_device(DEVICE).is_cuda
+    n = size ** 3
+    bw = bench.copy_bandwidth(DEVICE) if cuda and what == "time" else float("nan")
+    emit(copy_gbs=round(bw / 1e9) if bw == bw else None, device=wp.get_device(DEVICE).name, warp=wp.__version__, size=size)
+    rng = np.random.default_rng(0)
+    for prec, stor in (("float32", wp.float32), ("float16", wp.float16)):
+        p = cavity_problem("D3Q19", size, prec, DEVICE)
+        s = Solver(p)
+        prm = p.parameters()
+        s.update_wall_term(prm)
+        a, b = p.state(), p.state()
+        # a non-trivial state: equilibrium-like values with noise, in the storage form
+        w = np.array(W, dtype=np.float32)[:, None]
+        f0 = w * (1.0 + 0.05 * rng.standard_normal((Q, n)).astype(np.float32))
+        if stor == wp.float16:
+            f0 = f0 - w
+        a.f.assign(f0.astype(np.float16 if stor == wp.float16 else np.float32))
+        code = p.code_np
+        special = (code != 0).reshape(-1, 32).astype(np.uint64)
+        words = (special << np.arange(32, dtype=np.uint64)).sum(axis=1).astype(np.uint32)
+        bits = wp.array(words, dtype=wp.uint32, device=DEVICE)
+        out = wp.empty_like(b.f)
+        nb = 152 if stor == wp.float32 else 76
+
+        def args(fi, fo, half=0):
+            return [fi, fo, p.code, bits, p.wall_slot, s.wall_term, prm.omega, size, size, size, half]
+
+        # the library's step, the reference for the lid variants
+        s.step(a, b, prm, update_walls=False)
+        lib_out = b.f.numpy()
+        variants = [("lib", None, 4), ("lid", make("lid", stor), 4), ("bits", make("bits", stor), 0.125),
+                    ("ref", make("ref", stor), 0), ("ref2", make("ref2", stor), 0), ("xwalk", make("xwalk", stor), 0)]
+        for name, kern, extra in variants:
+            if name in ("lid", "bits"):
+                wp.launch(kern, dim=n, inputs=args(a.f, out), device=DEVICE, block_dim=K.BLOCK_DIM)
+                o = out.numpy().astype(np.float64)
+                emit(check=name, precision=prec, bit_identical_to_library=bool(np.array_equal(out.numpy(), lib_out)),
+                     max_abs_diff=float(np.abs(o - lib_out.astype(np.float64)).max()))
+        for name, kern, extra in variants:
+            if kern is None:
+                def step(fi, fo):
+                    s._launch(s.forward_kernel, fi, fo, prm, 0)
+                fi_, fo_ = a, b
+            else:
+                dim = {"ref2": n // 2, "xwalk": n // 4}.get(name, n)
+
+                def step(fi, fo, kern=kern, dim=dim):
+                    wp.launch(kern, dim=dim, inputs=args(fi, fo, n // 2), device=DEVICE, block_dim=K.BLOCK_DIM)
+                fi_, fo_ = a.f, out
+            if what == "check":
+                continue
+            if what == "ncu":
+                step(fi_, fo_)
+                step(fi_, fo_)
+                wp.synchronize_device(DEVICE)
+                continue
+            x, y = (a, b) if kern is None else (a.f, out)
+
+            def run100(x=x, y=y, step=step):
+                for _ in range(50):
+                    step(x, y)
+                    step(y, x)
+            t = timed(graph_of(run100)) / 100
+            emit(variant=name, precision=prec, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
+                 fraction=round(n * (nb + extra) / t / bw, 3) if bw == bw else None, bytes_per_cell=nb + extra)
+        del a, b, out
+
+
+if __name__ == "__main__":
+    main()

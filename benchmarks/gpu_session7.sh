@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Seventh session (2026-12-01), one H200. Usage: bash benchmarks/gpu_session7.sh PART
+set -u
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import warp; print('warp', warp.__version__)"
+case "$1" in
+lab)
+  # issue #6: forward-kernel variants side by side (benchmarks/forward_lab.py), fp32 and fp16, 256^3,
+  # then Nsight Compute metrics of each variant (two launches each; the second is the one to read)
+  timeout 300 python3 benchmarks/forward_lab.py 256 time 2>&1 | grep -v "^Module"
+  m="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_lg_throttle_per_warp_active.pct,smsp__warp_issue_stalled_drain_per_warp_active.pct,smsp__warp_issue_stalled_wait_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
+  timeout 250 ncu --clock-control none --csv --metrics $m -k "regex:lab_|lbm_step" --launch-count 40 \
+    python3 benchmarks/forward_lab.py 256 ncu > /tmp/ncu.csv 2>/tmp/ncu.err
+  echo "ncu rc $?"; python3 benchmarks/ncu_table.py /tmp/ncu.csv || tail -5 /tmp/ncu.err
+  ;;
+esac
+case "$1" in
+pending)
+  # the sixth session's unmeasured code: moments replay with open boundaries, float64 gathered caps
+  timeout 200 python3 benchmarks/open_replay.py open 128 200 2>&1 | grep -v "^Module"
+  timeout 200 python3 benchmarks/open_replay.py fp64 128 200 2>&1 | grep -v "^Module"
+  ;;
+esac
