@@ -210,6 +210,222 @@ def make(mode, stor, cells_per_thread=1):
     return wp.kernel(fn, module="unique", module_options={"enable_backward": False, "max_unroll": 64})
 
 
+
+def make2(mode, stor, walk=False, flat=False, dev=False):
+    """Second round. mode 'fix': the lid cavity with pulls that do not wait for the cell code (every
+    direction pulls; boundary cells then replace their link directions by their own opposite
+    populations in one branch); 'ref': periodic pull + BGK. walk: each thread walks a run of
+    ``chunk`` cells along x (a runtime loop; the cell decode and the y/z wraps once per run). flat:
+    populations addressed as one 1D array (offset i*n + cell). dev (float16): the collision works on
+    the stored deviations s_i = f_i - w_i (rho = 1 + sum s_i, m = sum c_i s_i), no shift per value."""
+    shifted = stor == wp.float16
+    SH = [float(w) if (shifted and not dev) else 0.0 for w in W]
+    f32 = wp.float32
+    farr = wp.array(dtype=stor) if flat else wp.array2d(dtype=stor)
+
+    @wp.func
+    def ld(f: farr, i: int, k: int, n: int) -> f32:
+        if wp.static(flat):
+            return f32(f[i * n + k])
+        else:
+            return f32(f[i, k])
+
+    @wp.func
+    def st(f: farr, i: int, k: int, n: int, v: f32):
+        if wp.static(flat):
+            f[i * n + k] = stor(v)
+        else:
+            f[i, k] = stor(v)
+
+    @wp.func
+    def src_of(x: int, y: int, z: int, xm: int, xp: int, ym: int, yp: int, zm: int, zp: int,
+               cx: int, cy: int, cz: int, ny: int, nz: int) -> int:
+        sx = x
+        if cx == 1:
+            sx = xm
+        if cx == -1:
+            sx = xp
+        sy = y
+        if cy == 1:
+            sy = ym
+        if cy == -1:
+            sy = yp
+        sz = z
+        if cz == 1:
+            sz = zm
+        if cz == -1:
+            sz = zp
+        return (sx * ny + sy) * nz + sz
+
+    @wp.func
+    def update(f_in: farr, f_out: farr, code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
+               wall_term: wp.array2d(dtype=f32), omega: f32, x: int, y: int, z: int, xm: int, xp: int,
+               ym: int, yp: int, zm: int, zp: int, ny: int, nz: int, n: int):
+        idx = (x * ny + y) * nz + z
+        cell = wp.uint32(0)
+        if wp.static(mode == "fix"):
+            cell = code[idx]
+        f = vec19()
+        for i in range(19):
+            src = src_of(x, y, z, xm, xp, ym, yp, zm, zp, wp.static(C[i][0]), wp.static(C[i][1]),
+                         wp.static(C[i][2]), ny, nz)
+            f[i] = ld(f_in, wp.static(i), src, n)
+        if wp.static(mode == "fix"):
+            if cell != wp.uint32(0):
+                if int(cell >> wp.uint32(KS)) == SOLID:
+                    for i in range(19):
+                        st(f_out, wp.static(i), idx, n, ld(f_in, wp.static(i), idx, n) - f32(wp.static(SH[i])) + f32(wp.static(SH[i])))
+                    return
+                for i in range(1, 19):
+                    is_link = ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0)
+                    f[i] = wp.where(is_link, ld(f_in, wp.static(OPP[i]), idx, n), f[i])
+                if (cell & wp.uint32(LM)) != wp.uint32(0):
+                    ws = wall_slot[idx]
+                    if ws >= 0:
+                        for i in range(1, 19):
+                            if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                                f[i] = f[i] + wall_term[ws, i]
+        rho = f32(0.0)
+        m = wp.vec3()
+        if wp.static(shifted and not dev):
+            for i in range(19):
+                f[i] = f[i] + f32(wp.static(SH[i]))
+        for i in range(19):
+            rho += f[i]
+            m += f[i] * wp.vec3(f32(wp.static(C[i][0])), f32(wp.static(C[i][1])), f32(wp.static(C[i][2])))
+        drho = rho
+        if wp.static(dev):
+            rho = f32(1.0) + drho
+        u = m / rho
+        usq = f32(1.5) * wp.dot(u, u)
+        for i in range(19):
+            cu = f32(3.0) * (f32(wp.static(C[i][0])) * u[0] + f32(wp.static(C[i][1])) * u[1] + f32(wp.static(C[i][2])) * u[2])
+            val = f32(0.0)
+            if wp.static(dev):
+                # f_i - w_i relaxes towards feq_i - w_i = w_i (drho + rho (cu + cu^2/2 - usq))
+                dq = f32(wp.static(W[i])) * (drho + rho * (cu + f32(0.5) * cu * cu - usq))
+                val = f[i] + omega * (dq - f[i])
+            else:
+                feq = f32(wp.static(W[i])) * rho * (f32(1.0) + cu + f32(0.5) * cu * cu - usq)
+                val = f[i] + omega * (feq - f[i])
+                if wp.static(shifted):
+                    val = val - f32(wp.static(SH[i]))
+            st(f_out, wp.static(i), idx, n, val)
+
+    def single(f_in: farr, f_out: farr, code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
+               wall_term: wp.array2d(dtype=f32), omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int, chunk: int):
+        t = wp.tid()
+        z = t % nz
+        y = (t / nz) % ny
+        x = t / (ny * nz)
+        xm = wp.where(x == 0, nx - 1, x - 1)
+        xp = wp.where(x == nx - 1, 0, x + 1)
+        ym = wp.where(y == 0, ny - 1, y - 1)
+        yp = wp.where(y == ny - 1, 0, y + 1)
+        zm = wp.where(z == 0, nz - 1, z - 1)
+        zp = wp.where(z == nz - 1, 0, z + 1)
+        update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], x, y, z, xm, xp, ym, yp, zm, zp, ny, nz, nx * ny * nz)
+
+    def walker(f_in: farr, f_out: farr, code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
+               wall_term: wp.array2d(dtype=f32), omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int, chunk: int):
+        t = wp.tid()
+        z = t % nz
+        y = (t / nz) % ny
+        x0 = (t / (ny * nz)) * chunk
+        x1 = wp.min(x0 + chunk, nx)
+        ym = wp.where(y == 0, ny - 1, y - 1)
+        yp = wp.where(y == ny - 1, 0, y + 1)
+        zm = wp.where(z == 0, nz - 1, z - 1)
+        zp = wp.where(z == nz - 1, 0, z + 1)
+        omega = omega_arr[0]
+        n = nx * ny * nz
+        for x in range(x0, x1):
+            xm = wp.where(x == 0, nx - 1, x - 1)
+            xp = wp.where(x == nx - 1, 0, x + 1)
+            update(f_in, f_out, code, wall_slot, wall_term, omega, x, y, z, xm, xp, ym, yp, zm, zp, ny, nz, n)
+
+    fn = walker if walk else single
+    fn.__name__ = fn.__qualname__ = f"lab2_{mode}_{'h' if shifted else 's'}{'_walk' if walk else ''}{'_flat' if flat else ''}{'_dev' if dev else ''}"
+    return wp.kernel(fn, module="unique", module_options={"enable_backward": False, "max_unroll": 64})
+
+
+def round2(size, what):
+    cuda = wp.get_device(DEVICE).is_cuda
+    n = size ** 3
+    bw = bench.copy_bandwidth(DEVICE) if cuda and what == "time" else float("nan")
+    emit(copy_gbs=round(bw / 1e9) if bw == bw else None, device=wp.get_device(DEVICE).name, warp=wp.__version__, size=size)
+    rng = np.random.default_rng(0)
+    only = os.environ.get("LAB_ONLY", "")
+    for prec, stor in (("float32", wp.float32), ("float16", wp.float16)):
+        p = cavity_problem("D3Q19", size, prec, DEVICE)
+        s = Solver(p)
+        prm = p.parameters()
+        s.update_wall_term(prm)
+        a, b = p.state(), p.state()
+        w = np.array(W, dtype=np.float32)[:, None]
+        f0 = w * (1.0 + 0.05 * rng.standard_normal((Q, n)).astype(np.float32))
+        if stor == wp.float16:
+            f0 = f0 - w
+        a.f.assign(f0.astype(np.float16 if stor == wp.float16 else np.float32))
+        out = wp.empty_like(b.f)
+        nb = 156 if stor == wp.float32 else 80
+        s.step(a, b, prm, update_walls=False)
+        lib_out = b.f.numpy()
+        a0 = wp.clone(a.f)  # the timings advance a; every check starts from a0
+        variants = [("lib", None, {})]
+        for name, kw in (("fix", dict(mode="fix")), ("fix_flat", dict(mode="fix", flat=True)),
+                         ("fix_walk", dict(mode="fix", walk=True)), ("fix_walk_flat", dict(mode="fix", walk=True, flat=True)),
+                         ("ref", dict(mode="ref")), ("ref_walk", dict(mode="ref", walk=True))):
+            variants.append((name, kw, {}))
+            if stor == wp.float16 and name != "fix_flat":
+                variants.append((name + "_dev", dict(kw, dev=True), {}))
+        for name, kw, _ in variants:
+            if only and name != "lib" and not any(name == o for o in only.split(",")):
+                continue
+            if kw is None:
+                def step(fi, fo):
+                    s._launch(s.forward_kernel, fi, fo, prm, 0)
+                pairs = [(a, b, 1)]
+            else:
+                kern = make2(stor=stor, **kw)
+                flat = kw.get("flat", False)
+                chunks = (4, 8, 16, 32) if kw.get("walk") else (1,)
+                pairs = []
+                for ch in chunks:
+                    dim = (size // ch) * size * size
+
+                    def step(fi, fo, kern=kern, dim=dim, ch=ch, flat=flat):
+                        fi_, fo_ = (fi.flatten(), fo.flatten()) if flat else (fi, fo)
+                        wp.launch(kern, dim=dim, inputs=[fi_, fo_, p.code, p.wall_slot, s.wall_term, prm.omega,
+                                                         size, size, size, ch], device=DEVICE, block_dim=K.BLOCK_DIM)
+                    pairs.append((step, ch))
+                if kw.get("mode") == "fix":
+                    step0 = pairs[-1][0]
+                    step0(a0, out)
+                    o = out.numpy()
+                    emit(check=name, precision=prec, bit_identical_to_library=bool(np.array_equal(o, lib_out)),
+                         max_abs_diff=float(np.abs(o.astype(np.float64) - lib_out.astype(np.float64)).max()))
+                pairs = [(a.f, out, ch, st_) for st_, ch in pairs]
+            if kw is None:
+                pairs = [(a, b, 1, step)]
+            for x, y, ch, stp in pairs:
+                if what == "check":
+                    continue
+                if what == "ncu":
+                    stp(x, y)
+                    stp(x, y)
+                    wp.synchronize_device(DEVICE)
+                    continue
+
+                def run100(x=x, y=y, stp=stp):
+                    for _ in range(50):
+                        stp(x, y)
+                        stp(y, x)
+                t = timed(graph_of(run100)) / 100
+                emit(variant=name, chunk=ch, precision=prec, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
+                     fraction=round(n * nb / t / bw, 3) if bw == bw else None, bytes_per_cell=nb)
+        del a, b, out
+
 def main():
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     what = sys.argv[2] if len(sys.argv) > 2 else "time"
@@ -282,4 +498,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 3 and sys.argv[3] == "2":
+        round2(int(sys.argv[1]), sys.argv[2])
+    else:
+        main()

@@ -22,3 +22,24 @@ pending)
   timeout 200 python3 benchmarks/open_replay.py fp64 128 200 2>&1 | grep -v "^Module"
   ;;
 esac
+case "$1" in
+lab2)
+  # second round: pulls that do not wait for the cell code, runs of cells along x per thread, flat
+  # addressing, float16 collision on deviations (benchmarks/forward_lab.py round 2), then ncu
+  timeout 330 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab2.txt 2>&1
+  grep -E "check|variant|copy" $OUT/lab2.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except Exception: continue
+    print(' '.join(str(v) for v in d.values()))"
+  m="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
+  LAB_ONLY=fix,fix_walk,fix_walk_dev,fix_dev,ref timeout 200 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 60 \
+    python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu2.csv 2>$OUT/ncu2.err
+  python3 benchmarks/ncu_table.py $OUT/ncu2.csv > $OUT/ncu2.txt || tail -5 $OUT/ncu2.err
+  python3 -c "
+import json
+for l in open('$OUT/ncu2.txt'):
+    d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
+  ;;
+esac
