@@ -43,3 +43,24 @@ for l in open('$OUT/ncu2.txt'):
     d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
   ;;
 esac
+case "$1" in
+lab3)
+  # third round: the library's gather with flat (1D, 32-bit) addressing, single cells and runs along x
+  export LAB_ROUND=3
+  timeout 300 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab3.txt 2>&1
+  grep -E "check|variant|copy" $OUT/lab3.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except Exception: continue
+    print(' '.join(str(v) for v in d.values()))"
+  m="gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
+  LAB_ONLY=lid_flat,lid_flat_dev,ref_flat timeout 150 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 30 \
+    python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu3.csv 2>$OUT/ncu3.err
+  python3 benchmarks/ncu_table.py $OUT/ncu3.csv > $OUT/ncu3.txt || tail -5 $OUT/ncu3.err
+  python3 -c "
+import json
+for l in open('$OUT/ncu3.txt'):
+    d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
+  ;;
+esac
