@@ -393,13 +393,34 @@ def round2(size, what):
         out = wp.empty_like(b.f)
         nb = 156 if stor == wp.float32 else 80
         s.step(a, b, prm, update_walls=False)
-        lib_out = b.f.numpy()
+        lib_out = b.f.numpy().copy()  # on the CPU numpy() is a view
         a0 = wp.clone(a.f)  # the timings advance a; every check starts from a0
         variants = [("lib", None, {})]
-        r3 = os.environ.get("LAB_ROUND", "2") == "3"
+        r3 = os.environ.get("LAB_ROUND", "2") in ("3", "4")
+        r4 = os.environ.get("LAB_ROUND", "2") == "4"
+        if r4:
+            # the library's kernel at register caps and block sizes
+            import dataclasses
+            for cap in (None, 48, 40):
+                kern = K.step_kernel(dataclasses.replace(p.config, max_registers=cap), backward=False)
+                for blk in (128, 256):
+                    def stp(fi, fo, kern=kern, blk=blk):
+                        args = s.step_inputs(fi, prm, 0)
+                        args[1] = fo.f
+                        wp.launch(kern, dim=n, inputs=args, device=DEVICE, block_dim=blk)
+                    stp(a, b)
+                    if what == "time":
+                        def run100(stp=stp):
+                            for _ in range(50):
+                                stp(a, b)
+                                stp(b, a)
+                        t = timed(graph_of(run100)) / 100
+                        emit(variant="lib", cap=cap, block=blk, precision=prec, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
+                             fraction=round(n * nb / t / bw, 3) if bw == bw else None, bytes_per_cell=nb)
         names = ((("fix", dict(mode="fix")), ("fix_flat", dict(mode="fix", flat=True)),
                   ("fix_walk", dict(mode="fix", walk=True)), ("fix_walk_flat", dict(mode="fix", walk=True, flat=True)),
                   ("ref", dict(mode="ref")), ("ref_walk", dict(mode="ref", walk=True))) if not r3 else
+                 (("lid_walk", dict(mode="lid", walk=True)),) if r4 else
                  (("lid", dict(mode="lid")), ("lid_flat", dict(mode="lid", flat=True)),
                   ("lid_walk_flat", dict(mode="lid", walk=True, flat=True)), ("ref_flat", dict(mode="ref", flat=True)),
                   ("ref_walk_flat", dict(mode="ref", walk=True, flat=True))))
@@ -417,7 +438,7 @@ def round2(size, what):
             else:
                 kern = make2(stor=stor, **kw)
                 flat = kw.get("flat", False)
-                chunks = ((4, 8, 16) if r3 else (4, 8, 16, 32)) if kw.get("walk") else (1,)
+                chunks = ((2, 4, 8) if r4 else (4, 8, 16) if r3 else (4, 8, 16, 32)) if kw.get("walk") else (1,)
                 pairs = []
                 for ch in chunks:
                     dim = (size // ch) * size * size
@@ -486,7 +507,7 @@ def main():
 
         # the library's step, the reference for the lid variants
         s.step(a, b, prm, update_walls=False)
-        lib_out = b.f.numpy()
+        lib_out = b.f.numpy().copy()  # on the CPU numpy() is a view
         variants = [("lib", None, 4), ("lid", make("lid", stor), 4), ("bits", make("bits", stor), 0.125),
                     ("ref", make("ref", stor), 0), ("ref2", make("ref2", stor), 0), ("xwalk", make("xwalk", stor), 0)]
         for name, kern, extra in variants:

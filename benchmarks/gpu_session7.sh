@@ -64,3 +64,18 @@ for l in open('$OUT/ncu3.txt'):
     d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
   ;;
 esac
+case "$1" in
+lab4)
+  # fourth round: the library's step at register caps 48 / 40 and blocks of 256; the library's gather
+  # in runs along x (2D addressing), float16 also on deviations
+  export LAB_ROUND=4
+  timeout 300 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab4.txt 2>&1
+  grep -E "check|variant|copy" $OUT/lab4.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except Exception: continue
+    print(' '.join(str(v) for v in d.values()))"
+  tail -3 $OUT/lab4.txt
+  ;;
+esac
