@@ -79,3 +79,25 @@ for l in sys.stdin:
   tail -3 $OUT/lab4.txt
   ;;
 esac
+case "$1" in
+lab5)
+  # fifth round: cells without a code pull plainly, the others take the library's gather (one branch)
+  export LAB_ROUND=5
+  timeout 240 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab5.txt 2>&1
+  grep -E "check|variant|copy" $OUT/lab5.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except Exception: continue
+    print(' '.join(str(v) for v in d.values()))"
+  tail -2 $OUT/lab5.txt
+  m="gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
+  LAB_ONLY=split,split_dev timeout 120 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 30 \
+    python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu5.csv 2>$OUT/ncu5.err
+  python3 benchmarks/ncu_table.py $OUT/ncu5.csv > $OUT/ncu5.txt || tail -5 $OUT/ncu5.err
+  python3 -c "
+import json
+for l in open('$OUT/ncu5.txt'):
+    d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
+  ;;
+esac
