@@ -101,3 +101,16 @@ for l in open('$OUT/ncu5.txt'):
     d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
   ;;
 esac
+case "$1" in
+lattices)
+  # register caps and blocks of the forward step per lattice; D3Q19 512^3
+  timeout 400 python3 benchmarks/lattices.py > $OUT/lattices.txt 2>&1
+  grep -E "lattice|copy" $OUT/lattices.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except Exception: continue
+    print(' '.join(str(v) for v in d.values()))"
+  tail -2 $OUT/lattices.txt
+  ;;
+esac
