@@ -114,3 +114,12 @@ for l in sys.stdin:
   tail -2 $OUT/lattices.txt
   ;;
 esac
+case "$1" in
+verify)
+  # the committed per-lattice defaults (D2Q9 cap 32, D3Q27 blocks of 64) through the bench CLI
+  for a in "--lattice D2Q9 --size 4096" "--lattice D3Q27 --size 256" "--lattice D3Q19 --size 256" "--lattice D2Q9 --size 128 --ensemble 1024"; do
+    timeout 120 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-700
+  done
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k cuda 2>&1 | tail -2
+  ;;
+esac

@@ -68,7 +68,8 @@ class Solver:
         """
         if update_walls:
             self.update_wall_term(params)
-        self._launch(self.forward_kernel, state_in, state_out, params, window)
+        self._launch(self.forward_kernel, state_in, state_out, params, window,
+                     block_dim=K.forward_block_dim(self.problem.config))
 
     def step_moments(self, state_in: State, state_out: State, moments: wp.array, params: Parameters,
                      window: int = 0):
@@ -80,14 +81,15 @@ class Solver:
             self._moments_kernel = K.step_kernel(self.problem.config, backward=False, moments=True)
         self._launch(self._moments_kernel, state_in, state_out, params, window, moments)
 
-    def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None):
+    def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None,
+                block_dim: int = K.BLOCK_DIM):
         if state_in.f.ptr == state_out.f.ptr:
             raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         args = self.step_inputs(state_in, params, window)
         args[1] = state_out.f
         args[-1] = moments
         wp.launch(kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
-                  block_dim=K.BLOCK_DIM)
+                  block_dim=block_dim)
 
     def check_finite(self, state: State, step: int):
         """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""
