@@ -123,3 +123,8 @@ verify)
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_bridges.py tests/test_gradients.py -k cuda 2>&1 | tail -2
   ;;
 esac
+case "$1" in
+order)
+  timeout 200 python3 benchmarks/d2q9_order.py 4096 2>&1 | grep -v "^Module"
+  ;;
+esac
