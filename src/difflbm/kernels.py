@@ -42,23 +42,11 @@ BLOCK_DIM = 128
 
 def forward_block_dim(cfg) -> int:
     """Threads per block of the forward-only step: 64 for D3Q27 (13,053 MLUPS vs 12,517 at 128 and
-    11,957 at 256, fp32 256^3 lid cavity, H200, ``benchmarks/lattices.py``, same run), BLOCK_DIM
-    elsewhere (D2Q9 and D3Q19 within 1 % of each other at 64 / 128)."""
+    11,957 at 256, fp32 256^3 lid cavity, H200, ``benchmarks/lattices.py``, same run, 64 measured
+    first; bench CLI afterwards 13,222), BLOCK_DIM elsewhere (D2Q9 and D3Q19 within 1 % at 64 / 128).
+    Register caps did not help any lattice's forward (docs/PERF_NOTES.md, seventh session)."""
     return 64 if cfg.lattice == "D3Q27" else BLOCK_DIM
 
-
-def forward_register_cap(cfg):
-    """Register cap of the forward-only step (without moments) when ``cfg.max_registers`` is None:
-    32 for D2Q9 with 4- or 2-byte storage, BGK or TRT, walls and nothing else (fp32 4096^2 lid cavity
-    on an H200: 44,498 MLUPS at 32 vs 41,027 uncapped; 40 / 48 / 64: 43,175 / 40,978 / 37,977,
-    ``benchmarks/lattices.py``; ptxas: 32 registers without spills, where forces, an omega field,
-    Smagorinsky, open boundaries, curved links or porosity spill 48-488 B at 32); the compiler's
-    choice elsewhere (D3Q19 and D3Q27 ran slower at every cap tried)."""
-    simple = (cfg.collision in (COLLISION_BGK, COLLISION_TRT) and cfg.force == FORCE_NONE and not
-              (cfg.omega_field or cfg.porosity or cfg.curved or cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc))
-    if cfg.lattice == "D2Q9" and cfg.precision in ("float32", "float16") and simple:
-        return 32
-    return None
 
 @dataclass(frozen=True)
 class StepConfig:
@@ -534,7 +522,7 @@ def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False):
     store_known = moments and (cfg.velocity_bc or cfg.pressure_bc)
 
     @wp.kernel(module="unique", module_options={**MODULE_OPTIONS, "enable_backward": backward},
-               cuda_max_registers=cfg.max_registers or (forward_register_cap(cfg) if not (backward or moments) else None))
+               cuda_max_registers=cfg.max_registers or None)
     def lbm_step(
         f_in: wp.array2d(dtype=sdtype),
         f_out: wp.array2d(dtype=sdtype),
