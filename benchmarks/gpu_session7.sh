@@ -128,3 +128,17 @@ order)
   timeout 200 python3 benchmarks/d2q9_order.py 4096 2>&1 | grep -v "^Module"
   ;;
 esac
+case "$1" in
+dist1)
+  # one rank of the slab decomposition on one GPU (NCCL, world 1): the halo exchange as torch slicing
+  # (old, .gpu/old/src = d8d0359) vs Warp pack / unpack kernels (new); forward and gradient, 256^3
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  python3 -c "import torch; print('torch', torch.__version__)"
+  for who in old new; do
+    pp=/tmp/site:$PWD/src; [ $who = old ] && pp=/tmp/site:$PWD/.gpu/old/src
+    echo "== $who"
+    PYTHONPATH=$pp timeout 140 python3 -m torch.distributed.run --standalone --nproc_per_node=1 \
+      benchmarks/dist_bench.py --mode weak --size 256 --steps 100 --repeats 5 --gradient 2>&1 | grep -E '^\{|Error' | cut -c1-600
+  done
+  ;;
+esac

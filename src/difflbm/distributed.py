@@ -272,39 +272,70 @@ class SlabDecomposition:
         _, dist = _torch()
         return dist.get_global_rank(self.group, r) if self.group is not None else r
 
-    def exchange(self, f: wp.array):
-        """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes."""
-        with self._on_warp_stream():
-            t = wp.to_torch(f)
-            S, n = self.plane, self.n
-            pos, neg = self.dirs_pos, self.dirs_neg
-            got = self._swap([(t[pos, n * S:(n + 1) * S].contiguous(), "right", 0),
-                              (t[neg, S:2 * S].contiguous(), "left", 1)])
-            t[pos, 0:S] = got[0]
-            t[neg, (n + 1) * S:] = got[1]
+    def _halo(self, f: wp.array):
+        """Kernels, direction list and launch shape of the halo exchange of populations ``f``."""
+        dev = self.problem.device
+        key = (f.dtype, str(dev))
+        if getattr(self, "_halo_key", None) != key:
+            self._halo_key = key
+            self._halo_dirs = wp.array(np.array(self.dirs_pos + self.dirs_neg, dtype=np.int32), device=dev)
+            P = len(self.dirs_pos)
+            self._halo_send = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
+            self._halo_recv = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
+        P = len(self.dirs_pos)
+        return K.halo_kernels(f.dtype), self._halo_dirs, P, (2 * P, self.plane)
 
-    def reverse_exchange(self, adj: wp.array, rows_pos=None, rows_neg=None):
+    def _swap_halo(self, back: bool):
+        """Send ``_halo_send`` [0] right and [1] left (``back``: [0] left and [1] right) and receive the
+        opposite neighbours' into ``_halo_recv``."""
+        torch, _ = _torch()
+        ts, tr = wp.to_torch(self._halo_send), wp.to_torch(self._halo_recv)
+        first, second = ("left", "right") if back else ("right", "left")
+        tags = (2, 3) if back else (0, 1)
+        got = self._swap([(ts[0], first, tags[0]), (ts[1], second, tags[1])])
+        for out, g in zip((tr[0], tr[1]), got):
+            if g.data_ptr() != out.data_ptr():
+                out.copy_(g)
+
+    def exchange(self, f: wp.array):
+        """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes:
+        one kernel packs the planes that cross the cuts, one unpacks what arrived (one rank: one kernel
+        copies its own planes)."""
+        k, dirs, P, dim = self._halo(f)
+        dev, S, n = self.problem.device, self.plane, self.n
+        if self.world == 1:
+            wp.launch(k["wrap"], dim=dim, inputs=[f, dirs, P, S, n], device=dev)
+            return
+        wp.launch(k["pack"], dim=dim, inputs=[f, dirs, P, S, n, self._halo_send], device=dev)
+        with self._on_warp_stream():
+            self._swap_halo(back=False)
+        wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, f], device=dev)
+
+    def reverse_exchange(self, adj: wp.array):
         """Adjoint of :meth:`exchange`: halo values are added to the owners' boundary planes, halos zeroed.
 
-        ``adj`` is (Q, cells) populations, or a per-cell array (cells,) / (cells, k) with ``rows_*`` None.
+        ``adj`` is (Q, cells) populations, or a per-cell array (cells,) / (cells, k).
         """
-        with self._on_warp_stream():
+        S, n = self.plane, self.n
+        if adj.ndim == 2 and adj.shape[0] == self.problem.lattice.q and adj.shape[1] == self.local.cell_count:
+            k, dirs, P, dim = self._halo(adj)
+            dev = self.problem.device
+            if self.world == 1:
+                wp.launch(k["wrap_back"], dim=dim, inputs=[adj, dirs, P, S, n], device=dev)
+            else:
+                wp.launch(k["pack_back"], dim=dim, inputs=[adj, dirs, P, S, n, self._halo_send], device=dev)
+                with self._on_warp_stream():
+                    self._swap_halo(back=True)
+                wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, adj], device=dev)
+            wp.launch(k["zero"], dim=(adj.shape[0], S), inputs=[adj, S, n], device=dev)
+            return
+        with self._on_warp_stream():  # per-cell field: every component of the halo cells goes back
             t = wp.to_torch(adj)
-            S, n = self.plane, self.n
-            if t.dim() == 2 and t.shape[0] == self.problem.lattice.q and t.shape[1] == self.local.cell_count:
-                pos, neg = self.dirs_pos, self.dirs_neg
-                got = self._swap([(t[pos, 0:S].contiguous(), "left", 2),
-                                  (t[neg, (n + 1) * S:].contiguous(), "right", 3)])
-                t[pos, n * S:(n + 1) * S] += got[0]
-                t[neg, S:2 * S] += got[1]
-                t[:, 0:S] = 0
-                t[:, (n + 1) * S:] = 0
-            else:  # per-cell field: every component of the halo cells goes back
-                got = self._swap([(t[0:S].contiguous(), "left", 4), (t[(n + 1) * S:].contiguous(), "right", 5)])
-                t[n * S:(n + 1) * S] += got[0]
-                t[S:2 * S] += got[1]
-                t[0:S] = 0
-                t[(n + 1) * S:] = 0
+            got = self._swap([(t[0:S].contiguous(), "left", 4), (t[(n + 1) * S:].contiguous(), "right", 5)])
+            t[n * S:(n + 1) * S] += got[0]
+            t[S:2 * S] += got[1]
+            t[0:S] = 0
+            t[(n + 1) * S:] = 0
 
     def _comm_device(self) -> str:
         """Where collectives' tensors live: this rank's GPU for NCCL, else the host."""
