@@ -699,7 +699,7 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
     adj_inputs = [adj_in.f, adj_out.f, None, None, None, None, None, want("wall_velocity", adj_wall_term),
                   want("inlet_velocity", grads.inlet_velocity[window]), want("outlet_density", grads.outlet_density),
                   None, want("omega", grads.omega), want("force", grads.force),
-                  want("solid_fraction", grads.solid_fraction), 0, 0, 0, None]
+                  want("solid_fraction", grads.solid_fraction), 0, 0, 0, None, 0]
     wp.launch(solver.kernel, dim=p.cell_count, inputs=inputs, adj_inputs=adj_inputs, adjoint=True, device=p.device)
 
 

@@ -228,11 +228,39 @@ class SlabDecomposition:
 
     def advance(self, solver: Solver, state: State, scratch: State, params: Parameters, steps: int) -> State:
         """``steps`` steps of the slab (halo exchange, then the fused step) from ``state``, ping-ponging
-        with ``scratch``; returns whichever of the two holds the result. Nothing leaves the device."""
+        with ``scratch``; returns whichever of the two holds the result. Nothing leaves the device.
+
+        With more than one rank and at least three planes per rank the exchange overlaps the update:
+        the boundary planes are packed and posted, the planes that do not read a halo (2 .. n-1) are
+        updated, then the halos are unpacked and the two boundary planes updated. The halo planes of
+        the result hold no meaningful populations (as before: only the owned planes are results)."""
         a, b = state, scratch
+        S, n = self.plane, self.n
+        overlap = self.world > 1 and n >= 3
         for t in range(int(steps)):
-            self.exchange(a.f)
-            solver.step(a, b, params, solver.window(t, steps))
+            w = solver.window(t, steps)
+            if not overlap:
+                self.exchange(a.f)
+                solver.step(a, b, params, w)
+            else:
+                # the halos travel while the planes that do not read them (2 .. n-1) are updated;
+                # then the two boundary planes. The halo planes themselves are not updated: owned
+                # cells read only the directions the exchange fills there.
+                solver.update_wall_term(params)
+                k, dirs, P, dim = self._halo(a.f)
+                dev = self.problem.device
+                wp.launch(k["pack"], dim=dim, inputs=[a.f, dirs, P, S, n, self._halo_send], device=dev)
+                with self._on_warp_stream():
+                    started = self._post_halo(back=False)
+                solver.step_cells(a, b, params, 2 * S, (n - 2) * S, w)
+                with self._on_warp_stream():
+                    self._swap_halo(back=False, started=started)
+                wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, a.f], device=dev)
+                solver.step_cells(a, b, params, S, S, w)
+                solver.step_cells(a, b, params, n * S, S, w)
+                if t == 0:  # so that no plane of the result is left as uninitialised memory
+                    solver.step_cells(a, b, params, 0, S, w)
+                    solver.step_cells(a, b, params, (n + 1) * S, S, w)
             a, b = b, a
         return a
 
@@ -251,9 +279,13 @@ class SlabDecomposition:
     def _swap(self, sends):
         """Exchange with the ring neighbours. ``sends`` = [(tensor, to 'left'|'right', tag)];
         returns the received tensors in the same order (from the opposite neighbour, same tag)."""
+        return self._swap_finish(self._swap_start(sends))
+
+    def _swap_start(self, sends):
+        """Post the sends and receives of :meth:`_swap` and return without waiting for them."""
         torch, dist = _torch()
         if self.world == 1:
-            return [t.clone() for t, _, _ in sends]
+            return None, [t.clone() for t, _, _ in sends], None
         backend = dist.get_backend(self.group)
         stage = backend == "gloo" and sends and sends[0][0].is_cuda
         ops, recvs = [], []
@@ -264,9 +296,13 @@ class SlabDecomposition:
             ops.append(dist.P2POp(dist.isend, (t.cpu() if stage else t).contiguous(), self._global(peer), self.group, tag))
             ops.append(dist.P2POp(dist.irecv, out, self._global(src), self.group, tag))
             recvs.append(out)
-        for req in dist.batch_isend_irecv(ops):
+        return dist.batch_isend_irecv(ops), recvs, sends[0][0].device
+
+    def _swap_finish(self, started):
+        reqs, recvs, device = started
+        for req in reqs or ():
             req.wait()
-        return [r.to(sends[0][0].device) for r in recvs]
+        return recvs if device is None else [r.to(device) for r in recvs]
 
     def _global(self, r):
         _, dist = _torch()
@@ -285,17 +321,21 @@ class SlabDecomposition:
         P = len(self.dirs_pos)
         return K.halo_kernels(f.dtype), self._halo_dirs, P, (2 * P, self.plane)
 
-    def _swap_halo(self, back: bool):
+    def _swap_halo(self, back: bool, started=None):
         """Send ``_halo_send`` [0] right and [1] left (``back``: [0] left and [1] right) and receive the
-        opposite neighbours' into ``_halo_recv``."""
-        torch, _ = _torch()
-        ts, tr = wp.to_torch(self._halo_send), wp.to_torch(self._halo_recv)
-        first, second = ("left", "right") if back else ("right", "left")
-        tags = (2, 3) if back else (0, 1)
-        got = self._swap([(ts[0], first, tags[0]), (ts[1], second, tags[1])])
+        opposite neighbours' into ``_halo_recv``; ``started``: the sends were posted by
+        :meth:`_post_halo`, only wait for them."""
+        tr = wp.to_torch(self._halo_recv)
+        got = self._swap_finish(started if started is not None else self._post_halo(back))
         for out, g in zip((tr[0], tr[1]), got):
             if g.data_ptr() != out.data_ptr():
                 out.copy_(g)
+
+    def _post_halo(self, back: bool):
+        ts = wp.to_torch(self._halo_send)
+        first, second = ("left", "right") if back else ("right", "left")
+        tags = (2, 3) if back else (0, 1)
+        return self._swap_start([(ts[0], first, tags[0]), (ts[1], second, tags[1])])
 
     def exchange(self, f: wp.array):
         """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes:

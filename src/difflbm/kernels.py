@@ -542,8 +542,9 @@ def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False):
         ny: int,
         nz: int,
         mom: wp.array2d(dtype=dtype),
+        base: int,
     ):
-        idx = wp.tid()
+        idx = wp.tid() + base  # a launch may cover cells base .. base + dim - 1 only (difflbm.distributed)
         cell = code[idx]
         kind = int(cell >> wp.uint32(KIND_SHIFT))
         if kind == KIND_SOLID:

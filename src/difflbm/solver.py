@@ -56,7 +56,7 @@ class Solver:
         p = self.problem
         return [state_in.f, None, p.code, p.slot, p.solid_wall, p.face_wall, p.wall_slot, self.wall_term,
                 params.inlet_velocity[window], params.outlet_density, p.link_q, params.omega, params.force,
-                params.solid_fraction, p.grid3[0], p.grid3[1], p.grid3[2], None]
+                params.solid_fraction, p.grid3[0], p.grid3[1], p.grid3[2], None, 0]
 
     def step(self, state_in: State, state_out: State, params: Parameters, window: int = 0,
              update_walls: bool = True):
@@ -81,15 +81,28 @@ class Solver:
             self._moments_kernel = K.step_kernel(self.problem.config, backward=False, moments=True)
         self._launch(self._moments_kernel, state_in, state_out, params, window, moments)
 
+    def step_cells(self, state_in: State, state_out: State, params: Parameters, first: int, count: int,
+                   window: int = 0):
+        """:meth:`step` of cells ``first .. first + count - 1`` only (flat indices; the others of
+        ``state_out`` are left as they were); the moving-wall terms are as last set by
+        update_wall_term. difflbm.distributed updates a slab's interior while its halos travel."""
+        first, count = int(first), int(count)
+        if first < 0 or count < 0 or first + count > self.problem.cell_count:
+            raise ValueError(f"cells {first} .. {first + count - 1} are outside 0 .. {self.problem.cell_count - 1}")
+        if count:
+            self._launch(self.forward_kernel, state_in, state_out, params, window,
+                         block_dim=K.forward_block_dim(self.problem.config), first=first, count=count)
+
     def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None,
-                block_dim: int = K.BLOCK_DIM):
+                block_dim: int = K.BLOCK_DIM, first: int = 0, count: int | None = None):
         if state_in.f.ptr == state_out.f.ptr:
             raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         args = self.step_inputs(state_in, params, window)
         args[1] = state_out.f
-        args[-1] = moments
-        wp.launch(kernel, dim=self.problem.cell_count, inputs=args, device=self.problem.device,
-                  block_dim=block_dim)
+        args[-2] = moments
+        args[-1] = first
+        wp.launch(kernel, dim=self.problem.cell_count if count is None else count, inputs=args,
+                  device=self.problem.device, block_dim=block_dim)
 
     def check_finite(self, state: State, step: int):
         """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""
