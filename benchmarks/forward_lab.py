@@ -25,6 +25,7 @@ ph = K.physics("D3Q19", "float32")
 Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
 SOLID = K.KIND_SOLID
 vec19 = wp.types.vector(19, wp.float32)
+src_of = K.source_index  # flat index of (x, y, z) - c from pre-wrapped neighbour coordinates
 KS = K.KIND_SHIFT
 LM = K.LINK_MASK
 
@@ -36,26 +37,6 @@ def make(mode, stor, cells_per_thread=1):
     shifted = stor == wp.float16
     SH = [float(w) if shifted else 0.0 for w in W]
     f32 = wp.float32
-
-    @wp.func
-    def src_of(x: int, y: int, z: int, xm: int, xp: int, ym: int, yp: int, zm: int, zp: int,
-               cx: int, cy: int, cz: int, ny: int, nz: int) -> int:
-        sx = x
-        if cx == 1:
-            sx = xm
-        if cx == -1:
-            sx = xp
-        sy = y
-        if cy == 1:
-            sy = ym
-        if cy == -1:
-            sy = yp
-        sz = z
-        if cz == 1:
-            sz = zm
-        if cz == -1:
-            sz = zp
-        return (sx * ny + sy) * nz + sz
 
     @wp.func
     def collide_store(f: vec19, f_out: wp.array2d(dtype=stor), idx: int, omega: f32):
@@ -236,26 +217,6 @@ def make2(mode, stor, walk=False, flat=False, dev=False):
             f[i * n + k] = stor(v)
         else:
             f[i, k] = stor(v)
-
-    @wp.func
-    def src_of(x: int, y: int, z: int, xm: int, xp: int, ym: int, yp: int, zm: int, zp: int,
-               cx: int, cy: int, cz: int, ny: int, nz: int) -> int:
-        sx = x
-        if cx == 1:
-            sx = xm
-        if cx == -1:
-            sx = xp
-        sy = y
-        if cy == 1:
-            sy = ym
-        if cy == -1:
-            sy = yp
-        sz = z
-        if cz == 1:
-            sz = zm
-        if cz == -1:
-            sz = zp
-        return (sx * ny + sy) * nz + sz
 
     @wp.func
     def update(f_in: farr, f_out: farr, code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),

@@ -4,6 +4,18 @@ set -u
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import warp; print('warp', warp.__version__)"
+# the values of each JSON line of $OUT/NAME.txt, one line each
+values() { grep -E "check|variant|copy|lattice" $OUT/$1.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except Exception: continue
+    print(' '.join(str(v) for v in d.values()))"; }
+# the main Nsight Compute metrics of each launch in $OUT/NAME.txt (benchmarks/ncu_table.py output)
+ncu_rows() { python3 -c "
+import json, sys
+for l in open(sys.argv[1]):
+    d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))" $OUT/$1.txt; }
 case "$1" in
 lab)
   # issue #6: forward-kernel variants side by side (benchmarks/forward_lab.py), fp32 and fp16, 256^3,
@@ -27,20 +39,12 @@ lab2)
   # second round: pulls that do not wait for the cell code, runs of cells along x per thread, flat
   # addressing, float16 collision on deviations (benchmarks/forward_lab.py round 2), then ncu
   timeout 330 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab2.txt 2>&1
-  grep -E "check|variant|copy" $OUT/lab2.txt | python3 -c "
-import json, sys
-for l in sys.stdin:
-    try: d = json.loads(l)
-    except Exception: continue
-    print(' '.join(str(v) for v in d.values()))"
+  values lab2
   m="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
   LAB_ONLY=fix,fix_walk,fix_walk_dev,fix_dev,ref timeout 200 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 60 \
     python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu2.csv 2>$OUT/ncu2.err
   python3 benchmarks/ncu_table.py $OUT/ncu2.csv > $OUT/ncu2.txt || tail -5 $OUT/ncu2.err
-  python3 -c "
-import json
-for l in open('$OUT/ncu2.txt'):
-    d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
+  ncu_rows ncu2
   ;;
 esac
 case "$1" in
@@ -48,20 +52,12 @@ lab3)
   # third round: the library's gather with flat (1D, 32-bit) addressing, single cells and runs along x
   export LAB_ROUND=3
   timeout 300 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab3.txt 2>&1
-  grep -E "check|variant|copy" $OUT/lab3.txt | python3 -c "
-import json, sys
-for l in sys.stdin:
-    try: d = json.loads(l)
-    except Exception: continue
-    print(' '.join(str(v) for v in d.values()))"
+  values lab3
   m="gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
   LAB_ONLY=lid_flat,lid_flat_dev,ref_flat timeout 150 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 30 \
     python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu3.csv 2>$OUT/ncu3.err
   python3 benchmarks/ncu_table.py $OUT/ncu3.csv > $OUT/ncu3.txt || tail -5 $OUT/ncu3.err
-  python3 -c "
-import json
-for l in open('$OUT/ncu3.txt'):
-    d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
+  ncu_rows ncu3
   ;;
 esac
 case "$1" in
@@ -70,12 +66,7 @@ lab4)
   # in runs along x (2D addressing), float16 also on deviations
   export LAB_ROUND=4
   timeout 300 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab4.txt 2>&1
-  grep -E "check|variant|copy" $OUT/lab4.txt | python3 -c "
-import json, sys
-for l in sys.stdin:
-    try: d = json.loads(l)
-    except Exception: continue
-    print(' '.join(str(v) for v in d.values()))"
+  values lab4
   tail -3 $OUT/lab4.txt
   ;;
 esac
@@ -84,33 +75,20 @@ lab5)
   # fifth round: cells without a code pull plainly, the others take the library's gather (one branch)
   export LAB_ROUND=5
   timeout 240 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab5.txt 2>&1
-  grep -E "check|variant|copy" $OUT/lab5.txt | python3 -c "
-import json, sys
-for l in sys.stdin:
-    try: d = json.loads(l)
-    except Exception: continue
-    print(' '.join(str(v) for v in d.values()))"
+  values lab5
   tail -2 $OUT/lab5.txt
   m="gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
   LAB_ONLY=split,split_dev timeout 120 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 30 \
     python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu5.csv 2>$OUT/ncu5.err
   python3 benchmarks/ncu_table.py $OUT/ncu5.csv > $OUT/ncu5.txt || tail -5 $OUT/ncu5.err
-  python3 -c "
-import json
-for l in open('$OUT/ncu5.txt'):
-    d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))"
+  ncu_rows ncu5
   ;;
 esac
 case "$1" in
 lattices)
   # register caps and blocks of the forward step per lattice; D3Q19 512^3
   timeout 400 python3 benchmarks/lattices.py > $OUT/lattices.txt 2>&1
-  grep -E "lattice|copy" $OUT/lattices.txt | python3 -c "
-import json, sys
-for l in sys.stdin:
-    try: d = json.loads(l)
-    except Exception: continue
-    print(' '.join(str(v) for v in d.values()))"
+  values lattices
   tail -2 $OUT/lattices.txt
   ;;
 esac

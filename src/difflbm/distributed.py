@@ -20,8 +20,6 @@ an index that looks complete. Ranks that built different global problems are fou
 small signature before the first exchange. See docs/DISTRIBUTED.md.
 """
 
-from __future__ import annotations
-
 import contextlib
 import copy
 import json
@@ -89,6 +87,78 @@ def _signature(problem: Problem) -> dict:
 
 # exceptions that cross ranks with their type (a rank that did not fail raises the same type)
 _ERRORS = {c.__name__: c for c in (ValueError, TypeError, FileExistsError, FileNotFoundError, PermissionError)}
+
+
+@cache
+def _halo_kernels(dtype):
+    """Warp kernels of the halo exchange for populations of ``dtype`` (one launch each, over
+    (2P, S): the P directions that cross a cut each way times the S cells of a plane). ``dirs`` lists
+    the c_x = +1 directions, then the c_x = -1 ones; plane p of the extended slab starts at p * S and
+    the owned planes are 1..n. ``buf`` is (2, P, S): [0] the c_x = +1 directions (travelling right),
+    [1] the c_x = -1 ones (travelling left)."""
+
+    @wp.kernel(module="unique", enable_backward=False)
+    def halo_pack(f: wp.array2d(dtype=dtype), dirs: wp.array(dtype=wp.int32), P: int, S: int, n: int,
+                  buf: wp.array3d(dtype=dtype)):
+        k, s = wp.tid()
+        if k < P:
+            buf[0, k, s] = f[dirs[k], n * S + s]  # last owned plane, to the right neighbour
+        else:
+            buf[1, k - P, s] = f[dirs[k], S + s]  # first owned plane, to the left neighbour
+
+    @wp.kernel(module="unique", enable_backward=False)
+    def halo_unpack(buf: wp.array3d(dtype=dtype), dirs: wp.array(dtype=wp.int32), P: int, S: int, n: int,
+                    f: wp.array2d(dtype=dtype)):
+        k, s = wp.tid()
+        if k < P:
+            f[dirs[k], s] = buf[0, k, s]  # from the left neighbour into the left halo
+        else:
+            f[dirs[k], (n + 1) * S + s] = buf[1, k - P, s]  # from the right neighbour into the right halo
+
+    @wp.kernel(module="unique", enable_backward=False)
+    def halo_wrap(f: wp.array2d(dtype=dtype), dirs: wp.array(dtype=wp.int32), P: int, S: int, n: int):
+        # one rank: its own boundary planes fill its halos (the periodic wrap of the whole domain)
+        k, s = wp.tid()
+        if k < P:
+            f[dirs[k], s] = f[dirs[k], n * S + s]
+        else:
+            f[dirs[k], (n + 1) * S + s] = f[dirs[k], S + s]
+
+    @wp.kernel(module="unique", enable_backward=False)
+    def halo_pack_back(f: wp.array2d(dtype=dtype), dirs: wp.array(dtype=wp.int32), P: int, S: int, n: int,
+                       buf: wp.array3d(dtype=dtype)):
+        # adjoint: what landed in the halos goes back to the planes it came from
+        k, s = wp.tid()
+        if k < P:
+            buf[0, k, s] = f[dirs[k], s]  # left halo, back to the left neighbour
+        else:
+            buf[1, k - P, s] = f[dirs[k], (n + 1) * S + s]  # right halo, back to the right neighbour
+
+    @wp.kernel(module="unique", enable_backward=False)
+    def halo_add_back(buf: wp.array3d(dtype=dtype), dirs: wp.array(dtype=wp.int32), P: int, S: int, n: int,
+                      f: wp.array2d(dtype=dtype)):
+        k, s = wp.tid()
+        if k < P:
+            f[dirs[k], n * S + s] = f[dirs[k], n * S + s] + buf[0, k, s]  # from the right neighbour's left halo
+        else:
+            f[dirs[k], S + s] = f[dirs[k], S + s] + buf[1, k - P, s]  # from the left neighbour's right halo
+
+    @wp.kernel(module="unique", enable_backward=False)
+    def halo_wrap_back(f: wp.array2d(dtype=dtype), dirs: wp.array(dtype=wp.int32), P: int, S: int, n: int):
+        k, s = wp.tid()
+        if k < P:
+            f[dirs[k], n * S + s] = f[dirs[k], n * S + s] + f[dirs[k], s]
+        else:
+            f[dirs[k], S + s] = f[dirs[k], S + s] + f[dirs[k], (n + 1) * S + s]
+
+    @wp.kernel(module="unique", enable_backward=False)
+    def halo_zero(f: wp.array2d(dtype=dtype), S: int, n: int):
+        i, s = wp.tid()
+        f[i, s] = dtype(0.0)
+        f[i, (n + 1) * S + s] = dtype(0.0)
+
+    return dict(pack=halo_pack, unpack=halo_unpack, wrap=halo_wrap, pack_back=halo_pack_back,
+                add_back=halo_add_back, wrap_back=halo_wrap_back, zero=halo_zero)
 
 
 class SlabDecomposition:
@@ -319,7 +389,7 @@ class SlabDecomposition:
             self._halo_send = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
             self._halo_recv = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
         P = len(self.dirs_pos)
-        return K.halo_kernels(f.dtype), self._halo_dirs, P, (2 * P, self.plane)
+        return _halo_kernels(f.dtype), self._halo_dirs, P, (2 * P, self.plane)
 
     def _swap_halo(self, back: bool, started=None):
         """Send ``_halo_send`` [0] right and [1] left (``back``: [0] left and [1] right) and receive the
