@@ -351,18 +351,19 @@ class SlabDecomposition:
         returns the received tensors in the same order (from the opposite neighbour, same tag)."""
         return self._swap_finish(self._swap_start(sends))
 
-    def _swap_start(self, sends):
-        """Post the sends and receives of :meth:`_swap` and return without waiting for them."""
+    def _swap_start(self, sends, outs=None):
+        """Post the sends and receives of :meth:`_swap` and return without waiting for them; ``outs``
+        (optional, one per send) are tensors to receive into where no host staging is needed."""
         torch, dist = _torch()
         if self.world == 1:
             return None, [t.clone() for t, _, _ in sends], None
         backend = dist.get_backend(self.group)
         stage = backend == "gloo" and sends and sends[0][0].is_cuda
         ops, recvs = [], []
-        for t, to, tag in sends:
+        for j, (t, to, tag) in enumerate(sends):
             peer = self.right if to == "right" else self.left
             src = self.left if to == "right" else self.right
-            out = torch.empty_like(t, device="cpu" if stage else t.device)
+            out = outs[j] if outs is not None and not stage else torch.empty_like(t, device="cpu" if stage else t.device)
             ops.append(dist.P2POp(dist.isend, (t.cpu() if stage else t).contiguous(), self._global(peer), self.group, tag))
             ops.append(dist.P2POp(dist.irecv, out, self._global(src), self.group, tag))
             recvs.append(out)
@@ -405,7 +406,8 @@ class SlabDecomposition:
         ts = wp.to_torch(self._halo_send)
         first, second = ("left", "right") if back else ("right", "left")
         tags = (2, 3) if back else (0, 1)
-        return self._swap_start([(ts[0], first, tags[0]), (ts[1], second, tags[1])])
+        tr = wp.to_torch(self._halo_recv)
+        return self._swap_start([(ts[0], first, tags[0]), (ts[1], second, tags[1])], outs=(tr[0], tr[1]))
 
     def exchange(self, f: wp.array):
         """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes:
