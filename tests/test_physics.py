@@ -139,3 +139,5 @@ def test_step_cells_in_pieces_equals_one_step():
     np.testing.assert_array_equal(pieces.populations(), whole.populations())
     with pytest.raises(ValueError, match="outside"):
         s.step_cells(a, pieces, prm, 5 * plane, 2 * plane)
+    with pytest.raises(TypeError, match="count=2.0"):
+        s.step_cells(a, pieces, prm, 0, 2.0)

@@ -8,7 +8,8 @@ the two halo planes, whose results are discarded.
 
 One step: exchange halo populations with the two ring neighbours (only the directions that cross
 the cut: c_x = +1 to the right, c_x = -1 to the left), then the existing fused step kernel on the
-extended slab. The adjoint of a step is the existing step adjoint (fused or Warp's) on the extended
+extended slab; forward runs overlap the two (the planes that read no halo are updated while the
+halos travel, see :meth:`SlabDecomposition.advance`). The adjoint of a step is the existing step adjoint (fused or Warp's) on the extended
 slab; what lands in the halo planes is sent back and *added* to the owner's boundary planes, and
 the halo planes of the adjoint are zeroed. Losses count owned cells only and are summed over ranks;
 parameter gradients are summed over ranks; per-cell gradients stay per rank (``gather=True``
@@ -161,6 +162,11 @@ def _halo_kernels(dtype):
                 add_back=halo_add_back, wrap_back=halo_wrap_back, zero=halo_zero)
 
 
+# forward runs overlap the halo exchange with the update of the planes that read no halo; False
+# runs exchange-then-step (the tests compare the two bit for bit)
+_OVERLAP = True
+
+
 class SlabDecomposition:
     """The slab of ``problem`` owned by this rank, as a local :class:`Problem` with one halo plane each side.
 
@@ -302,11 +308,15 @@ class SlabDecomposition:
 
         With more than one rank and at least three planes per rank the exchange overlaps the update:
         the boundary planes are packed and posted, the planes that do not read a halo (2 .. n-1) are
-        updated, then the halos are unpacked and the two boundary planes updated. The halo planes of
-        the result hold no meaningful populations (as before: only the owned planes are results)."""
+        updated, then the halos are unpacked and the two boundary planes updated. Only the owned
+        planes are results: the halo planes hold the directions the last exchange filled and, in
+        the others, finite values of an earlier step (the first step computes them once, so that no
+        plane is left as uninitialised memory)."""
+        if state.f.ptr == scratch.f.ptr:  # before any message is posted
+            raise ValueError("scratch is the same buffer as state; advance needs two distinct states")
         a, b = state, scratch
         S, n = self.plane, self.n
-        overlap = self.world > 1 and n >= 3
+        overlap = _OVERLAP and self.world > 1 and n >= 3
         for t in range(int(steps)):
             w = solver.window(t, steps)
             if not overlap:

@@ -86,9 +86,12 @@ class Solver:
         """:meth:`step` of cells ``first .. first + count - 1`` only (flat indices; the others of
         ``state_out`` are left as they were); the moving-wall terms are as last set by
         update_wall_term. difflbm.distributed updates a slab's interior while its halos travel."""
+        for name, v in (("first", first), ("count", count)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name}={v!r} must be an integer")
         first, count = int(first), int(count)
         if first < 0 or count < 0 or first + count > self.problem.cell_count:
-            raise ValueError(f"cells {first} .. {first + count - 1} are outside 0 .. {self.problem.cell_count - 1}")
+            raise ValueError(f"first={first}, count={count} reach outside the cells 0 .. {self.problem.cell_count - 1}")
         if count:
             self._launch(self.forward_kernel, state_in, state_out, params, window,
                          block_dim=K.forward_block_dim(self.problem.config), first=first, count=count)
