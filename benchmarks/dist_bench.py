@@ -71,6 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--check", type=int, default=0, metavar="STEPS",
                     help="also compare STEPS steps (populations, loss, wall-velocity gradient) with one device's "
                          "Solver.run and value_and_grad on rank 0 (needs the global problem's memory there)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="forward: exchange the halos, then step (difflbm.distributed._OVERLAP = False)")
     ap.add_argument("--baseline", default=None,
                     help="JSON lines holding the one-rank run of the same mode, size and steps: adds efficiencies")
     return ap.parse_args(argv)
@@ -160,6 +162,9 @@ def check(dec: SlabDecomposition, steps: int, rank: int) -> dict | None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.no_overlap:
+        import difflbm.distributed as DD
+        DD._OVERLAP = False
     group = Group(args.device, args.backend)
     G, N = group.world, int(args.size)
     steps = int(args.steps or (100 if group.cuda else 10))
@@ -190,7 +195,7 @@ def main(argv=None):
         "forward_s_median": statistics.median(fwd), "forward_s_all": fwd,
         "forward_mlups": cells * steps / statistics.median(fwd) / 1e6,
         "forward_mlups_per_rank": cells * steps / statistics.median(fwd) / 1e6 / G,
-        "env": {k: os.environ.get(k) for k in NVLS_OFF},
+        "env": {k: os.environ.get(k) for k in NVLS_OFF}, "overlap": not args.no_overlap,
     }
     if args.gradient:
         loss = KineticEnergy()
