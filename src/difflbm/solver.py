@@ -28,6 +28,7 @@ class Solver:
         self.kernel = K.step_kernel(problem.config)
         self.forward_kernel = K.step_kernel(problem.config, backward=False)
         self._moments_kernel = None  # built on first use (gradients' moments replay)
+        self._ranged_kernel = None  # built on first use (step_cells)
         self._check = K.finite_check_kernel(problem.precision)
         self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
         # moving-wall terms per boundary link, derived from the parameters at every step
@@ -92,8 +93,10 @@ class Solver:
         first, count = int(first), int(count)
         if first < 0 or count < 0 or first + count > self.problem.cell_count:
             raise ValueError(f"first={first}, count={count} reach outside the cells 0 .. {self.problem.cell_count - 1}")
+        if self._ranged_kernel is None:
+            self._ranged_kernel = K.step_kernel(self.problem.config, backward=False, ranged=True)
         if count:
-            self._launch(self.forward_kernel, state_in, state_out, params, window,
+            self._launch(self._ranged_kernel, state_in, state_out, params, window,
                          block_dim=K.forward_block_dim(self.problem.config), first=first, count=count)
 
     def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None,
