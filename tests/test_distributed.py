@@ -88,13 +88,15 @@ def _worker(case, rank, world, init, out):
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         f = DD.distributed_run(lambda: _problem(case), STEPS, initial=_initial)
-        DD._OVERLAP = False  # exchange-then-step, to compare with the overlapped run bit for bit
-        f_plain = DD.distributed_run(lambda: _problem(case), STEPS, initial=_initial)
-        DD._OVERLAP = True
         value, g = DD.distributed_value_and_grad(lambda: _problem(case), STEPS, _loss(case), initial=_initial,
                                                  adjoint=_adjoint(case), wrt=WRT[case])
-        np.savez(os.path.join(out, f"rank{rank}.npz"), f=f, f_plain=f_plain, value=value,
-                 **{n: getattr(g, n) for n in WRT[case]})
+        DD._OVERLAP = False  # whole-slab steps, to compare with the overlapped runs bit for bit
+        f_plain = DD.distributed_run(lambda: _problem(case), STEPS, initial=_initial)
+        value_plain, g_plain = DD.distributed_value_and_grad(lambda: _problem(case), STEPS, _loss(case),
+                                                             initial=_initial, adjoint=_adjoint(case), wrt=WRT[case])
+        DD._OVERLAP = True
+        np.savez(os.path.join(out, f"rank{rank}.npz"), f=f, f_plain=f_plain, value=value, value_plain=value_plain,
+                 **{n: getattr(g, n) for n in WRT[case]}, **{n + "_plain": getattr(g_plain, n) for n in WRT[case]})
     finally:
         dist.destroy_process_group()
 
@@ -137,6 +139,9 @@ def _check_against_single_rank(case, world, tmp_path):
     value, g = A.value_and_grad(p, p.parameters(), st, STEPS, _loss(case), adjoint=A.StoreAll(), wrt=WRT[case])
     for res in results:
         np.testing.assert_array_equal(res["f"], res["f_plain"])  # the overlap changes no bit
+        assert float(res["value"]) == float(res["value_plain"])
+        for name in WRT[case]:
+            np.testing.assert_array_equal(res[name], res[name + "_plain"], err_msg=name)
         assert np.abs(res["f"] - ref_f).max() <= FWD_TOL
         assert abs(float(res["value"]) - value) <= GRAD_TOL * abs(value)
         for name in WRT[case]:

@@ -303,46 +303,52 @@ class SlabDecomposition:
         return np.ascontiguousarray(f_ext[:, self.owned]).reshape((gp.lattice.q, self.n) + gp.shape[1:])
 
     def advance(self, solver: Solver, state: State, scratch: State, params: Parameters, steps: int) -> State:
-        """``steps`` steps of the slab (halo exchange, then the fused step) from ``state``, ping-ponging
-        with ``scratch``; returns whichever of the two holds the result. Nothing leaves the device.
-
-        With more than one rank and at least three planes per rank the exchange overlaps the update:
-        the boundary planes are packed and posted, the planes that do not read a halo (2 .. n-1) are
-        updated, then the halos are unpacked and the two boundary planes updated. Only the owned
-        planes are results: the halo planes hold the directions the last exchange filled and, in
-        the others, finite values of an earlier step (the first step computes them once, so that no
-        plane is left as uninitialised memory)."""
+        """``steps`` steps of the slab from ``state`` (a halo exchange, then per step the fused step
+        and the exchange of its result, :meth:`step_exchanged`), ping-ponging with ``scratch``;
+        returns whichever of the two holds the result. Nothing leaves the device. Only the owned
+        planes are results: the halo planes hold what the last exchange filled and, with the overlap,
+        finite values of an earlier step in the directions no exchange fills."""
         if state.f.ptr == scratch.f.ptr:  # before any message is posted
             raise ValueError("scratch is the same buffer as state; advance needs two distinct states")
         a, b = state, scratch
-        S, n = self.plane, self.n
-        overlap = _OVERLAP and self.world > 1 and n >= 3
+        if steps:
+            self.exchange(a.f)
         for t in range(int(steps)):
-            w = solver.window(t, steps)
-            if not overlap:
-                self.exchange(a.f)
-                solver.step(a, b, params, w)
-            else:
-                # the halos travel while the planes that do not read them (2 .. n-1) are updated;
-                # then the two boundary planes. The halo planes themselves are not updated: owned
-                # cells read only the directions the exchange fills there.
-                solver.update_wall_term(params)
-                k, dirs, P, dim = self._halo(a.f)
-                dev = self.problem.device
-                wp.launch(k["pack"], dim=dim, inputs=[a.f, dirs, P, S, n, self._halo_send], device=dev)
-                with self._on_warp_stream():
-                    started = self._post_halo(back=False)
-                solver.step_cells(a, b, params, 2 * S, (n - 2) * S, w)
-                with self._on_warp_stream():
-                    self._swap_halo(back=False, started=started)
-                wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, a.f], device=dev)
-                solver.step_cells(a, b, params, S, S, w)
-                solver.step_cells(a, b, params, n * S, S, w)
-                if t == 0:  # so that no plane of the result is left as uninitialised memory
-                    solver.step_cells(a, b, params, 0, S, w)
-                    solver.step_cells(a, b, params, (n + 1) * S, S, w)
+            self.step_exchanged(solver, a, b, params, solver.window(t, steps), first=t == 0)
             a, b = b, a
         return a
+
+    def step_exchanged(self, solver: Solver, state_in: State, state_out: State, params: Parameters,
+                       window: int = 0, first: bool = False):
+        """One step ``state_in`` -> ``state_out`` (whose halos ``state_in`` must have from an
+        exchange), then ``state_out``'s halos from the neighbours.
+
+        With more than one rank and at least three planes per rank (and ``_OVERLAP``) the exchange
+        overlaps the update: the two boundary planes are updated, packed and posted, the planes that
+        read no halo (2 .. n-1) are updated while they travel, then the halos are unpacked. The halo
+        planes are then not updated (owned cells read only the directions the exchange fills there)
+        except when ``first``, so that no plane is left as uninitialised memory. Otherwise: the step
+        of the whole slab, then :meth:`exchange`. The owned planes are bit-identical either way."""
+        S, n = self.plane, self.n
+        if not (_OVERLAP and self.world > 1 and n >= 3):
+            solver.step(state_in, state_out, params, window)
+            self.exchange(state_out.f)
+            return
+        solver.update_wall_term(params)
+        k, dirs, P, dim = self._halo(state_out.f)
+        dev = self.problem.device
+        solver.step_cells(state_in, state_out, params, S, S, window)
+        solver.step_cells(state_in, state_out, params, n * S, S, window)
+        wp.launch(k["pack"], dim=dim, inputs=[state_out.f, dirs, P, S, n, self._halo_send], device=dev)
+        with self._on_warp_stream():
+            started = self._post_halo(back=False)
+        solver.step_cells(state_in, state_out, params, 2 * S, (n - 2) * S, window)
+        if first:
+            solver.step_cells(state_in, state_out, params, 0, S, window)
+            solver.step_cells(state_in, state_out, params, (n + 1) * S, S, window)
+        with self._on_warp_stream():
+            self._swap_halo(back=False, started=started)
+        wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, state_out.f], device=dev)
 
     # -------------------------------------------------------------- communication
     def _on_warp_stream(self):
@@ -819,8 +825,8 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     out = wp.zeros(1, dtype=wp.float64, device=dev)
     checkpoints = {}
     a, b = dec.local_state(initial), State.empty(lp)
+    dec.exchange(a.f)
     for t in range(steps + 1):
-        dec.exchange(a.f)
         for term in terms:
             if term.active(t, steps):
                 term.evaluate(lp, a.f, lparams, out)
@@ -828,7 +834,9 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             break
         if t % seg == 0:
             checkpoints[t] = wp.clone(a.f)
-        solver.step(a, b, lparams, solver.window(t, steps))
+        # with the overlap, the halo planes of later states differ from a whole-slab step's only in
+        # directions no owned cell reads (finite values of an earlier step; their adjoint is zero)
+        dec.step_exchanged(solver, a, b, lparams, solver.window(t, steps), first=t == 0)
         a, b = b, a
     final = a
     value = float(dec.all_reduce(out.numpy())[0])
