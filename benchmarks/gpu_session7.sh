@@ -16,6 +16,15 @@ ncu_rows() { python3 -c "
 import json, sys
 for l in open(sys.argv[1]):
     d = json.loads(l); print(d['kernel'][:28], *(d.get(k, '?') for k in ('gpu__time_duration.sum', 'launch__registers_per_thread', 'sm__warps_active.avg.pct_of_peak_sustained_active', 'smsp__issue_active.avg.pct_of_peak_sustained_active', 'smsp__inst_executed.sum', 'stall_long_scoreboard', 'stall_no_instruction')))" $OUT/$1.txt; }
+# Nsight Compute metrics of the round-2-on lab kernels named in ONLY (and the library's step) into
+# $OUT/NAME.txt, then their main columns: lab_ncu NAME ONLY TIMEOUT LAUNCHES
+lab_ncu() {
+  local m="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
+  LAB_ONLY=$2 timeout $3 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count $4 \
+    python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/$1.csv 2>$OUT/$1.err
+  python3 benchmarks/ncu_table.py $OUT/$1.csv > $OUT/$1.txt || tail -5 $OUT/$1.err
+  ncu_rows $1
+}
 case "$1" in
 lab)
   # issue #6: forward-kernel variants side by side (benchmarks/forward_lab.py), fp32 and fp16, 256^3,
@@ -40,11 +49,7 @@ lab2)
   # addressing, float16 collision on deviations (benchmarks/forward_lab.py round 2), then ncu
   timeout 330 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab2.txt 2>&1
   values lab2
-  m="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
-  LAB_ONLY=fix,fix_walk,fix_walk_dev,fix_dev,ref timeout 200 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 60 \
-    python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu2.csv 2>$OUT/ncu2.err
-  python3 benchmarks/ncu_table.py $OUT/ncu2.csv > $OUT/ncu2.txt || tail -5 $OUT/ncu2.err
-  ncu_rows ncu2
+  lab_ncu ncu2 fix,fix_walk,fix_walk_dev,fix_dev,ref 200 60
   ;;
 esac
 case "$1" in
@@ -53,11 +58,7 @@ lab3)
   export LAB_ROUND=3
   timeout 300 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab3.txt 2>&1
   values lab3
-  m="gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
-  LAB_ONLY=lid_flat,lid_flat_dev,ref_flat timeout 150 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 30 \
-    python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu3.csv 2>$OUT/ncu3.err
-  python3 benchmarks/ncu_table.py $OUT/ncu3.csv > $OUT/ncu3.txt || tail -5 $OUT/ncu3.err
-  ncu_rows ncu3
+  lab_ncu ncu3 lid_flat,lid_flat_dev,ref_flat 150 30
   ;;
 esac
 case "$1" in
@@ -77,11 +78,7 @@ lab5)
   timeout 240 python3 benchmarks/forward_lab.py 256 time 2 > $OUT/lab5.txt 2>&1
   values lab5
   tail -2 $OUT/lab5.txt
-  m="gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_no_instruction_per_warp_active.pct"
-  LAB_ONLY=split,split_dev timeout 120 ncu --clock-control none --csv --metrics $m -k "regex:lab2_|lbm_step" --launch-count 30 \
-    python3 benchmarks/forward_lab.py 256 ncu 2 > $OUT/ncu5.csv 2>$OUT/ncu5.err
-  python3 benchmarks/ncu_table.py $OUT/ncu5.csv > $OUT/ncu5.txt || tail -5 $OUT/ncu5.err
-  ncu_rows ncu5
+  lab_ncu ncu5 split,split_dev 120 30
   ;;
 esac
 case "$1" in

@@ -8,12 +8,12 @@ the two halo planes, whose results are discarded.
 
 One step: exchange halo populations with the two ring neighbours (only the directions that cross
 the cut: c_x = +1 to the right, c_x = -1 to the left), then the existing fused step kernel on the
-extended slab; forward runs overlap the two (the planes that read no halo are updated while the
-halos travel, see :meth:`SlabDecomposition.advance`). The adjoint of a step is the existing step adjoint (fused or Warp's) on the extended
-slab; what lands in the halo planes is sent back and *added* to the owner's boundary planes, and
-the halo planes of the adjoint are zeroed. Losses count owned cells only and are summed over ranks;
-parameter gradients are summed over ranks; per-cell gradients stay per rank (``gather=True``
-assembles them on every rank).
+extended slab; forward passes overlap the two (the planes that read no halo are updated while
+the halos travel, :meth:`SlabDecomposition.step_exchanged`). The adjoint of a step is the existing
+step adjoint (fused or Warp's) on the extended slab; what lands in the halo planes is sent back and
+*added* to the owner's boundary planes, and the halo planes of the adjoint are zeroed. Losses count
+owned cells only and are summed over ranks; parameter gradients are summed over ranks; per-cell
+gradients stay per rank (``gather=True`` assembles them on every rank).
 
 Files are written per rank (VTK pieces, restart pieces) and published by rank 0's index file (.pvti,
 restart .json) only once every rank reports its piece in place, so a failed or dead rank never leaves
@@ -397,15 +397,12 @@ class SlabDecomposition:
 
     def _halo(self, f: wp.array):
         """Kernels, direction list and launch shape of the halo exchange of populations ``f``."""
-        dev = self.problem.device
-        key = (f.dtype, str(dev))
-        if getattr(self, "_halo_key", None) != key:
-            self._halo_key = key
+        dev, P = self.problem.device, len(self.dirs_pos)
+        if getattr(self, "_halo_dtype", None) != f.dtype:  # buffers built once per populations dtype
+            self._halo_dtype = f.dtype
             self._halo_dirs = wp.array(np.array(self.dirs_pos + self.dirs_neg, dtype=np.int32), device=dev)
-            P = len(self.dirs_pos)
             self._halo_send = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
             self._halo_recv = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
-        P = len(self.dirs_pos)
         return _halo_kernels(f.dtype), self._halo_dirs, P, (2 * P, self.plane)
 
     def _swap_halo(self, back: bool, started=None):

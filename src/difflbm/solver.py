@@ -100,7 +100,7 @@ class Solver:
                          block_dim=K.forward_block_dim(self.problem.config), first=first, count=count)
 
     def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None,
-                block_dim: int = K.BLOCK_DIM, first: int = 0, count: int | None = None):
+                block_dim: int | None = None, first: int = 0, count: int | None = None):
         if state_in.f.ptr == state_out.f.ptr:
             raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         args = self.step_inputs(state_in, params, window)
@@ -108,7 +108,7 @@ class Solver:
         args[-2] = moments
         args[-1] = first
         wp.launch(kernel, dim=self.problem.cell_count if count is None else count, inputs=args,
-                  device=self.problem.device, block_dim=block_dim)
+                  device=self.problem.device, block_dim=K.BLOCK_DIM if block_dim is None else block_dim)
 
     def check_finite(self, state: State, step: int):
         """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""
