@@ -1,0 +1,203 @@
+"""Forward lab, eighth session (issue #6): the ghost-layer layout and the ranged step, next to the
+library's D3Q19 lid-cavity step, timed in alternation.
+
+Variants (D3Q19, float32 and float16 storage, the bench's lid cavity):
+- ``lib``: the library's step (Solver.step), 56 registers (ptxas, sm_90);
+- ``ranged``: the library's ranged step (Solver.step_cells over all cells), 52 registers;
+- ``ghost``: a padded layout ((n + 2)^3 cells, one ghost layer): a small kernel writes into each
+  ghost cell the values its fluid neighbours pull (half-way bounce-back: the neighbour's opposite
+  population, plus the moving-wall term), then the step is a plain pull with constant offsets over
+  the n^3 interior cells (no cell code, no wrap, no per-link choice);
+- ``ghost_main``: the ghost step's main kernel alone (its ceiling);
+- ``ref``: the periodic pull + BGK without codes (forward_lab.py), the ceiling of the unpadded layout.
+
+The ghost variant is checked against the library's step (interior cells, float32 bit for bit;
+float16 rounds the moving-wall term into the stored ghost value, so its difference is printed).
+Usage: ``python3 benchmarks/forward_lab6.py [size] [time|check] [rounds]``; BENCH_DEVICE=cpu with
+``check`` is the CPU smoke test.
+"""
+import os
+import sys
+
+import numpy as np
+import warp as wp
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import DEVICE, emit, graph_of, timed  # noqa: E402
+from difflbm import bench, kernels as K  # noqa: E402
+from difflbm.bench import cavity_problem  # noqa: E402
+from difflbm.solver import Solver  # noqa: E402
+from forward_lab import make  # noqa: E402
+
+wp.config.quiet = True
+ph = K.physics("D3Q19", "float32")
+Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+vec19 = wp.types.vector(19, wp.float32)
+LM = K.LINK_MASK
+
+
+def ghost_kernels(stor):
+    """(fill, main) kernels of the padded layout for storage dtype ``stor``."""
+    shifted = stor == wp.float16
+    SH = [float(w) if shifted else 0.0 for w in W]
+    f32 = wp.float32
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def fill(f: wp.array2d(dtype=stor), ghosts: wp.array(dtype=wp.int32), code: wp.array(dtype=wp.uint32),
+             wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32), n: int, P: int):
+        g = ghosts[wp.tid()]
+        gz = g % P
+        gy = (g / P) % P
+        gx = g / (P * P)
+        for i in range(1, 19):
+            x = gx + wp.static(C[i][0])
+            y = gy + wp.static(C[i][1])
+            z = gz + wp.static(C[i][2])
+            if x >= 1 and x <= n and y >= 1 and y <= n and z >= 1 and z <= n:
+                src = (x * P + y) * P + z
+                cell_idx = ((x - 1) * n + (y - 1)) * n + (z - 1)
+                cell = code[cell_idx]
+                v = f32(f[wp.static(OPP[i]), src])
+                if (cell & wp.uint32(LM)) != wp.uint32(0):
+                    ws = wall_slot[cell_idx]
+                    if ws >= 0:
+                        if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                            v = v + wall_term[ws, i]
+                f[i, g] = stor(v)
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def main(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), omega_arr: wp.array(dtype=f32),
+             n: int, P: int):
+        t = wp.tid()
+        z = t % n
+        y = (t / n) % n
+        x = t / (n * n)
+        PP = P * P
+        idx = ((x + 1) * P + (y + 1)) * P + (z + 1)
+        f = vec19()
+        for i in range(19):
+            f[i] = f32(f_in[i, idx - (wp.static(C[i][0]) * PP + wp.static(C[i][1]) * P + wp.static(C[i][2]))])
+            if wp.static(shifted):
+                f[i] = f[i] + f32(wp.static(W[i]))
+        omega = omega_arr[0]
+        # the library's operations in the library's order
+        rho = f32(0.0)
+        m = wp.vec3()
+        for i in range(19):
+            rho += f[i]
+            m += f[i] * wp.vec3(f32(wp.static(C[i][0])), f32(wp.static(C[i][1])), f32(wp.static(C[i][2])))
+        u = m / rho
+        usq = f32(1.5) * wp.dot(u, u)
+        for i in range(19):
+            cu = f32(3.0) * (f32(wp.static(C[i][0])) * u[0] + f32(wp.static(C[i][1])) * u[1]
+                             + f32(wp.static(C[i][2])) * u[2])
+            feq = f32(wp.static(W[i])) * rho * (f32(1.0) + cu + f32(0.5) * cu * cu - usq)
+            val = f[i] + omega * (feq - f[i])
+            f_out[i, idx] = stor(val - f32(wp.static(SH[i])))
+
+    return fill, main
+
+
+def main():
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+    what = sys.argv[2] if len(sys.argv) > 2 else "time"
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    cuda = wp.get_device(DEVICE).is_cuda
+    n = size ** 3
+    P = size + 2
+    bw = bench.copy_bandwidth(DEVICE) if cuda and what == "time" else float("nan")
+    emit(copy_gbs=round(bw / 1e9) if bw == bw else None, device=wp.get_device(DEVICE).name, warp=wp.__version__,
+         size=size)
+    rng = np.random.default_rng(0)
+    pad = np.zeros((P, P, P), dtype=bool)
+    pad[1:-1, 1:-1, 1:-1] = True
+    ghosts = wp.array(np.flatnonzero(~pad).astype(np.int32), dtype=wp.int32, device=DEVICE)
+    for prec, stor in (("float32", wp.float32), ("float16", wp.float16)):
+        p = cavity_problem("D3Q19", size, prec, DEVICE)
+        s = Solver(p)
+        prm = p.parameters()
+        s.update_wall_term(prm)
+        a, b = p.state(), p.state()
+        w = np.array(W, dtype=np.float32)[:, None]
+        f0 = w * (1.0 + 0.05 * rng.standard_normal((Q, n)).astype(np.float32))
+        if stor == wp.float16:
+            f0 = f0 - w
+        npd = np.float16 if stor == wp.float16 else np.float32
+        a.f.assign(f0.astype(npd))
+        nb = 156 if stor == wp.float32 else 80
+        s.step(a, b, prm, update_walls=False)
+        lib_out = b.f.numpy().copy()
+        # ranged step over all cells: the same values
+        s.step_cells(a, b, prm, 0, n)
+        emit(check="ranged", precision=prec, bit_identical_to_library=bool(np.array_equal(b.f.numpy(), lib_out)))
+        # padded copies of the state
+        fp = np.zeros((Q, P, P, P), dtype=npd)
+        fp[:, 1:-1, 1:-1, 1:-1] = f0.astype(npd).reshape(Q, size, size, size)
+        ga = wp.array(fp.reshape(Q, -1), dtype=stor, device=DEVICE)
+        gb = wp.zeros_like(ga)
+        fill, gmain = ghost_kernels(stor)
+
+        def g_fill(x):
+            wp.launch(fill, dim=ghosts.shape[0], inputs=[x, ghosts, p.code, p.wall_slot, s.wall_term, size, P],
+                      device=DEVICE, block_dim=128)
+
+        def g_main(x, y):
+            wp.launch(gmain, dim=n, inputs=[x, y, prm.omega, size, P], device=DEVICE, block_dim=128)
+
+        g_fill(ga)
+        g_main(ga, gb)
+        out = gb.numpy().reshape(Q, P, P, P)[:, 1:-1, 1:-1, 1:-1].reshape(Q, n)
+        emit(check="ghost", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib_out)),
+             max_abs_diff=float(np.abs(out.astype(np.float64) - lib_out.astype(np.float64)).max()))
+        if what != "time":
+            continue
+        s.step_cells(a, b, prm, 0, n)
+        rsteps = make("ref", stor)
+        bits = wp.zeros(1, dtype=wp.uint32, device=DEVICE)
+
+        def lib():
+            for _ in range(50):
+                s.step(a, b, prm, update_walls=False)
+                s.step(b, a, prm, update_walls=False)
+
+        def ranged():
+            for _ in range(50):
+                s.step_cells(a, b, prm, 0, n)
+                s.step_cells(b, a, prm, 0, n)
+
+        def ghost():
+            for _ in range(50):
+                g_fill(ga)
+                g_main(ga, gb)
+                g_fill(gb)
+                g_main(gb, ga)
+
+        def ghost_main():
+            for _ in range(50):
+                g_main(ga, gb)
+                g_main(gb, ga)
+
+        def ghost_fill():
+            for _ in range(50):
+                g_fill(ga)
+                g_fill(gb)
+
+        def ref():
+            for _ in range(50):
+                for x, y in ((a.f, b.f), (b.f, a.f)):
+                    wp.launch(rsteps, dim=n, inputs=[x, y, p.code, bits, p.wall_slot, s.wall_term, prm.omega,
+                                                     size, size, size, 0], device=DEVICE, block_dim=128)
+
+        graphs = [(name, graph_of(fn)) for name, fn in (("lib", lib), ("ranged", ranged), ("ghost", ghost),
+                                                         ("ghost_main", ghost_main), ("ghost_fill", ghost_fill),
+                                                         ("ref", ref))]
+        for r in range(rounds):
+            for name, g in graphs:
+                t = timed(g) / 100
+                emit(round=r, variant=name, precision=prec, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
+                     fraction=round(n * nb / t / bw, 3) if name != "ghost_fill" else None, bytes_per_cell=nb)
+        del a, b, ga, gb, graphs
+
+
+if __name__ == "__main__":
+    main()
