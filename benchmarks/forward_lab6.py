@@ -9,6 +9,8 @@ Variants (D3Q19, float32 and float16 storage, the bench's lid cavity):
   population, plus the moving-wall term), then the step is a plain pull with constant offsets over
   the n^3 interior cells (no cell code, no wrap, no per-link choice);
 - ``ghost_main``: the ghost step's main kernel alone (its ceiling);
+- ``ghost2``: the same with sector-aligned rows (z padded by 32 bytes on each side) and a fill
+  driven by the boundary cells (one thread per cell with links, coalesced where the cells are);
 - ``ref``: the periodic pull + BGK without codes (forward_lab.py), the ceiling of the unpadded layout.
 
 The ghost variant is checked against the library's step (interior cells, float32 bit for bit;
@@ -98,6 +100,64 @@ def ghost_kernels(stor):
     return fill, main
 
 
+def ghost2_kernels(stor):
+    """The padded layout with sector-aligned rows: z padded to n + 2 * OZ with the interior starting
+    at z = OZ (a multiple of 32 bytes), and a fill driven by the boundary cells (each writes the
+    values its boundary links pull into the ghost or solid cells they pull from)."""
+    shifted = stor == wp.float16
+    SH = [float(w) if shifted else 0.0 for w in W]
+    f32 = wp.float32
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def fill(f: wp.array2d(dtype=stor), cells: wp.array(dtype=wp.int32), code: wp.array(dtype=wp.uint32),
+             wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32), n: int, Py: int, Pz: int,
+             oz: int):
+        cell_idx = cells[wp.tid()]
+        z = cell_idx % n
+        y = (cell_idx / n) % n
+        x = cell_idx / (n * n)
+        idx = ((x + 1) * Py + (y + 1)) * Pz + (z + oz)
+        cell = code[cell_idx]
+        ws = wall_slot[cell_idx]
+        for i in range(1, 19):
+            if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                v = f32(f[wp.static(OPP[i]), idx])
+                if ws >= 0:
+                    v = v + wall_term[ws, i]
+                f[i, idx - (wp.static(C[i][0]) * Py * Pz + wp.static(C[i][1]) * Pz + wp.static(C[i][2]))] = stor(v)
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def main(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), omega_arr: wp.array(dtype=f32),
+             n: int, Py: int, Pz: int, oz: int):
+        t = wp.tid()
+        z = t % n
+        y = (t / n) % n
+        x = t / (n * n)
+        PP = Py * Pz
+        idx = ((x + 1) * Py + (y + 1)) * Pz + (z + oz)
+        f = vec19()
+        for i in range(19):
+            f[i] = f32(f_in[i, idx - (wp.static(C[i][0]) * PP + wp.static(C[i][1]) * Pz + wp.static(C[i][2]))])
+            if wp.static(shifted):
+                f[i] = f[i] + f32(wp.static(W[i]))
+        omega = omega_arr[0]
+        rho = f32(0.0)
+        m = wp.vec3()
+        for i in range(19):
+            rho += f[i]
+            m += f[i] * wp.vec3(f32(wp.static(C[i][0])), f32(wp.static(C[i][1])), f32(wp.static(C[i][2])))
+        u = m / rho
+        usq = f32(1.5) * wp.dot(u, u)
+        for i in range(19):
+            cu = f32(3.0) * (f32(wp.static(C[i][0])) * u[0] + f32(wp.static(C[i][1])) * u[1]
+                             + f32(wp.static(C[i][2])) * u[2])
+            feq = f32(wp.static(W[i])) * rho * (f32(1.0) + cu + f32(0.5) * cu * cu - usq)
+            val = f[i] + omega * (feq - f[i])
+            f_out[i, idx] = stor(val - f32(wp.static(SH[i])))
+
+    return fill, main
+
+
 def main():
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     what = sys.argv[2] if len(sys.argv) > 2 else "time"
@@ -149,6 +209,32 @@ def main():
         out = gb.numpy().reshape(Q, P, P, P)[:, 1:-1, 1:-1, 1:-1].reshape(Q, n)
         emit(check="ghost", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib_out)),
              max_abs_diff=float(np.abs(out.astype(np.float64) - lib_out.astype(np.float64)).max()))
+        # aligned padding: 32 bytes of ghost columns on each z side
+        OZ = 32 // np.dtype(npd).itemsize
+        Pz = size + 2 * OZ
+        fp2 = np.zeros((Q, P, P, Pz), dtype=npd)
+        fp2[:, 1:-1, 1:-1, OZ:OZ + size] = f0.astype(npd).reshape(Q, size, size, size)
+        ha = wp.array(fp2.reshape(Q, -1), dtype=stor, device=DEVICE)
+        hb = wp.zeros_like(ha)
+        code_np = p.code_np
+        kind = code_np >> np.uint32(K.KIND_SHIFT)
+        linked = np.flatnonzero(((code_np & np.uint32(LM)) != 0) & (kind != K.KIND_SOLID)).astype(np.int32)
+        cells = wp.array(linked, dtype=wp.int32, device=DEVICE)
+        emit(boundary_cells=int(linked.size), fraction=round(linked.size / n, 4))
+        fill2, gmain2 = ghost2_kernels(stor)
+
+        def h_fill(x):
+            wp.launch(fill2, dim=cells.shape[0], inputs=[x, cells, p.code, p.wall_slot, s.wall_term, size, P, Pz, OZ],
+                      device=DEVICE, block_dim=128)
+
+        def h_main(x, y):
+            wp.launch(gmain2, dim=n, inputs=[x, y, prm.omega, size, P, Pz, OZ], device=DEVICE, block_dim=128)
+
+        h_fill(ha)
+        h_main(ha, hb)
+        out = hb.numpy().reshape(Q, P, P, Pz)[:, 1:-1, 1:-1, OZ:OZ + size].reshape(Q, n)
+        emit(check="ghost2", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib_out)),
+             max_abs_diff=float(np.abs(out.astype(np.float64) - lib_out.astype(np.float64)).max()))
         if what != "time":
             continue
         s.step_cells(a, b, prm, 0, n)
@@ -182,6 +268,23 @@ def main():
                 g_fill(ga)
                 g_fill(gb)
 
+        def ghost2():
+            for _ in range(50):
+                h_fill(ha)
+                h_main(ha, hb)
+                h_fill(hb)
+                h_main(hb, ha)
+
+        def ghost2_main():
+            for _ in range(50):
+                h_main(ha, hb)
+                h_main(hb, ha)
+
+        def ghost2_fill():
+            for _ in range(50):
+                h_fill(ha)
+                h_fill(hb)
+
         def ref():
             for _ in range(50):
                 for x, y in ((a.f, b.f), (b.f, a.f)):
@@ -190,13 +293,15 @@ def main():
 
         graphs = [(name, graph_of(fn)) for name, fn in (("lib", lib), ("ranged", ranged), ("ghost", ghost),
                                                          ("ghost_main", ghost_main), ("ghost_fill", ghost_fill),
+                                                         ("ghost2", ghost2), ("ghost2_main", ghost2_main),
+                                                         ("ghost2_fill", ghost2_fill),
                                                          ("ref", ref))]
         for r in range(rounds):
             for name, g in graphs:
                 t = timed(g) / 100
                 emit(round=r, variant=name, precision=prec, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
-                     fraction=round(n * nb / t / bw, 3) if name != "ghost_fill" else None, bytes_per_cell=nb)
-        del a, b, ga, gb, graphs
+                     fraction=round(n * nb / t / bw, 3) if not name.endswith("_fill") else None, bytes_per_cell=nb)
+        del a, b, ga, gb, ha, hb, graphs
 
 
 if __name__ == "__main__":
