@@ -11,6 +11,8 @@ Variants (D3Q19, float32 and float16 storage, the bench's lid cavity):
 - ``ghost_main``: the ghost step's main kernel alone (its ceiling);
 - ``ghost2``: the same with sector-aligned rows (z padded by 32 bytes on each side) and a fill
   driven by the boundary cells (one thread per cell with links, coalesced where the cells are);
+- ``ghost3``: rows on 128-byte lines, one shared z ghost column reached by a wrap, and the ghost
+  values written by the step itself (no fill between steps); ``ghost3_plain`` without those writes;
 - ``ref``: the periodic pull + BGK without codes (forward_lab.py), the ceiling of the unpadded layout.
 
 The ghost variant is checked against the library's step (interior cells, float32 bit for bit;
@@ -158,6 +160,96 @@ def ghost2_kernels(stor):
     return fill, main
 
 
+
+def ghost3_kernels(stor, fused=True):
+    """A wrap-padded layout: (n + 2, n + 2, n + PZ) with PZ = 128 bytes of values, so that every z row
+    starts on a 128-byte line; interior (x, y, z) at ((x + 1) Py + y + 1) Pz + z; ghost planes x, y =
+    0 and n + 1; one ghost column z = n shared by both z faces (the pull of z = 0 from z - 1 wraps to
+    it; each ghost slot still has one reader). ``fused``: the step itself writes, for each boundary
+    link of a cell, the value the next step pulls through it into that link's source slot of f_out
+    (post-collision opposite population + moving-wall term), so no fill runs between steps."""
+    shifted = stor == wp.float16
+    SH = [float(w) if shifted else 0.0 for w in W]
+    f32 = wp.float32
+
+    @wp.func
+    def source(idx: int, dzp: int, PP: int, Pz: int, cx: int, cy: int, cz: int) -> int:
+        d = int(0)
+        if cz == 1:
+            d = dzp
+        if cz == -1:
+            d = 1
+        return idx - cx * PP - cy * Pz + d
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def fill(f: wp.array2d(dtype=stor), cells: wp.array(dtype=wp.int32), code: wp.array(dtype=wp.uint32),
+             wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32), n: int, Py: int, Pz: int):
+        t = cells[wp.tid()]
+        z = t % n
+        y = (t / n) % n
+        x = t / (n * n)
+        idx = ((x + 1) * Py + (y + 1)) * Pz + z
+        dzp = wp.where(z == 0, n, -1)
+        cell = code[t]
+        ws = wall_slot[t]
+        for i in range(1, 19):
+            if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                v = f32(f[wp.static(OPP[i]), idx])
+                if ws >= 0:
+                    v = v + wall_term[ws, i]
+                f[i, source(idx, dzp, Py * Pz, Pz, wp.static(C[i][0]), wp.static(C[i][1]), wp.static(C[i][2]))] = stor(v)
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def main(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), code: wp.array(dtype=wp.uint32),
+             wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32), omega_arr: wp.array(dtype=f32),
+             n: int, Py: int, Pz: int):
+        t = wp.tid()
+        cell = wp.uint32(0)
+        if wp.static(fused):
+            cell = code[t]
+            if int(cell >> wp.uint32(K.KIND_SHIFT)) == K.KIND_SOLID:
+                return
+        z = t % n
+        y = (t / n) % n
+        x = t / (n * n)
+        PP = Py * Pz
+        idx = ((x + 1) * Py + (y + 1)) * Pz + z
+        dzp = wp.where(z == 0, n, -1)
+        f = vec19()
+        for i in range(19):
+            f[i] = f32(f_in[i, source(idx, dzp, PP, Pz, wp.static(C[i][0]), wp.static(C[i][1]), wp.static(C[i][2]))])
+            if wp.static(shifted):
+                f[i] = f[i] + f32(wp.static(W[i]))
+        omega = omega_arr[0]
+        rho = f32(0.0)
+        m = wp.vec3()
+        for i in range(19):
+            rho += f[i]
+            m += f[i] * wp.vec3(f32(wp.static(C[i][0])), f32(wp.static(C[i][1])), f32(wp.static(C[i][2])))
+        u = m / rho
+        usq = f32(1.5) * wp.dot(u, u)
+        post = vec19()
+        for i in range(19):
+            cu = f32(3.0) * (f32(wp.static(C[i][0])) * u[0] + f32(wp.static(C[i][1])) * u[1]
+                             + f32(wp.static(C[i][2])) * u[2])
+            feq = f32(wp.static(W[i])) * rho * (f32(1.0) + cu + f32(0.5) * cu * cu - usq)
+            val = f[i] + omega * (feq - f[i])
+            sv = stor(val - f32(wp.static(SH[i])))
+            f_out[i, idx] = sv
+            post[i] = f32(sv)
+        if wp.static(fused):
+            if (cell & wp.uint32(LM)) != wp.uint32(0):
+                ws = wall_slot[t]
+                for i in range(1, 19):
+                    if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                        v = post[wp.static(OPP[i])]
+                        if ws >= 0:
+                            v = v + wall_term[ws, i]
+                        f_out[i, source(idx, dzp, PP, Pz, wp.static(C[i][0]), wp.static(C[i][1]),
+                                        wp.static(C[i][2]))] = stor(v)
+
+    return fill, main
+
 def main():
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     what = sys.argv[2] if len(sys.argv) > 2 else "time"
@@ -235,6 +327,34 @@ def main():
         out = hb.numpy().reshape(Q, P, P, Pz)[:, 1:-1, 1:-1, OZ:OZ + size].reshape(Q, n)
         emit(check="ghost2", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib_out)),
              max_abs_diff=float(np.abs(out.astype(np.float64) - lib_out.astype(np.float64)).max()))
+        # wrap-padded layout with the ghost writes fused into the step: two steps against the library's
+        PZ = 128 // np.dtype(npd).itemsize
+        Pz3 = size + PZ
+        fp3 = np.zeros((Q, P, P, Pz3), dtype=npd)
+        fp3[:, 1:-1, 1:-1, :size] = f0.astype(npd).reshape(Q, size, size, size)
+        ka = wp.array(fp3.reshape(Q, -1), dtype=stor, device=DEVICE)
+        kb = wp.zeros_like(ka)
+        fill3, main3 = ghost3_kernels(stor)
+        main3_plain = ghost3_kernels(stor, fused=False)[1]
+
+        def k_main(x, y, kern=main3):
+            wp.launch(kern, dim=n, inputs=[x, y, p.code, p.wall_slot, s.wall_term, prm.omega, size, P, Pz3],
+                      device=DEVICE, block_dim=128)
+
+        wp.launch(fill3, dim=cells.shape[0], inputs=[ka, cells, p.code, p.wall_slot, s.wall_term, size, P, Pz3],
+                  device=DEVICE, block_dim=128)
+        k_main(ka, kb)
+        out = kb.numpy().reshape(Q, P, P, Pz3)[:, 1:-1, 1:-1, :size].reshape(Q, n)
+        emit(check="ghost3 step 1", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib_out)),
+             max_abs_diff=float(np.abs(out.astype(np.float64) - lib_out.astype(np.float64)).max()))
+        k_main(kb, ka)
+        c2 = p.state()
+        s.step(b, c2, prm, update_walls=False)
+        lib2 = c2.f.numpy().copy()
+        out = ka.numpy().reshape(Q, P, P, Pz3)[:, 1:-1, 1:-1, :size].reshape(Q, n)
+        emit(check="ghost3 step 2", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib2)),
+             max_abs_diff=float(np.abs(out.astype(np.float64) - lib2.astype(np.float64)).max()))
+        del c2
         if what != "time":
             continue
         s.step_cells(a, b, prm, 0, n)
@@ -285,6 +405,16 @@ def main():
                 h_fill(ha)
                 h_fill(hb)
 
+        def ghost3():
+            for _ in range(50):
+                k_main(ka, kb)
+                k_main(kb, ka)
+
+        def ghost3_plain():
+            for _ in range(50):
+                k_main(ka, kb, main3_plain)
+                k_main(kb, ka, main3_plain)
+
         def ref():
             for _ in range(50):
                 for x, y in ((a.f, b.f), (b.f, a.f)):
@@ -294,14 +424,15 @@ def main():
         graphs = [(name, graph_of(fn)) for name, fn in (("lib", lib), ("ranged", ranged), ("ghost", ghost),
                                                          ("ghost_main", ghost_main), ("ghost_fill", ghost_fill),
                                                          ("ghost2", ghost2), ("ghost2_main", ghost2_main),
-                                                         ("ghost2_fill", ghost2_fill),
+                                                         ("ghost2_fill", ghost2_fill), ("ghost3", ghost3),
+                                                         ("ghost3_plain", ghost3_plain),
                                                          ("ref", ref))]
         for r in range(rounds):
             for name, g in graphs:
                 t = timed(g) / 100
                 emit(round=r, variant=name, precision=prec, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
                      fraction=round(n * nb / t / bw, 3) if not name.endswith("_fill") else None, bytes_per_cell=nb)
-        del a, b, ga, gb, ha, hb, graphs
+        del a, b, ga, gb, ha, hb, ka, kb, graphs
 
 
 if __name__ == "__main__":
