@@ -38,6 +38,12 @@ ph = K.physics("D3Q19", "float32")
 Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
 vec19 = wp.types.vector(19, wp.float32)
 LM = K.LINK_MASK
+vec19i = wp.types.vector(19, wp.int32)
+OPPV = wp.constant(vec19i(*[int(o) for o in OPP]))
+CXV = wp.constant(vec19i(*[int(c[0]) for c in C]))
+CYV = wp.constant(vec19i(*[int(c[1]) for c in C]))
+CZV = wp.constant(vec19i(*[int(c[2]) for c in C]))
+PAIRS = [(0, 0)] + [(i, OPP[i]) for i in range(1, 19) if i < OPP[i]]
 
 
 def ghost_kernels(stor):
@@ -202,13 +208,15 @@ def ghost3_kernels(stor, fused=True):
     @wp.kernel(enable_backward=False, module="unique")
     def main(f_in: wp.array2d(dtype=stor), f_out: wp.array2d(dtype=stor), code: wp.array(dtype=wp.uint32),
              wall_slot: wp.array(dtype=wp.int32), wall_term: wp.array2d(dtype=f32), omega_arr: wp.array(dtype=f32),
-             n: int, Py: int, Pz: int):
+             n: int, Py: int, Pz: int, Pz2: int, goff: wp.array2d(dtype=wp.int32)):
         t = wp.tid()
         cell = wp.uint32(0)
         if wp.static(fused):
             cell = code[t]
             if int(cell >> wp.uint32(K.KIND_SHIFT)) == K.KIND_SOLID:
                 return
+        if wp.static(fused == 4):
+            wall_slot[t] = int(cell)
         z = t % n
         y = (t / n) % n
         x = t / (n * n)
@@ -228,6 +236,39 @@ def ghost3_kernels(stor, fused=True):
             m += f[i] * wp.vec3(f32(wp.static(C[i][0])), f32(wp.static(C[i][1])), f32(wp.static(C[i][2])))
         u = m / rho
         usq = f32(1.5) * wp.dot(u, u)
+        if wp.static(fused == 2):
+            # pairs (i, opp i): both post-collision values, their own slots, then each boundary link's
+            # ghost slot in a branch that holds a store only
+            ws = int(-1)
+            if (cell & wp.uint32(LM)) != wp.uint32(0):
+                ws = wall_slot[t]
+            for k in range(wp.static(len(PAIRS))):
+                a = wp.static(PAIRS[k][0])
+                b = wp.static(PAIRS[k][1])
+                cua = f32(3.0) * (f32(wp.static(C[a][0])) * u[0] + f32(wp.static(C[a][1])) * u[1]
+                                  + f32(wp.static(C[a][2])) * u[2])
+                feqa = f32(wp.static(W[a])) * rho * (f32(1.0) + cua + f32(0.5) * cua * cua - usq)
+                sva = stor(f[a] + omega * (feqa - f[a]) - f32(wp.static(SH[a])))
+                f_out[a, idx] = sva
+                if wp.static(a != b):
+                    cub = f32(3.0) * (f32(wp.static(C[b][0])) * u[0] + f32(wp.static(C[b][1])) * u[1]
+                                      + f32(wp.static(C[b][2])) * u[2])
+                    feqb = f32(wp.static(W[b])) * rho * (f32(1.0) + cub + f32(0.5) * cub * cub - usq)
+                    svb = stor(f[b] + omega * (feqb - f[b]) - f32(wp.static(SH[b])))
+                    f_out[b, idx] = svb
+                    if ((cell >> wp.uint32(a)) & wp.uint32(1)) != wp.uint32(0):
+                        v = f32(svb)
+                        if ws >= 0:
+                            v = v + wall_term[ws, a]
+                        f_out[a, source(idx, dzp, Py * Pz2, Pz2, wp.static(C[a][0]), wp.static(C[a][1]),
+                                        wp.static(C[a][2]))] = stor(v)
+                    if ((cell >> wp.uint32(b)) & wp.uint32(1)) != wp.uint32(0):
+                        v = f32(sva)
+                        if ws >= 0:
+                            v = v + wall_term[ws, b]
+                        f_out[b, source(idx, dzp, Py * Pz2, Pz2, wp.static(C[b][0]), wp.static(C[b][1]),
+                                        wp.static(C[b][2]))] = stor(v)
+            return
         post = vec19()
         for i in range(19):
             cu = f32(3.0) * (f32(wp.static(C[i][0])) * u[0] + f32(wp.static(C[i][1])) * u[1]
@@ -236,8 +277,45 @@ def ghost3_kernels(stor, fused=True):
             val = f[i] + omega * (feq - f[i])
             sv = stor(val - f32(wp.static(SH[i])))
             f_out[i, idx] = sv
-            post[i] = f32(sv)
-        if wp.static(fused):
+            if wp.static(fused == 1):
+                post[i] = f32(sv)
+        if wp.static(fused == 3):
+            # each boundary link's ghost slot from the cell's own output just stored (read back from
+            # f_out, so no post-collision value stays in a register)
+            if (cell & wp.uint32(LM)) != wp.uint32(0):
+                ws = wall_slot[t]
+                for i in range(1, 19):
+                    if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                        v = f32(f_out[wp.static(OPP[i]), idx])
+                        if ws >= 0:
+                            v = v + wall_term[ws, i]
+                        f_out[i, source(idx, dzp, Py * Pz2, Pz2, wp.static(C[i][0]), wp.static(C[i][1]),
+                                        wp.static(C[i][2]))] = stor(v)
+        if wp.static(fused == 5):
+            # as 3, in a loop that Warp keeps rolled (one link at a time)
+            if (cell & wp.uint32(LM)) != wp.uint32(0):
+                ws = wall_slot[t]
+                for i in range(1, 19):
+                    if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                        v = f32(f_out[OPPV[i], idx])
+                        if ws >= 0:
+                            v = v + wall_term[ws, i]
+                        cz = CZV[i]
+                        d = wp.where(cz == 1, dzp, wp.where(cz == -1, 1, 0))
+                        f_out[i, idx - CXV[i] * Py * Pz2 - CYV[i] * Pz2 + d] = stor(v)
+        if wp.static(fused == 6):
+            # as 5, the links' opposite rows and ghost offsets from a small table (goff: row 0 the
+            # opposite direction, row 1 the offset of x - c_i, row 2 one where the z wrap applies)
+            if (cell & wp.uint32(LM)) != wp.uint32(0):
+                ws = wall_slot[t]
+                zw = wp.where(z == 0, n + 1, 0)
+                for i in range(1, 19):
+                    if ((cell >> wp.uint32(i)) & wp.uint32(1)) != wp.uint32(0):
+                        v = f32(f_out[goff[0, i], idx])
+                        if ws >= 0:
+                            v = v + wall_term[ws, i]
+                        f_out[i, idx + goff[1, i] + goff[2, i] * zw] = stor(v)
+        if wp.static(fused == 1):
             if (cell & wp.uint32(LM)) != wp.uint32(0):
                 ws = wall_slot[t]
                 for i in range(1, 19):
@@ -334,26 +412,34 @@ def main():
         fp3[:, 1:-1, 1:-1, :size] = f0.astype(npd).reshape(Q, size, size, size)
         ka = wp.array(fp3.reshape(Q, -1), dtype=stor, device=DEVICE)
         kb = wp.zeros_like(ka)
+        goff = wp.array(np.array([[OPP[i] for i in range(Q)],
+                                  [-(C[i][0] * P * Pz3 + C[i][1] * Pz3 + C[i][2]) for i in range(Q)],
+                                  [int(C[i][2] == 1) for i in range(Q)]], dtype=np.int32), device=DEVICE)
         fill3, main3 = ghost3_kernels(stor)
         main3_plain = ghost3_kernels(stor, fused=False)[1]
 
         def k_main(x, y, kern=main3):
-            wp.launch(kern, dim=n, inputs=[x, y, p.code, p.wall_slot, s.wall_term, prm.omega, size, P, Pz3],
+            wp.launch(kern, dim=n, inputs=[x, y, p.code, p.wall_slot, s.wall_term, prm.omega, size, P, Pz3, Pz3, goff],
                       device=DEVICE, block_dim=128)
 
-        wp.launch(fill3, dim=cells.shape[0], inputs=[ka, cells, p.code, p.wall_slot, s.wall_term, size, P, Pz3],
-                  device=DEVICE, block_dim=128)
-        k_main(ka, kb)
-        out = kb.numpy().reshape(Q, P, P, Pz3)[:, 1:-1, 1:-1, :size].reshape(Q, n)
-        emit(check="ghost3 step 1", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib_out)),
-             max_abs_diff=float(np.abs(out.astype(np.float64) - lib_out.astype(np.float64)).max()))
-        k_main(kb, ka)
         c2 = p.state()
         s.step(b, c2, prm, update_walls=False)
         lib2 = c2.f.numpy().copy()
-        out = ka.numpy().reshape(Q, P, P, Pz3)[:, 1:-1, 1:-1, :size].reshape(Q, n)
-        emit(check="ghost3 step 2", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib2)),
-             max_abs_diff=float(np.abs(out.astype(np.float64) - lib2.astype(np.float64)).max()))
+        fused_kernels = {"ghost3": main3}
+        for name, fz in (("ghost5", 3), ("ghost6", 5), ("ghost7", 6)):
+            fused_kernels[name] = ghost3_kernels(stor, fused=fz)[1]
+        for name, kern in fused_kernels.items():
+            ka.assign(fp3.reshape(Q, -1))
+            wp.launch(fill3, dim=cells.shape[0], inputs=[ka, cells, p.code, p.wall_slot, s.wall_term, size, P, Pz3],
+                      device=DEVICE, block_dim=128)
+            k_main(ka, kb, kern)
+            out = kb.numpy().reshape(Q, P, P, Pz3)[:, 1:-1, 1:-1, :size].reshape(Q, n)
+            emit(check=name + " step 1", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib_out)),
+                 max_abs_diff=float(np.abs(out.astype(np.float64) - lib_out.astype(np.float64)).max()))
+            k_main(kb, ka, kern)
+            out = ka.numpy().reshape(Q, P, P, Pz3)[:, 1:-1, 1:-1, :size].reshape(Q, n)
+            emit(check=name + " step 2", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib2)),
+                 max_abs_diff=float(np.abs(out.astype(np.float64) - lib2.astype(np.float64)).max()))
         del c2
         if what != "time":
             continue
@@ -410,6 +496,13 @@ def main():
                 k_main(ka, kb)
                 k_main(kb, ka)
 
+        def fused_of(kern):
+            def run():
+                for _ in range(50):
+                    k_main(ka, kb, kern)
+                    k_main(kb, ka, kern)
+            return run
+
         def ghost3_plain():
             for _ in range(50):
                 k_main(ka, kb, main3_plain)
@@ -421,12 +514,13 @@ def main():
                     wp.launch(rsteps, dim=n, inputs=[x, y, p.code, bits, p.wall_slot, s.wall_term, prm.omega,
                                                      size, size, size, 0], device=DEVICE, block_dim=128)
 
-        graphs = [(name, graph_of(fn)) for name, fn in (("lib", lib), ("ranged", ranged), ("ghost", ghost),
-                                                         ("ghost_main", ghost_main), ("ghost_fill", ghost_fill),
-                                                         ("ghost2", ghost2), ("ghost2_main", ghost2_main),
-                                                         ("ghost2_fill", ghost2_fill), ("ghost3", ghost3),
-                                                         ("ghost3_plain", ghost3_plain),
-                                                         ("ref", ref))]
+        timed_variants = [("lib", lib), ("ranged", ranged), ("ghost2", ghost2), ("ghost2_main", ghost2_main),
+                          ("ghost2_fill", ghost2_fill), ("ghost3_plain", ghost3_plain)]
+        timed_variants += [(name, fused_of(kern)) for name, kern in fused_kernels.items()]
+        timed_variants += [("ref", ref)]
+        if os.environ.get("LAB_ALL"):
+            timed_variants += [("ghost", ghost), ("ghost_main", ghost_main), ("ghost_fill", ghost_fill)]
+        graphs = [(name, graph_of(fn)) for name, fn in timed_variants]
         for r in range(rounds):
             for name, g in graphs:
                 t = timed(g) / 100

@@ -22,4 +22,10 @@ lab6_512)
   timeout 500 python3 benchmarks/forward_lab6.py 512 time 2 > $OUT/lab6_512.txt 2>$OUT/lab6_512.err; echo "rc $?"
   values lab6_512
   ;;
+lab6b)
+  timeout 250 python3 benchmarks/forward_lab6.py 256 time 2 > $OUT/lab6.txt 2>$OUT/lab6.err; echo "rc $?"
+  values lab6
+  timeout 280 python3 benchmarks/forward_lab6.py 512 time 1 > $OUT/lab6_512.txt 2>$OUT/lab6_512.err; echo "rc $?"
+  values lab6_512
+  ;;
 esac
