@@ -28,4 +28,8 @@ lab6b)
   timeout 280 python3 benchmarks/forward_lab6.py 512 time 1 > $OUT/lab6_512.txt 2>$OUT/lab6_512.err; echo "rc $?"
   values lab6_512
   ;;
+lab6c)
+  LAB6_ONLY=lib,ghost3_plain,ghost7,ghost8,ref timeout 300 python3 benchmarks/forward_lab6.py 256 time 3 > $OUT/lab6.txt 2>$OUT/lab6.err; echo "rc $?"
+  values lab6
+  ;;
 esac
