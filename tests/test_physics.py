@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+import warp as wp
 
 import difflbm as lbm
+from difflbm import kernels as K
 from difflbm.lattice import LATTICE_NAMES
 
 
@@ -141,3 +143,15 @@ def test_step_cells_in_pieces_equals_one_step():
         s.step_cells(a, pieces, prm, 5 * plane, 2 * plane)
     with pytest.raises(TypeError, match="count=2.0"):
         s.step_cells(a, pieces, prm, 0, 2.0)
+    # with moments (the overlapped moments replay): the same populations and the same stored moments
+    rows = K.moment_rows(p.config)
+    mom_whole = wp.zeros((rows, p.cell_count), dtype=wp.float32, device="cpu")
+    mom_pieces = wp.full((rows, p.cell_count), 7.0, dtype=wp.float32, device="cpu")
+    s.step_moments(a, whole, mom_whole, prm)
+    pieces.set_populations(np.full((19,) + p.shape, 7.0, dtype=np.float32))
+    s.step_cells(a, pieces, prm, plane, 4 * plane, moments=mom_pieces)
+    assert np.all(mom_pieces.numpy()[:, :plane] == 7.0) and np.all(mom_pieces.numpy()[:, 5 * plane:] == 7.0)
+    s.step_cells(a, pieces, prm, 0, plane, moments=mom_pieces)
+    s.step_cells(a, pieces, prm, 5 * plane, plane, moments=mom_pieces)
+    np.testing.assert_array_equal(pieces.populations(), whole.populations())
+    np.testing.assert_array_equal(mom_pieces.numpy(), mom_whole.numpy())

@@ -8,8 +8,8 @@ the two halo planes, whose results are discarded.
 
 One step: exchange halo populations with the two ring neighbours (only the directions that cross
 the cut: c_x = +1 to the right, c_x = -1 to the left), then the existing fused step kernel on the
-extended slab; forward passes overlap the two (the planes that read no halo are updated while
-the halos travel, :meth:`SlabDecomposition.step_exchanged`). The adjoint of a step is the existing
+extended slab; forward passes and the gradient's replays overlap the two (the planes that read
+no halo are updated while the halos travel, :meth:`SlabDecomposition.step_exchanged`). The adjoint of a step is the existing
 step adjoint (fused or Warp's) on the extended slab; what lands in the halo planes is sent back and
 *added* to the owner's boundary planes, and the halo planes of the adjoint are zeroed. Losses count
 owned cells only and are summed over ranks; parameter gradients are summed over ranks; per-cell
@@ -162,7 +162,7 @@ def _halo_kernels(dtype):
                 add_back=halo_add_back, wrap_back=halo_wrap_back, zero=halo_zero)
 
 
-# forward runs overlap the halo exchange with the update of the planes that read no halo; False
+# forward runs and replays overlap the halo exchange with the update of the planes that read no halo; False
 # runs exchange-then-step (the tests compare the two bit for bit)
 _OVERLAP = True
 
@@ -319,9 +319,10 @@ class SlabDecomposition:
         return a
 
     def step_exchanged(self, solver: Solver, state_in: State, state_out: State, params: Parameters,
-                       window: int = 0, first: bool = False):
+                       window: int = 0, first: bool = False, moments: wp.array | None = None):
         """One step ``state_in`` -> ``state_out`` (whose halos ``state_in`` must have from an
-        exchange), then ``state_out``'s halos from the neighbours.
+        exchange), then ``state_out``'s halos from the neighbours. With ``moments``, the step also
+        stores each cell's (rho, u) there (:meth:`Solver.step_moments`; a gradient's moments replay).
 
         With more than one rank and at least three planes per rank (and ``_OVERLAP``) the exchange
         overlaps the update: the two boundary planes are updated, packed and posted, the planes that
@@ -331,21 +332,25 @@ class SlabDecomposition:
         of the whole slab, then :meth:`exchange`. The owned planes are bit-identical either way."""
         S, n = self.plane, self.n
         if not (_OVERLAP and self.world > 1 and n >= 3):
-            solver.step(state_in, state_out, params, window)
+            if moments is None:
+                solver.step(state_in, state_out, params, window)
+            else:
+                solver.update_wall_term(params)
+                solver.step_moments(state_in, state_out, moments, params, window)
             self.exchange(state_out.f)
             return
         solver.update_wall_term(params)
         k, dirs, P, dim = self._halo(state_out.f)
         dev = self.problem.device
-        solver.step_cells(state_in, state_out, params, S, S, window)
-        solver.step_cells(state_in, state_out, params, n * S, S, window)
+        solver.step_cells(state_in, state_out, params, S, S, window, moments)
+        solver.step_cells(state_in, state_out, params, n * S, S, window, moments)
         wp.launch(k["pack"], dim=dim, inputs=[state_out.f, dirs, P, S, n, self._halo_send], device=dev)
         with self._on_warp_stream():
             started = self._post_halo(back=False)
-        solver.step_cells(state_in, state_out, params, 2 * S, (n - 2) * S, window)
+        solver.step_cells(state_in, state_out, params, 2 * S, (n - 2) * S, window, moments)
         if first:
-            solver.step_cells(state_in, state_out, params, 0, S, window)
-            solver.step_cells(state_in, state_out, params, (n + 1) * S, S, window)
+            solver.step_cells(state_in, state_out, params, 0, S, window, moments)
+            solver.step_cells(state_in, state_out, params, (n + 1) * S, S, window, moments)
         with self._on_warp_stream():
             self._swap_halo(back=False, started=started)
         wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, state_out.f], device=dev)
@@ -865,6 +870,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)) if not use_moments else 3)]
     moms = [wp.empty((K.moment_rows(lp.config), lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
             for _ in range(max(min(seg, steps) - 1, 0))] if use_moments else []
+    replayed = set()  # replay buffers written at least once
     for s0 in reversed(range(0, steps, seg)):
         e0 = min(s0 + seg, steps)
         wp.copy(buffer[0].f, checkpoints.pop(s0))
@@ -872,8 +878,9 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             x = buffer[0]
             for t in range(s0, e0 - 1):
                 y = buffer[1] if x is not buffer[1] else buffer[2]
-                solver.step_moments(x, y, moms[t - s0], lparams, solver.window(t, steps))
-                dec.exchange(y.f)
+                # with the overlap the halo cells are stepped too (first=True): their moments are
+                # then finite, as the adjoint multiplies them by the halo's zero adjoint
+                dec.step_exchanged(solver, x, y, lparams, solver.window(t, steps), first=True, moments=moms[t - s0])
                 x = y
             for t in reversed(range(s0, e0)):
                 cur, prev = adjs
@@ -888,8 +895,12 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
                 adjs.reverse()
             continue
         for t in range(s0, e0 - 1):
-            solver.step(buffer[t - s0], buffer[t - s0 + 1], lparams, solver.window(t, steps))
-            dec.exchange(buffer[t - s0 + 1].f)
+            # first use of a replay buffer: its halo planes are stepped too, so none holds
+            # uninitialised memory (the adjoint multiplies a halo cell's values by zero)
+            y = buffer[t - s0 + 1]
+            dec.step_exchanged(solver, buffer[t - s0], y, lparams, solver.window(t, steps),
+                               first=id(y) not in replayed)
+            replayed.add(id(y))
         for t in reversed(range(s0, e0)):
             cur, prev = adjs
             prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten

@@ -494,13 +494,14 @@ def step_kernel(cfg: StepConfig, backward: bool = True, moments: bool = False, r
     boundaries a fifth row, written at those cells only: the mass of the links the cell knows before
     the Zou-He rebuild): the replay of a gradient keeps those instead of whole states (see
     :func:`step_adjoint_kernel`); otherwise ``mom`` is never touched and may be None.
-    ``ranged=True`` (forward only) builds the variant that updates cells ``base .. base + dim - 1``
-    of a launch of ``dim`` threads (:meth:`Solver.step_cells`); every kernel takes ``base`` as its
-    last argument, the others ignore it (so their code is the measured one: adding it to every
-    kernel changed ptxas's register choice, 56 -> 52 for the D3Q19 step).
+    ``ranged=True`` (forward only, with or without moments) builds the variant that updates cells
+    ``base .. base + dim - 1`` of a launch of ``dim`` threads (:meth:`Solver.step_cells`); every
+    kernel takes ``base`` as its last argument, the others ignore it (so their code is the measured
+    one: adding it to every kernel changed ptxas's register choice, 56 -> 52 for the D3Q19 step, and
+    the 52-register form was not faster on the H200, docs/PERF_NOTES.md, eighth session).
     """
-    if ranged and (backward or moments):
-        raise ValueError("step_kernel(ranged=True) is the plain forward kernel; pass backward=False, moments=False")
+    if ranged and backward:
+        raise ValueError("step_kernel(ranged=True) is a forward-only kernel; pass backward=False")
     if moments and backward:
         raise ValueError("step_kernel(moments=True) is a forward-only kernel; pass backward=False")
     ph = physics(cfg.lattice, cfg.precision)

@@ -28,7 +28,7 @@ class Solver:
         self.kernel = K.step_kernel(problem.config)
         self.forward_kernel = K.step_kernel(problem.config, backward=False)
         self._moments_kernel = None  # built on first use (gradients' moments replay)
-        self._ranged_kernel = None  # built on first use (step_cells)
+        self._ranged_kernels = {}  # built on first use (step_cells), keyed by "stores moments"
         self._check = K.finite_check_kernel(problem.precision)
         self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
         # moving-wall terms per boundary link, derived from the parameters at every step
@@ -83,21 +83,25 @@ class Solver:
         self._launch(self._moments_kernel, state_in, state_out, params, window, moments)
 
     def step_cells(self, state_in: State, state_out: State, params: Parameters, first: int, count: int,
-                   window: int = 0):
+                   window: int = 0, moments: wp.array | None = None):
         """:meth:`step` of cells ``first .. first + count - 1`` only (flat indices; the others of
         ``state_out`` are left as they were); the moving-wall terms are as last set by
-        update_wall_term. difflbm.distributed updates a slab's interior while its halos travel."""
+        update_wall_term. With ``moments``, :meth:`step_moments` of those cells (their columns of
+        ``moments`` only). difflbm.distributed updates a slab's interior while its halos travel."""
         for name, v in (("first", first), ("count", count)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"{name}={v!r} must be an integer")
         first, count = int(first), int(count)
         if first < 0 or count < 0 or first + count > self.problem.cell_count:
             raise ValueError(f"first={first}, count={count} reach outside the cells 0 .. {self.problem.cell_count - 1}")
-        if self._ranged_kernel is None:
-            self._ranged_kernel = K.step_kernel(self.problem.config, backward=False, ranged=True)
+        with_moments = moments is not None
+        if with_moments not in self._ranged_kernels:
+            self._ranged_kernels[with_moments] = K.step_kernel(self.problem.config, backward=False,
+                                                               moments=with_moments, ranged=True)
         if count:
-            self._launch(self._ranged_kernel, state_in, state_out, params, window,
-                         block_dim=K.forward_block_dim(self.problem.config), first=first, count=count)
+            self._launch(self._ranged_kernels[with_moments], state_in, state_out, params, window, moments,
+                         block_dim=None if with_moments else K.forward_block_dim(self.problem.config),
+                         first=first, count=count)
 
     def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None,
                 block_dim: int | None = None, first: int = 0, count: int | None = None):
