@@ -17,8 +17,9 @@ Variants (D3Q19, float32 and float16 storage, the bench's lid cavity):
 
 The ghost variant is checked against the library's step (interior cells, float32 bit for bit;
 float16 rounds the moving-wall term into the stored ghost value, so its difference is printed).
-Usage: ``python3 benchmarks/forward_lab6.py [size] [time|check] [rounds]``; BENCH_DEVICE=cpu with
-``check`` is the CPU smoke test.
+Usage: ``python3 benchmarks/forward_lab6.py [size] [time|check|ncu] [rounds]``; BENCH_DEVICE=cpu
+with ``check`` is the CPU smoke test; ``ncu`` launches five kernels per precision inside a profiler
+range (for ``ncu --profile-from-start off``).
 """
 import os
 import sys
@@ -460,6 +461,19 @@ def main():
             emit(check=name + " step 2", precision=prec, bit_identical_to_library=bool(np.array_equal(out, lib2)),
                  max_abs_diff=float(np.abs(out.astype(np.float64) - lib2.astype(np.float64)).max()))
         del c2
+        if what == "ncu":
+            # one launch each inside a profiler range (ncu --profile-from-start off): ghost2's fill and
+            # main, ghost3_plain, ghost7, the library's step
+            import torch
+            wp.synchronize_device(DEVICE)
+            torch.cuda.profiler.start()
+            h_fill(ha)
+            h_main(ha, hb)
+            k_main(ka, kb, main3_plain)
+            k_main(ka, kb, fused_kernels["ghost7"])
+            s.step(a, b, prm, update_walls=False)
+            wp.synchronize_device(DEVICE)
+            torch.cuda.profiler.stop()
         if what != "time":
             continue
         s.step_cells(a, b, prm, 0, n)

@@ -32,4 +32,11 @@ lab6c)
   LAB6_ONLY=lib,ghost3_plain,ghost7,ghost8,ref timeout 300 python3 benchmarks/forward_lab6.py 256 time 3 > $OUT/lab6.txt 2>$OUT/lab6.err; echo "rc $?"
   values lab6
   ;;
+ncu6)
+  # Nsight Compute of ghost2's fill and main, ghost3_plain, ghost7 and the library's step (256^3)
+  m="gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_op_read.sum,lts__t_sectors_op_write.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct,smsp__warp_issue_stalled_lg_throttle_per_warp_active.pct,smsp__warp_issue_stalled_drain_per_warp_active.pct,smsp__warp_issue_stalled_membar_per_warp_active.pct"
+  timeout 280 ncu --profile-from-start off --clock-control none --csv --metrics $m python3 benchmarks/forward_lab6.py 256 ncu > $OUT/ncu6.csv 2>$OUT/ncu6.err
+  echo "ncu rc $?"; python3 benchmarks/ncu_table.py $OUT/ncu6.csv > $OUT/ncu6.txt || tail -5 $OUT/ncu6.err
+  cat $OUT/ncu6.txt
+  ;;
 esac
