@@ -705,23 +705,25 @@ def _step_adjoint(solver: Solver, state_in: State, adj_out: State, adj_in: State
 
 def _fused_step_adjoint(solver: Solver, kernel, state_in: State | None, adj_out: State, adj_in: State,
                         params: Parameters, grads: Parameters, omega_cells, wrt, adj_wall_term, force_cells,
-                        window: int = 0, moments: wp.array | None = None, block_dim: int | None = None):
+                        window: int = 0, moments: wp.array | None = None, block_dim: int | None = None,
+                        first: int = 0, count: int | None = None):
     """Overwrite adj_in with J^T adj_out using the hand-written kernel (every entry is stored);
     ``window`` is the inlet window of the step. A moments kernel reads ``moments`` (the step's
-    stored rho and u) instead of ``state_in``."""
+    stored rho and u) instead of ``state_in``. ``first`` / ``count``: the cells of a ranged kernel
+    (``step_adjoint_kernel(ranged=True)``); default all cells."""
     p = solver.problem
     g = p.grid3
     want_wall = int("wall_velocity" in wrt)
     want_omega = int(omega_cells is not None)
     want_inlet = int("inlet_velocity" in wrt and p.config.velocity_bc)
     want_outlet = int("outlet_density" in wrt and p.config.pressure_bc)
-    wp.launch(kernel, dim=p.cell_count, device=p.device, block_dim=block_dim or K.BLOCK_DIM,
+    wp.launch(kernel, dim=p.cell_count if count is None else count, device=p.device, block_dim=block_dim or K.BLOCK_DIM,
               inputs=[None if state_in is None else state_in.f, adj_out.f, adj_in.f, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
                       params.omega, adj_wall_term, omega_cells if want_omega else grads.omega, params.force,
                       force_cells if force_cells is not None else grads.force, p.link_q, params.solid_fraction,
                       p.slot, params.inlet_velocity[window], params.outlet_density, grads.inlet_velocity[window],
                       grads.outlet_density, want_wall, want_omega, int(force_cells is not None), want_inlet,
-                      want_outlet, g[0], g[1], g[2], moments])
+                      want_outlet, g[0], g[1], g[2], moments, first])
 
 
 class _DeferredChecks:

@@ -9,9 +9,11 @@ the two halo planes, whose results are discarded.
 One step: exchange halo populations with the two ring neighbours (only the directions that cross
 the cut: c_x = +1 to the right, c_x = -1 to the left), then the existing fused step kernel on the
 extended slab; forward passes and the gradient's replays overlap the two (the planes that read
-no halo are updated while the halos travel, :meth:`SlabDecomposition.step_exchanged`). The adjoint of a step is the existing
-step adjoint (fused or Warp's) on the extended slab; what lands in the halo planes is sent back and
-*added* to the owner's boundary planes, and the halo planes of the adjoint are zeroed. Losses count
+no halo are updated while the halos travel, :meth:`SlabDecomposition.step_exchanged`). The adjoint
+of a step is the existing step adjoint (fused or Warp's) on the extended slab; what lands in the
+halo planes is sent back and *added* to the owner's boundary planes, and the halo planes of the
+adjoint are zeroed (overlapped with the inner planes' adjoint where no loss term adds to it,
+:meth:`SlabDecomposition.adjoint_exchanged`). Losses count
 owned cells only and are summed over ranks; parameter gradients are summed over ranks; per-cell
 gradients stay per rank (``gather=True`` assembles them on every rank).
 
@@ -162,7 +164,8 @@ def _halo_kernels(dtype):
                 add_back=halo_add_back, wrap_back=halo_wrap_back, zero=halo_zero)
 
 
-# forward runs and replays overlap the halo exchange with the update of the planes that read no halo; False
+# forward runs, replays and reverse passes overlap the halo exchange with the update of the planes
+# that read no halo (SlabDecomposition.overlaps); False
 # runs exchange-then-step (the tests compare the two bit for bit)
 _OVERLAP = True
 
@@ -331,7 +334,7 @@ class SlabDecomposition:
         except when ``first``, so that no plane is left as uninitialised memory. Otherwise: the step
         of the whole slab, then :meth:`exchange`. The owned planes are bit-identical either way."""
         S, n = self.plane, self.n
-        if not (_OVERLAP and self.world > 1 and n >= 3):
+        if not self.overlaps():
             if moments is None:
                 solver.step(state_in, state_out, params, window)
             else:
@@ -354,6 +357,42 @@ class SlabDecomposition:
         with self._on_warp_stream():
             self._swap_halo(back=False, started=started)
         wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, state_out.f], device=dev)
+
+    def adjoint_exchanged(self, adjoint_cells, adj: wp.array):
+        """The adjoint of a step into populations ``adj`` (Q, cells), then :meth:`reverse_exchange`.
+        ``adjoint_cells(first, count)`` launches the step's adjoint over cells first .. first +
+        count - 1 (a kernel that stores every entry it owns, ``step_adjoint_kernel(ranged=True)``;
+        ``count`` None: all cells, any kernel).
+
+        With the overlap (as :meth:`step_exchanged`), the two boundary planes are adjoined first
+        (their threads are the only ones that store the halo entries the reverse exchange sends:
+        a cell's adjoint goes to the populations it pulled), packed and posted; the halo planes and
+        the planes 2 .. n-1 are adjoined while they travel; then the arrived values are added to the
+        boundary planes and the halos zeroed. Bit-identical to adjoint-then-exchange."""
+        S, n = self.plane, self.n
+        if not self.overlaps():
+            adjoint_cells(0, None)
+            self.reverse_exchange(adj)
+            return
+        k, dirs, P, dim = self._halo(adj)
+        dev = self.problem.device
+        adjoint_cells(S, S)
+        adjoint_cells(n * S, S)
+        wp.launch(k["pack_back"], dim=dim, inputs=[adj, dirs, P, S, n, self._halo_send], device=dev)
+        with self._on_warp_stream():
+            started = self._post_halo(back=True)
+        adjoint_cells(0, S)
+        adjoint_cells(2 * S, (n - 2) * S)
+        adjoint_cells((n + 1) * S, S)
+        with self._on_warp_stream():
+            self._swap_halo(back=True, started=started)
+        wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, adj], device=dev)
+        wp.launch(k["zero"], dim=(adj.shape[0], S), inputs=[adj, S, n], device=dev)
+
+    def overlaps(self) -> bool:
+        """Whether steps and step adjoints overlap the halo exchange with the update (more than one
+        rank, at least three planes per rank, ``distributed._OVERLAP``)."""
+        return bool(_OVERLAP and self.world > 1 and self.n >= 3)
 
     # -------------------------------------------------------------- communication
     def _on_warp_stream(self):
@@ -819,7 +858,9 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     solver = Solver(lp)
     # without the omega / force gradient when not asked for (fewer registers, as in value_and_grad)
     want_force = "force" in wrt and lp.config.force != K.FORCE_NONE
-    fused = (K.step_adjoint_kernel(lp.config, omega_grad="omega" in wrt, force_grad=want_force)
+    # ranged kernels where the reverse passes overlap the exchange (SlabDecomposition.adjoint_exchanged)
+    ranged = dec.overlaps()
+    fused = (K.step_adjoint_kernel(lp.config, omega_grad="omega" in wrt, force_grad=want_force, ranged=ranged)
              if supported and step_adjoint != "warp" else None)
     terms = dec.local_loss_terms(loss)
 
@@ -865,7 +906,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     # the moments replay of value_and_grad where it is exact: a halo cell's stored (rho, u) come from
     # the same exchanged state the adjoint would gather from
     use_moments = _moments_replay(lp, "auto", fused is not None, "omega" in wrt, terms, steps)
-    fused_m = (K.step_adjoint_kernel(lp.config, omega_grad=False, force_grad=want_force, moments=True)
+    fused_m = (K.step_adjoint_kernel(lp.config, omega_grad=False, force_grad=want_force, moments=True, ranged=ranged)
                if use_moments else None)
     buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)) if not use_moments else 3)]
     moms = [wp.empty((K.moment_rows(lp.config), lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
@@ -886,12 +927,13 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
                 cur, prev = adjs
                 prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
                 if t == e0 - 1:
-                    _fused_step_adjoint(solver, fused, x, cur, prev, lparams, grads, omega_cells, wrt,
-                                        adj_wall_term, force_cells, solver.window(t, steps))
+                    dec.adjoint_exchanged(lambda first, count: _fused_step_adjoint(
+                        solver, fused, x, cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term, force_cells,
+                        solver.window(t, steps), first=first, count=count), prev.f)
                 else:
-                    _fused_step_adjoint(solver, fused_m, None, cur, prev, lparams, grads, omega_cells, wrt,
-                                        adj_wall_term, force_cells, solver.window(t, steps), moments=moms[t - s0])
-                dec.reverse_exchange(prev.f)
+                    dec.adjoint_exchanged(lambda first, count: _fused_step_adjoint(
+                        solver, fused_m, None, cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term,
+                        force_cells, solver.window(t, steps), moments=moms[t - s0], first=first, count=count), prev.f)
                 adjs.reverse()
             continue
         for t in range(s0, e0 - 1):
@@ -904,15 +946,23 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
         for t in reversed(range(s0, e0)):
             cur, prev = adjs
             prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
+            active = [term for term in terms if term.active(t, steps)]
+            if fused is not None and not active:
+                # no loss term adds to this adjoint: the reverse exchange overlaps the adjoint
+                # (a term's adjoint, e.g. a curved-wall drag, may write halo entries after the step's)
+                dec.adjoint_exchanged(lambda first, count: _fused_step_adjoint(
+                    solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term,
+                    force_cells, solver.window(t, steps), first=first, count=count), prev.f)
+                adjs.reverse()
+                continue
             if fused is not None:
                 _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt,
                                     adj_wall_term, force_cells, solver.window(t, steps))
             else:
                 _step_adjoint(solver, buffer[t - s0], cur, prev, lparams, grads, solver.window(t, steps), scratch,
                               wrt, adj_wall_term)
-            for term in terms:
-                if term.active(t, steps):
-                    term.adjoint(lp, buffer[t - s0].f, lparams, adj_out, prev.f, grads)
+            for term in active:
+                term.adjoint(lp, buffer[t - s0].f, lparams, adj_out, prev.f, grads)
             dec.reverse_exchange(prev.f)
             adjs.reverse()
     adj = adjs[0]

@@ -888,7 +888,8 @@ def adjoint_register_cap(cfg: StepConfig):
 
 @lru_cache(maxsize=None)
 def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bool = True, moments: bool = False,
-                        pull_in: bool = False, push_out: bool = True, max_registers: int | None = None):
+                        pull_in: bool = False, push_out: bool = True, max_registers: int | None = None,
+                        ranged: bool = False):
     """Hand-written vector-Jacobian product of :func:`step_kernel` for BGK or TRT, Guo forcing and
     (moving) walls.
 
@@ -921,6 +922,12 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     gather, mirrored). A leaf of the moments replay runs plain -> gathered, gathered -> gathered,
     ..., gathered -> plain, so everything outside it sees the plain form; the pull and the own-cell
     stores have the forward step's memory pattern. Solid cells keep their values in both forms.
+
+    ``ranged=True`` builds the variant whose launch of ``dim`` threads covers cells ``base .. base +
+    dim - 1`` (the distributed reverse pass adjoins a slab's boundary planes first, then the rest
+    while their halo adjoints travel); the other variants ignore ``base``, as :func:`step_kernel`'s.
+    Each cell's results are the same whatever the ranges: entries are stored, and the parameter
+    gradients are accumulated per cell (or per boundary slot, where a halo cell adds zero).
     """
     if (pull_in or not push_out) and not moments:
         raise ValueError(f"pull_in={pull_in}, push_out={push_out}: the gathered form is for moments kernels only")
@@ -1032,8 +1039,11 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
         ny: int,
         nz: int,
         mom: wp.array2d(dtype=dtype),
+        base: int,
     ):
         idx = wp.tid()
+        if wp.static(ranged):
+            idx = idx + base
         cell = code[idx]
         kind = int(cell >> wp.uint32(KIND_SHIFT))
         if kind == KIND_SOLID:
