@@ -72,7 +72,8 @@ def parse_args(argv=None):
                     help="also compare STEPS steps (populations, loss, wall-velocity gradient) with one device's "
                          "Solver.run and value_and_grad on rank 0 (needs the global problem's memory there)")
     ap.add_argument("--no-overlap", action="store_true",
-                    help="forward: exchange the halos, then step (difflbm.distributed._OVERLAP = False)")
+                    help="exchange the halos, then step (and adjoin, then reverse-exchange): "
+                         "difflbm.distributed._OVERLAP = False")
     ap.add_argument("--baseline", default=None,
                     help="JSON lines holding the one-rank run of the same mode, size and steps: adds efficiencies")
     return ap.parse_args(argv)

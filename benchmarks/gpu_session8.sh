@@ -39,4 +39,26 @@ ncu6)
   echo "ncu rc $?"; python3 benchmarks/ncu_table.py $OUT/ncu6.csv > $OUT/ncu6.txt || tail -5 $OUT/ncu6.err
   cat $OUT/ncu6.txt
   ;;
+dist)
+  # for a session that is lent nvidia-h200-x2 or -x4 (none was in the fifth to eighth sessions): a
+  # check run, then weak scaling 256^3 per GPU, forward and gradient, with and without the overlap
+  # (since the eighth session the gradient's replays and reverse passes overlap too), strong 512^3
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  R="python3 -m torch.distributed.run --standalone"; S=$OUT/scaling.jsonl
+  G=$(nvidia-smi -L | wc -l)
+  run() { timeout 150 $R "$@" 2>&1 | grep -E '^\{|Error' | cut -c1-400; }
+  run --nproc_per_node=2 benchmarks/dist_bench.py --mode weak --size 64 --steps 20 --repeats 2 --check 20
+  run --nproc_per_node=1 benchmarks/dist_bench.py --mode weak --size 256 --gradient --out $S
+  for g in 2 4; do
+    [ $g -le $G ] || continue
+    run --nproc_per_node=$g benchmarks/dist_bench.py --mode weak --size 256 --gradient --out $S --baseline $S
+    run --nproc_per_node=$g benchmarks/dist_bench.py --mode weak --size 256 --gradient --no-overlap --out $S --baseline $S
+  done
+  run --nproc_per_node=1 benchmarks/dist_bench.py --mode strong --size 512 --steps 50 --repeats 3 --out $S
+  run --nproc_per_node=$G benchmarks/dist_bench.py --mode strong --size 512 --steps 50 --repeats 3 --out $S --baseline $S
+  python3 -c "
+import json
+for l in open('$S'):
+    d = json.loads(l); print({k: d.get(k) for k in ('mode', 'world_size', 'overlap', 'forward_mlups', 'gradient_mlups_equivalent', 'forward_efficiency', 'gradient_efficiency')})"
+  ;;
 esac
