@@ -713,6 +713,9 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State | None, adj_out:
     (``step_adjoint_kernel(ranged=True)``); default all cells."""
     p = solver.problem
     g = p.grid3
+    if (first or count is not None) and not getattr(kernel, "difflbm_ranged", False):
+        raise ValueError(f"first={first}, count={count} need a ranged kernel (step_adjoint_kernel(ranged=True)); "
+                         "this one adjoins every cell")
     want_wall = int("wall_velocity" in wrt)
     want_omega = int(omega_cells is not None)
     want_inlet = int("inlet_velocity" in wrt and p.config.velocity_bc)

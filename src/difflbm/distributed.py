@@ -364,11 +364,13 @@ class SlabDecomposition:
         count - 1 (a kernel that stores every entry it owns, ``step_adjoint_kernel(ranged=True)``;
         ``count`` None: all cells, any kernel).
 
-        With the overlap (as :meth:`step_exchanged`), the two boundary planes are adjoined first
-        (their threads are the only ones that store the halo entries the reverse exchange sends:
-        a cell's adjoint goes to the populations it pulled), packed and posted; the halo planes and
-        the planes 2 .. n-1 are adjoined while they travel; then the arrived values are added to the
-        boundary planes and the halos zeroed. Bit-identical to adjoint-then-exchange."""
+        With the overlap (as :meth:`step_exchanged`), the halo and boundary planes (0, 1 and n,
+        n + 1) are adjoined first: their threads are the only ones that store the halo entries the
+        reverse exchange sends (a cell's adjoint goes to the populations it pulled, or to its own
+        for bounce-back links and solid cells; the halo cells' own adjoint is zero, so what they
+        store there is zero, but it is stored before the pack all the same). Those are packed and
+        posted, planes 2 .. n-1 are adjoined while they travel, then the arrived values are added
+        to the boundary planes and the halos zeroed. Bit-identical to adjoint-then-exchange."""
         S, n = self.plane, self.n
         if not self.overlaps():
             adjoint_cells(0, None)
@@ -376,14 +378,12 @@ class SlabDecomposition:
             return
         k, dirs, P, dim = self._halo(adj)
         dev = self.problem.device
-        adjoint_cells(S, S)
-        adjoint_cells(n * S, S)
+        adjoint_cells(0, 2 * S)
+        adjoint_cells(n * S, 2 * S)
         wp.launch(k["pack_back"], dim=dim, inputs=[adj, dirs, P, S, n, self._halo_send], device=dev)
         with self._on_warp_stream():
             started = self._post_halo(back=True)
-        adjoint_cells(0, S)
         adjoint_cells(2 * S, (n - 2) * S)
-        adjoint_cells((n + 1) * S, S)
         with self._on_warp_stream():
             self._swap_halo(back=True, started=started)
         wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, adj], device=dev)
@@ -919,10 +919,12 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             x = buffer[0]
             for t in range(s0, e0 - 1):
                 y = buffer[1] if x is not buffer[1] else buffer[2]
-                # with the overlap the halo cells are stepped too (first=True): their moments are
-                # then finite, as the adjoint multiplies them by the halo's zero adjoint
+                # with the overlap the halo cells are stepped too (first=True), as without it: the
+                # adjoint reads their moments (and multiplies them by the halo's zero adjoint)
                 dec.step_exchanged(solver, x, y, lparams, solver.window(t, steps), first=True, moments=moms[t - s0])
                 x = y
+            # no loss term is active inside the rollout here (_moments_replay's condition), so every
+            # reverse step can overlap its exchange
             for t in reversed(range(s0, e0)):
                 cur, prev = adjs
                 prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
@@ -937,8 +939,9 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
                 adjs.reverse()
             continue
         for t in range(s0, e0 - 1):
-            # first use of a replay buffer: its halo planes are stepped too, so none holds
-            # uninitialised memory (the adjoint multiplies a halo cell's values by zero)
+            # first use of a replay buffer: its halo planes are stepped too, so that none keeps
+            # the zeros of State.empty (rho = 0 would give u = 0/0 in the adjoint of a halo cell,
+            # and NaN times its zero adjoint is NaN); later uses keep finite values of earlier steps
             y = buffer[t - s0 + 1]
             dec.step_exchanged(solver, buffer[t - s0], y, lparams, solver.window(t, steps),
                                first=id(y) not in replayed)

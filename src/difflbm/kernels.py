@@ -927,7 +927,8 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
     dim - 1`` (the distributed reverse pass adjoins a slab's boundary planes first, then the rest
     while their halo adjoints travel); the other variants ignore ``base``, as :func:`step_kernel`'s.
     Each cell's results are the same whatever the ranges: entries are stored, and the parameter
-    gradients are accumulated per cell (or per boundary slot, where a halo cell adds zero).
+    gradients are accumulated per cell or per boundary slot (one cell per slot; on a slab a halo
+    cell may share its owner's slot, adding its zero adjoint).
     """
     if (pull_in or not push_out) and not moments:
         raise ValueError(f"pull_in={pull_in}, push_out={push_out}: the gathered form is for moments kernels only")
@@ -1244,4 +1245,5 @@ def step_adjoint_kernel(cfg: StepConfig, omega_grad: bool = True, force_grad: bo
                 else:
                     adj_in[i, source_index(x, y, z, xm, xp, ym, yp, zm, zp, cx, cy, cz, ny, nz)] = g
 
+    lbm_step_adjoint.difflbm_ranged = ranged  # checked by adjoint._fused_step_adjoint
     return lbm_step_adjoint
