@@ -17,6 +17,8 @@ Variants (D3Q19, float32 and float16 storage, the bench's lid cavity):
 
 The ghost variant is checked against the library's step (interior cells, float32 bit for bit;
 float16 rounds the moving-wall term into the stored ghost value, so its difference is printed).
+Each kernel is kept as it was measured (its own copy of the collision: a shared function would be
+other generated code than the one in BENCHMARKS.md).
 Usage: ``python3 benchmarks/forward_lab6.py [size] [time|check|ncu] [rounds]``; BENCH_DEVICE=cpu
 with ``check`` is the CPU smoke test; ``ncu`` launches five kernels per precision inside a profiler
 range (for ``ncu --profile-from-start off``).
@@ -218,6 +220,7 @@ def ghost3_kernels(stor, fused=True):
             if int(cell >> wp.uint32(K.KIND_SHIFT)) == K.KIND_SOLID:
                 return
         if wp.static(fused == 4):
+            # register probe for ptxas_lab6.py only (the code read kept alive by a store); never launched
             wall_slot[t] = int(cell)
         z = t % n
         y = (t / n) % n

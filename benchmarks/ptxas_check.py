@@ -3,11 +3,13 @@
 No GPU needed: ``python benchmarks/ptxas_check.py [--lattice D3Q19] [--precision float32]``.
 Needs CUDA's ptxas (PTXAS env var, default /usr/local/cuda-13.0/bin/ptxas).
 """
-import argparse, glob, os, re, subprocess, tempfile
+import argparse, os, sys
 import warp as wp
 wp.config.log_level = wp.LOG_WARNING
 from difflbm import kernels as K
 from difflbm.bench import cavity_problem
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _ptxas import ptxas_info  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--lattice", default="D3Q19")
@@ -30,13 +32,4 @@ kernels = [("forward", K.step_kernel(cfg, backward=False)),
            ("moments adjoint, plain -> gathered", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False,
                                                                        moments=True, pull_in=False, push_out=False))]
 for name, kern in kernels:
-    with tempfile.TemporaryDirectory() as d:
-        wp.compile_aot_module(kern.module, device=None, arch=90, module_dir=d, use_ptx=True)
-        for path in glob.glob(os.path.join(d, "**", "*.ptx"), recursive=True):
-            text = open(path, "rb").read().replace(b"\x00", b"").decode()
-            text = re.sub(r"^\.version .*$", ".version 9.0", text, count=1, flags=re.M)
-            fixed = path + ".fixed.ptx"
-            open(fixed, "w").write(text)
-            res = subprocess.run([ptxas, "-v", "-arch=sm_90", fixed, "-o", os.devnull], capture_output=True, text=True)
-            lines = [ln for ln in res.stderr.splitlines() if "registers" in ln or "spill" in ln]
-            print(name, "|", " ".join(ln.split("ptxas info    :")[-1].strip() for ln in lines[-2:]))
+    print(name, "|", ptxas_info(kern, ptxas))
