@@ -209,6 +209,12 @@ def test_final_loss_state_replay_3_ranks(tmp_path):
     _check_against_single_rank("final_omega", 3, tmp_path)
 
 
+def test_final_loss_moments_replay_4_ranks(tmp_path):
+    """The moments replay on 4 ranks of 4 planes (replays and reverse passes overlapped, the inner
+    planes a 2-plane range): equals 1 rank, and the overlap changes no bit."""
+    _check_against_single_rank("final", 4, tmp_path)
+
+
 def test_single_process_equals_value_and_grad(monkeypatch):
     """Without a process group the slab machinery runs as one rank and reproduces value_and_grad."""
     p = _problem("periodic")
