@@ -358,11 +358,13 @@ class SlabDecomposition:
             self._swap_halo(back=False, started=started)
         wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, state_out.f], device=dev)
 
-    def adjoint_exchanged(self, adjoint_cells, adj: wp.array):
+    def adjoint_exchanged(self, adjoint_cells, adj: wp.array, then=None):
         """The adjoint of a step into populations ``adj`` (Q, cells), then :meth:`reverse_exchange`.
         ``adjoint_cells(first, count)`` launches the step's adjoint over cells first .. first +
         count - 1 (a kernel that stores every entry it owns, ``step_adjoint_kernel(ranged=True)``;
-        ``count`` None: all cells, any kernel).
+        ``count`` None: all cells, any kernel). ``then()``, if given, runs after the whole adjoint
+        and before the exchange's values are added: it may add to owned cells of ``adj`` but must
+        not touch the halo planes (loss terms over owned cells, :meth:`_Scheduled.owned_only`).
 
         With the overlap (as :meth:`step_exchanged`), the halo and boundary planes (0, 1 and n,
         n + 1) are adjoined first: their threads are the only ones that store the halo entries the
@@ -374,6 +376,8 @@ class SlabDecomposition:
         S, n = self.plane, self.n
         if not self.overlaps():
             adjoint_cells(0, None)
+            if then is not None:
+                then()
             self.reverse_exchange(adj)
             return
         k, dirs, P, dim = self._halo(adj)
@@ -384,6 +388,8 @@ class SlabDecomposition:
         with self._on_warp_stream():
             started = self._post_halo(back=True)
         adjoint_cells(2 * S, (n - 2) * S)
+        if then is not None:
+            then()
         with self._on_warp_stream():
             self._swap_halo(back=True, started=started)
         wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, adj], device=dev)
@@ -667,6 +673,12 @@ class _Scheduled:
         for p in self.parts:
             p._launch(problem, f, params, adj_out, (adj_f, adj_params))
 
+    def owned_only(self) -> bool:
+        """Whether the adjoint adds to owned cells' populations only: field terms and probes (their
+        cells are owned ones), the drag of half-way walls (a cell's own populations); not the drag
+        of curved walls (it reads a neighbour, which may be a halo cell)."""
+        return not any(isinstance(p, _OwnedDrag) and p.curved for p in self.parts)
+
 
 def _link_groups(problem: Problem) -> np.ndarray:
     """Wall group of every link of every cell as :func:`kernels.link_wall_group` computes it on the
@@ -704,6 +716,7 @@ class _OwnedDrag:
         groups = _link_groups(gp)
         loc = dec._x(groups.T, (gp.lattice.q,)).T
         self.groups = wp.array(np.ascontiguousarray(loc), dtype=wp.int32, device=gp.device)
+        self.curved = gp.curved
         self.kernel = _owned_drag_kernel(gp.lattice.name, gp.precision, gp.curved, term.axis)
 
     def _launch(self, problem, f, params, out, adj):
@@ -950,12 +963,14 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             cur, prev = adjs
             prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
             active = [term for term in terms if term.active(t, steps)]
-            if fused is not None and not active:
-                # no loss term adds to this adjoint: the reverse exchange overlaps the adjoint
-                # (a term's adjoint, e.g. a curved-wall drag, may write halo entries after the step's)
+            if fused is not None and all(term.owned_only() for term in active):
+                # the reverse exchange overlaps the adjoint; the loss terms add to owned cells after
+                # it (a curved-wall drag may write halo entries: then exchange after the terms)
                 dec.adjoint_exchanged(lambda first, count: _fused_step_adjoint(
                     solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term,
-                    force_cells, solver.window(t, steps), first=first, count=count), prev.f)
+                    force_cells, solver.window(t, steps), first=first, count=count), prev.f,
+                    then=lambda: [term.adjoint(lp, buffer[t - s0].f, lparams, adj_out, prev.f, grads)
+                                  for term in active])
                 adjs.reverse()
                 continue
             if fused is not None:
