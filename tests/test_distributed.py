@@ -202,10 +202,10 @@ def test_final_loss_moments_replay_open_channel_2_ranks(tmp_path):
 
 
 def test_final_loss_state_replay_3_ranks(tmp_path):
-    """Loss on the last state with the omega gradient: the state replay, and no loss term inside the
-    rollout, so every reverse step overlaps its exchange with the adjoint of the inner planes
-    (SlabDecomposition.adjoint_exchanged), Checkpointed(6), 3 uneven ranks: equals 1 rank, and the
-    overlap changes no bit."""
+    """Loss on the last state with the omega gradient: the state replay with no loss term inside the
+    rollout (the other fused cases add terms at every step), each reverse step overlapping its
+    exchange with the adjoint of the inner planes (SlabDecomposition.adjoint_exchanged),
+    Checkpointed(6), 3 uneven ranks: equals 1 rank, and the overlap changes no bit."""
     _check_against_single_rank("final_omega", 3, tmp_path)
 
 

@@ -12,8 +12,8 @@ extended slab; forward passes and the gradient's replays overlap the two (the pl
 no halo are updated while the halos travel, :meth:`SlabDecomposition.step_exchanged`). The adjoint
 of a step is the existing step adjoint (fused or Warp's) on the extended slab; what lands in the
 halo planes is sent back and *added* to the owner's boundary planes, and the halo planes of the
-adjoint are zeroed (overlapped with the inner planes' adjoint where no loss term adds to it,
-:meth:`SlabDecomposition.adjoint_exchanged`). Losses count
+adjoint are zeroed (overlapped with the inner planes' adjoint and the loss terms' where the
+step adjoint is the fused one, :meth:`SlabDecomposition.adjoint_exchanged`). Losses count
 owned cells only and are summed over ranks; parameter gradients are summed over ranks; per-cell
 gradients stay per rank (``gather=True`` assembles them on every rank).
 
