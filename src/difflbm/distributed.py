@@ -315,6 +315,7 @@ class SlabDecomposition:
             raise ValueError("scratch is the same buffer as state; advance needs two distinct states")
         a, b = state, scratch
         if steps:
+            solver.update_wall_term(params)  # parameters are fixed during the call
             self.exchange(a.f)
         for t in range(int(steps)):
             self.step_exchanged(solver, a, b, params, solver.window(t, steps), first=t == 0)
@@ -326,6 +327,7 @@ class SlabDecomposition:
         """One step ``state_in`` -> ``state_out`` (whose halos ``state_in`` must have from an
         exchange), then ``state_out``'s halos from the neighbours. With ``moments``, the step also
         stores each cell's (rho, u) there (:meth:`Solver.step_moments`; a gradient's moments replay).
+        The moving-wall terms are as last set by :meth:`Solver.update_wall_term`.
 
         With more than one rank and at least three planes per rank (and ``_OVERLAP``) the exchange
         overlaps the update: the two boundary planes are updated, packed and posted, the planes that
@@ -336,35 +338,28 @@ class SlabDecomposition:
         S, n = self.plane, self.n
         if not self.overlaps():
             if moments is None:
-                solver.step(state_in, state_out, params, window)
+                solver.step(state_in, state_out, params, window, update_walls=False)
             else:
-                solver.update_wall_term(params)
                 solver.step_moments(state_in, state_out, moments, params, window)
             self.exchange(state_out.f)
             return
-        solver.update_wall_term(params)
-        k, dirs, P, dim = self._halo(state_out.f)
-        dev = self.problem.device
         solver.step_cells(state_in, state_out, params, S, S, window, moments)
         solver.step_cells(state_in, state_out, params, n * S, S, window, moments)
-        wp.launch(k["pack"], dim=dim, inputs=[state_out.f, dirs, P, S, n, self._halo_send], device=dev)
-        with self._on_warp_stream():
-            started = self._post_halo(back=False)
+        started = self._halo_start(state_out.f, back=False)
         solver.step_cells(state_in, state_out, params, 2 * S, (n - 2) * S, window, moments)
         if first:
             solver.step_cells(state_in, state_out, params, 0, S, window, moments)
             solver.step_cells(state_in, state_out, params, (n + 1) * S, S, window, moments)
-        with self._on_warp_stream():
-            self._swap_halo(back=False, started=started)
-        wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, state_out.f], device=dev)
+        self._halo_finish(state_out.f, back=False, started=started)
 
-    def adjoint_exchanged(self, adjoint_cells, adj: wp.array, then=None):
+    def adjoint_exchanged(self, adjoint_cells, adj: wp.array, then=None, overlap: bool = True):
         """The adjoint of a step into populations ``adj`` (Q, cells), then :meth:`reverse_exchange`.
         ``adjoint_cells(first, count)`` launches the step's adjoint over cells first .. first +
         count - 1 (a kernel that stores every entry it owns, ``step_adjoint_kernel(ranged=True)``;
         ``count`` None: all cells, any kernel). ``then()``, if given, runs after the whole adjoint
         and before the exchange's values are added: it may add to owned cells of ``adj`` but must
         not touch the halo planes (loss terms over owned cells, :meth:`_Scheduled.owned_only`).
+        ``overlap=False``: adjoint, ``then()``, exchange, in that order (any adjoint, any terms).
 
         With the overlap (as :meth:`step_exchanged`), the halo and boundary planes (0, 1 and n,
         n + 1) are adjoined first: their threads are the only ones that store the halo entries the
@@ -374,26 +369,19 @@ class SlabDecomposition:
         posted, planes 2 .. n-1 are adjoined while they travel, then the arrived values are added
         to the boundary planes and the halos zeroed. Bit-identical to adjoint-then-exchange."""
         S, n = self.plane, self.n
-        if not self.overlaps():
+        if not (overlap and self.overlaps()):
             adjoint_cells(0, None)
             if then is not None:
                 then()
             self.reverse_exchange(adj)
             return
-        k, dirs, P, dim = self._halo(adj)
-        dev = self.problem.device
         adjoint_cells(0, 2 * S)
         adjoint_cells(n * S, 2 * S)
-        wp.launch(k["pack_back"], dim=dim, inputs=[adj, dirs, P, S, n, self._halo_send], device=dev)
-        with self._on_warp_stream():
-            started = self._post_halo(back=True)
+        started = self._halo_start(adj, back=True)
         adjoint_cells(2 * S, (n - 2) * S)
         if then is not None:
             then()
-        with self._on_warp_stream():
-            self._swap_halo(back=True, started=started)
-        wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, adj], device=dev)
-        wp.launch(k["zero"], dim=(adj.shape[0], S), inputs=[adj, S, n], device=dev)
+        self._halo_finish(adj, back=True, started=started)
 
     def overlaps(self) -> bool:
         """Whether steps and step adjoints overlap the halo exchange with the update (more than one
@@ -455,36 +443,45 @@ class SlabDecomposition:
             self._halo_recv = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
         return _halo_kernels(f.dtype), self._halo_dirs, P, (2 * P, self.plane)
 
-    def _swap_halo(self, back: bool, started=None):
-        """Send ``_halo_send`` [0] right and [1] left (``back``: [0] left and [1] right) and receive the
-        opposite neighbours' into ``_halo_recv``; ``started``: the sends were posted by
-        :meth:`_post_halo`, only wait for them."""
-        tr = wp.to_torch(self._halo_recv)
-        got = self._swap_finish(started if started is not None else self._post_halo(back))
-        for out, g in zip((tr[0], tr[1]), got):
-            if g.data_ptr() != out.data_ptr():
-                out.copy_(g)
-
-    def _post_halo(self, back: bool):
-        ts = wp.to_torch(self._halo_send)
+    def _halo_start(self, f: wp.array, back: bool):
+        """Pack the planes of populations ``f`` that cross the cuts into ``_halo_send`` (``back``, the
+        adjoint: its halo planes) and post them, [0] right and [1] left (``back``: [0] left, [1]
+        right), with the receives of the opposite neighbours' into ``_halo_recv``; returns what
+        :meth:`_halo_finish` waits for. More than one rank."""
+        k, dirs, P, dim = self._halo(f)
+        wp.launch(k["pack_back" if back else "pack"], dim=dim, inputs=[f, dirs, P, self.plane, self.n,
+                                                                     self._halo_send], device=self.problem.device)
+        ts, tr = wp.to_torch(self._halo_send), wp.to_torch(self._halo_recv)
         first, second = ("left", "right") if back else ("right", "left")
         tags = (2, 3) if back else (0, 1)
+        with self._on_warp_stream():
+            return self._swap_start([(ts[0], first, tags[0]), (ts[1], second, tags[1])], outs=(tr[0], tr[1]))
+
+    def _halo_finish(self, f: wp.array, back: bool, started):
+        """Wait for :meth:`_halo_start`'s messages and put what arrived into ``f``: its halo planes
+        (``back``: added to its boundary planes, then its halo planes zeroed)."""
+        k, dirs, P, dim = self._halo(f)
+        dev, S, n = self.problem.device, self.plane, self.n
         tr = wp.to_torch(self._halo_recv)
-        return self._swap_start([(ts[0], first, tags[0]), (ts[1], second, tags[1])], outs=(tr[0], tr[1]))
+        with self._on_warp_stream():
+            for out, g in zip((tr[0], tr[1]), self._swap_finish(started)):
+                if g.data_ptr() != out.data_ptr():
+                    out.copy_(g)
+        if back:
+            wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, f], device=dev)
+            wp.launch(k["zero"], dim=(f.shape[0], S), inputs=[f, S, n], device=dev)
+        else:
+            wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, f], device=dev)
 
     def exchange(self, f: wp.array):
         """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes:
         one kernel packs the planes that cross the cuts, one unpacks what arrived (one rank: one kernel
         copies its own planes)."""
-        k, dirs, P, dim = self._halo(f)
-        dev, S, n = self.problem.device, self.plane, self.n
-        if self.world == 1:
-            wp.launch(k["wrap"], dim=dim, inputs=[f, dirs, P, S, n], device=dev)
+        if self.world > 1:
+            self._halo_finish(f, back=False, started=self._halo_start(f, back=False))
             return
-        wp.launch(k["pack"], dim=dim, inputs=[f, dirs, P, S, n, self._halo_send], device=dev)
-        with self._on_warp_stream():
-            self._swap_halo(back=False)
-        wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, f], device=dev)
+        k, dirs, P, dim = self._halo(f)
+        wp.launch(k["wrap"], dim=dim, inputs=[f, dirs, P, self.plane, self.n], device=self.problem.device)
 
     def reverse_exchange(self, adj: wp.array):
         """Adjoint of :meth:`exchange`: halo values are added to the owners' boundary planes, halos zeroed.
@@ -493,15 +490,12 @@ class SlabDecomposition:
         """
         S, n = self.plane, self.n
         if adj.ndim == 2 and adj.shape[0] == self.problem.lattice.q and adj.shape[1] == self.local.cell_count:
+            if self.world > 1:
+                self._halo_finish(adj, back=True, started=self._halo_start(adj, back=True))
+                return
             k, dirs, P, dim = self._halo(adj)
             dev = self.problem.device
-            if self.world == 1:
-                wp.launch(k["wrap_back"], dim=dim, inputs=[adj, dirs, P, S, n], device=dev)
-            else:
-                wp.launch(k["pack_back"], dim=dim, inputs=[adj, dirs, P, S, n, self._halo_send], device=dev)
-                with self._on_warp_stream():
-                    self._swap_halo(back=True)
-                wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, adj], device=dev)
+            wp.launch(k["wrap_back"], dim=dim, inputs=[adj, dirs, P, S, n], device=dev)
             wp.launch(k["zero"], dim=(adj.shape[0], S), inputs=[adj, S, n], device=dev)
             return
         with self._on_warp_stream():  # per-cell field: every component of the halo cells goes back
@@ -881,6 +875,7 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     out = wp.zeros(1, dtype=wp.float64, device=dev)
     checkpoints = {}
     a, b = dec.local_state(initial), State.empty(lp)
+    solver.update_wall_term(lparams)  # parameters are fixed during the rollout (forward, replays, adjoint)
     dec.exchange(a.f)
     for t in range(steps + 1):
         for term in terms:
@@ -907,7 +902,6 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             term.adjoint(lp, final.f, lparams, adj_out, adjs[0].f, grads)
     dec.reverse_exchange(adjs[0].f)
     adj_wall_term = wp.zeros_like(solver.wall_term)
-    solver.update_wall_term(lparams)
     omega_cells = None
     if fused is not None and "omega" in wrt:
         omega_cells = grads.omega if lp.config.omega_field else wp.zeros(lp.cell_count, dtype=grads.omega.dtype,
@@ -925,6 +919,17 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     moms = [wp.empty((K.moment_rows(lp.config), lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
             for _ in range(max(min(seg, steps) - 1, 0))] if use_moments else []
     replayed = set()  # replay buffers written at least once
+
+    def adjoin(kernel, state, cur, prev, t, moments=None):
+        """Step t's adjoint cur -> prev as adjoint_exchanged's ``adjoint_cells``: the fused kernel
+        (ranged where the reverse pass overlaps), else Warp's generated one over all cells."""
+        if kernel is None:
+            return lambda first, count: _step_adjoint(solver, state, cur, prev, lparams, grads,
+                                                      solver.window(t, steps), scratch, wrt, adj_wall_term)
+        return lambda first, count: _fused_step_adjoint(
+            solver, kernel, state, cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term, force_cells,
+            solver.window(t, steps), moments=moments, first=first, count=count)
+
     for s0 in reversed(range(0, steps, seg)):
         e0 = min(s0 + seg, steps)
         wp.copy(buffer[0].f, checkpoints.pop(s0))
@@ -941,14 +946,8 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             for t in reversed(range(s0, e0)):
                 cur, prev = adjs
                 prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
-                if t == e0 - 1:
-                    dec.adjoint_exchanged(lambda first, count: _fused_step_adjoint(
-                        solver, fused, x, cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term, force_cells,
-                        solver.window(t, steps), first=first, count=count), prev.f)
-                else:
-                    dec.adjoint_exchanged(lambda first, count: _fused_step_adjoint(
-                        solver, fused_m, None, cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term,
-                        force_cells, solver.window(t, steps), moments=moms[t - s0], first=first, count=count), prev.f)
+                dec.adjoint_exchanged(adjoin(fused, x, cur, prev, t) if t == e0 - 1 else
+                                      adjoin(fused_m, None, cur, prev, t, moms[t - s0]), prev.f)
                 adjs.reverse()
             continue
         for t in range(s0, e0 - 1):
@@ -963,25 +962,15 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
             cur, prev = adjs
             prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
             active = [term for term in terms if term.active(t, steps)]
-            if fused is not None and all(term.owned_only() for term in active):
-                # the reverse exchange overlaps the adjoint; the loss terms add to owned cells after
-                # it (a curved-wall drag may write halo entries: then exchange after the terms)
-                dec.adjoint_exchanged(lambda first, count: _fused_step_adjoint(
-                    solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term,
-                    force_cells, solver.window(t, steps), first=first, count=count), prev.f,
-                    then=lambda: [term.adjoint(lp, buffer[t - s0].f, lparams, adj_out, prev.f, grads)
-                                  for term in active])
-                adjs.reverse()
-                continue
-            if fused is not None:
-                _fused_step_adjoint(solver, fused, buffer[t - s0], cur, prev, lparams, grads, omega_cells, wrt,
-                                    adj_wall_term, force_cells, solver.window(t, steps))
-            else:
-                _step_adjoint(solver, buffer[t - s0], cur, prev, lparams, grads, solver.window(t, steps), scratch,
-                              wrt, adj_wall_term)
-            for term in active:
-                term.adjoint(lp, buffer[t - s0].f, lparams, adj_out, prev.f, grads)
-            dec.reverse_exchange(prev.f)
+
+            def add_terms(state=buffer[t - s0], prev=prev, active=active):
+                for term in active:
+                    term.adjoint(lp, state.f, lparams, adj_out, prev.f, grads)
+            # the reverse exchange overlaps the fused adjoint, the loss terms adding to owned cells
+            # after it; Warp's adjoint, or a term that may write halo entries (curved-wall drag):
+            # adjoint, terms, then the exchange
+            dec.adjoint_exchanged(adjoin(fused, buffer[t - s0], cur, prev, t), prev.f, then=add_terms,
+                                  overlap=fused is not None and all(term.owned_only() for term in active))
             adjs.reverse()
     adj = adjs[0]
 
