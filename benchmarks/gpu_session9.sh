@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Ninth session (2026-12-01), one H200. Usage: bash benchmarks/gpu_session9.sh PART
+set -u
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import warp; print('warp', warp.__version__)"
+git log -1 --format=%h 2>/dev/null || true
+# the values of each JSON line of $OUT/NAME.txt, one line each
+values() { grep -E "check|variant|copy|phase|mlups" $OUT/$1.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: d = json.loads(l)
+    except Exception: continue
+    print(' '.join(str(v) for v in d.values()))"; }
+case "$1" in
+lab7)
+  # issue #6: the native (wp.func_native) cell body vs the library's step, alternating, 256^3
+  timeout 420 python3 benchmarks/forward_lab7.py 256 time 3 > $OUT/lab7.txt 2>$OUT/lab7.err; echo "rc $?"
+  values lab7; tail -3 $OUT/lab7.err
+  ;;
+lab7_512)
+  LAB7_PRECISION=float32 timeout 500 python3 benchmarks/forward_lab7.py 512 time 2 > $OUT/lab7_512.txt 2>$OUT/lab7_512.err; echo "rc $?"
+  values lab7_512; tail -3 $OUT/lab7_512.err
+  ;;
+ncu7)
+  m="gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct"
+  timeout 280 ncu --profile-from-start off --clock-control none --csv --metrics $m python3 benchmarks/forward_lab7.py 256 ncu > $OUT/ncu7.csv 2>$OUT/ncu7.err
+  echo "ncu rc $?"; python3 benchmarks/ncu_table.py $OUT/ncu7.csv > $OUT/ncu7.txt || tail -5 $OUT/ncu7.err
+  cat $OUT/ncu7.txt
+  ;;
+*)
+  echo "unknown part $1"; exit 2
+  ;;
+esac
