@@ -56,26 +56,51 @@ def _signed_sum(terms) -> str:
     return out or "0.0f"
 
 
-def native_body(stor: str, form: str = "off", rcp: bool = False) -> str:
-    """C++ of one cell's update: pull with half-way bounce-back links, moving-wall terms, BGK."""
+def magic(d: int):
+    """(m, s) with a // d == (a * m) >> s for every 0 <= a < 2^31 (Granlund & Montgomery 1994, Thm 4.2
+    with 31-bit dividends: l = ceil(log2 d), m = floor(2^(31 + l) / d) + 1 < 2^32, s = 31 + l)."""
+    if not 1 <= d < 2 ** 31:
+        raise ValueError(f"d={d}: the divisor must be in 1 .. 2^31 - 1")
+    lg = (d - 1).bit_length()
+    return (1 << (31 + lg)) // d + 1, 31 + lg
+
+
+def native_body(stor: str, form: str = "off", rcp: bool = False, fastdiv: bool = False, dev: bool = False) -> str:
+    """C++ of one cell's update: pull with half-way bounce-back links, moving-wall terms, BGK.
+
+    form: ``off`` (link choice as a select of 32-bit offsets, after the code is read), ``ptr`` (a
+    select of pointers), ``spec`` (every pull issued before the code is read; cells with links then
+    reload their link directions from their own opposite populations in a branch); rcp: u = m * (1 / rho);
+    fastdiv: the cell's coordinates by multiply-shift (magic numbers) instead of integer division;
+    dev (float16 only): the collision on the stored deviations s_i = f_i - w_i (rho = 1 + sum s_i).
+    """
     T = "wp::float16" if stor == "float16" else "wp::float32"
     shifted = stor == "float16"
+    if dev and not shifted:
+        raise ValueError("dev=True is the float16 (deviation-storing) form")
     axis = {(0, 1): "sxm", (0, -1): "sxp", (1, 1): "sym", (1, -1): "syp", (2, 1): "szm", (2, -1): "szp"}
     L = []
     a = L.append
     a("const int nyz = ny * nz;")
     a("const unsigned int un = (unsigned int)(nx * nyz);")
     a("const unsigned int ui = (unsigned int)idx;")
-    a("const int z = idx % nz;")
-    a("const int y = (idx / nz) % ny;")
-    a("const int x = idx / nyz;")
+    if fastdiv:
+        a("const int q1 = (int)(((unsigned long long)ui * (unsigned long long)mz) >> sz);")
+        a("const int x = (int)(((unsigned long long)(unsigned int)q1 * (unsigned long long)my) >> sy);")
+        a("const int z = idx - q1 * nz;")
+        a("const int y = q1 - x * ny;")
+    else:
+        a("const int z = idx % nz;")
+        a("const int y = (idx / nz) % ny;")
+        a("const int x = idx / nyz;")
     a(f"const {T}* __restrict__ fi = f_in.data;")
     a(f"{T}* __restrict__ fo = f_out.data;")
-    a("const unsigned int cell = code.data[idx];")
-    a(f"if ((cell >> {K.KIND_SHIFT}) == {K.KIND_SOLID}u) {{")
-    a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
-    a("    return;")
-    a("}")
+    solid = [f"if ((cell >> {K.KIND_SHIFT}) == {K.KIND_SOLID}u) {{",
+             f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];",
+             "    return;", "}"]
+    if form != "spec":
+        a("const unsigned int cell = code.data[idx];")
+        L.extend(solid)
     # offsets of the pull sources along each axis, wrapped (the source of c = +1 is x - 1)
     a("const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;")
     a("const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;")
@@ -87,14 +112,21 @@ def native_body(stor: str, form: str = "off", rcp: bool = False) -> str:
         a(f"const {T}* __restrict__ own = fi + ui;")
     a("float f0 = static_cast<float>(fi[ui]);")
     for i in range(1, Q):
-        parts = [axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0]
-        d = " + ".join(parts)
+        d = " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0)
         bit = f"((cell >> {i}u) & 1u)"
         if form == "off":
             a(f"float f{i} = static_cast<float>(fi[{bit} ? ({OPP[i]}u * un + ui) : ({i}u * un + ui + (unsigned int)({d}))]);")
-        else:
+        elif form == "ptr":
             a(f"float f{i} = static_cast<float>(*({bit} ? (own + {OPP[i]}u * un) : (own + {i}u * un + ({d}))));")
+        else:
+            a(f"float f{i} = static_cast<float>(fi[{i}u * un + ui + (unsigned int)({d})]);")
+    if form == "spec":
+        a("const unsigned int cell = code.data[idx];")
+        L.extend(solid)
     a(f"if (cell & {K.LINK_MASK}u) {{")
+    if form == "spec":
+        for i in range(1, Q):
+            a(f"    if ((cell >> {i}u) & 1u) f{i} = static_cast<float>(fi[{OPP[i]}u * un + ui]);")
     a("    const int ws = wall_slot.data[idx];")
     a("    if (ws >= 0) {")
     a("        const float* wt = (const float*)((const char*)wall_term.data + (size_t)ws * (size_t)wall_term.strides[0]);")
@@ -102,55 +134,74 @@ def native_body(stor: str, form: str = "off", rcp: bool = False) -> str:
         a(f"        if ((cell >> {i}u) & 1u) f{i} = f{i} + wt[{i}];")
     a("    }")
     a("}")
-    if shifted:
+    if shifted and not dev:
         for i in range(Q):
             a(f"f{i} = f{i} + {_flt(W[i])};")
     # collision, the library's order; zero velocity components dropped from the sums
-    a("const float rho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
-    for k, m in enumerate(("mx", "my", "mz")):
+    if dev:
+        a("const float drho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
+        a("const float rho = 1.0f + drho;")
+    else:
+        a("const float rho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
+    for k, m in enumerate(("mx", "my_", "mz_")):
         a(f"const float {m} = " + _signed_sum([(C[i][k], f"f{i}") for i in range(Q)]) + ";")
     if rcp:
         a("const float inv = 1.0f / rho;")
-        a("const float ux = mx * inv; const float uy = my * inv; const float uz = mz * inv;")
+        a("const float ux = mx * inv; const float uy = my_ * inv; const float uz = mz_ * inv;")
     else:
-        a("const float ux = mx / rho; const float uy = my / rho; const float uz = mz / rho;")
+        a("const float ux = mx / rho; const float uy = my_ / rho; const float uz = mz_ / rho;")
     a("const float usq = 1.5f * (ux * ux + uy * uy + uz * uz);")
     for i in range(Q):
         cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")])
-        sh = f" - {_flt(W[i])}" if shifted else ""
         a("{")
         a(f"    const float cu = 3.0f * ({cu});")
-        a(f"    const float wr = {_flt(W[i])} * rho;")
-        a("    const float feq = wr * (1.0f + cu + 0.5f * cu * cu - usq);")
-        a(f"    const float val = f{i} + omega * (feq - f{i});")
-        a(f"    fo[{i}u * un + ui] = {T}(val{sh});")
+        if dev:
+            # s_i' = s_i + omega (feq_i - w_i - s_i), feq_i - w_i = w_i (drho + rho (cu + cu^2 / 2 - usq))
+            a(f"    const float seq = {_flt(W[i])} * (drho + rho * (cu + 0.5f * cu * cu - usq));")
+            a(f"    fo[{i}u * un + ui] = {T}(f{i} + omega * (seq - f{i}));")
+        else:
+            sh = f" - {_flt(W[i])}" if shifted else ""
+            a(f"    const float wr = {_flt(W[i])} * rho;")
+            a("    const float feq = wr * (1.0f + cu + 0.5f * cu * cu - usq);")
+            a(f"    const float val = f{i} + omega * (feq - f{i});")
+            a(f"    fo[{i}u * un + ui] = {T}(val{sh});")
         a("}")
     return "\n".join(L)
 
 
-def native_kernel(stor_dtype, form="off", rcp=False, max_registers=None):
+def native_kernel(stor_dtype, form="off", rcp=False, max_registers=None, fastdiv=False, dev=False):
     stor = "float16" if stor_dtype == wp.float16 else "float32"
-    snippet = native_body(stor, form, rcp)
+    snippet = native_body(stor, form, rcp, fastdiv, dev)
     f32 = wp.float32
 
     @wp.func_native(snippet)
     def cell_update(f_in: wp.array2d(dtype=stor_dtype), f_out: wp.array2d(dtype=stor_dtype),
                     code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
-                    wall_term: wp.array2d(dtype=f32), omega: f32, idx: int, nx: int, ny: int, nz: int):
+                    wall_term: wp.array2d(dtype=f32), omega: f32, idx: int, nx: int, ny: int, nz: int,
+                    mz: wp.uint32, sz: int, my: wp.uint32, sy: int):
         ...
 
     @wp.kernel(enable_backward=False, module="unique", cuda_max_registers=max_registers)
     def native_step(f_in: wp.array2d(dtype=stor_dtype), f_out: wp.array2d(dtype=stor_dtype),
                     code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
-                    wall_term: wp.array2d(dtype=f32), omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int):
+                    wall_term: wp.array2d(dtype=f32), omega_arr: wp.array(dtype=f32), nx: int, ny: int, nz: int,
+                    mz: wp.uint32, sz: int, my: wp.uint32, sy: int):
         idx = wp.tid()
-        cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], idx, nx, ny, nz)
+        cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], idx, nx, ny, nz, mz, sz, my, sy)
 
     return native_step
 
 
-VARIANTS = {"nat_off": ("off", False), "nat_ptr": ("ptr", False), "nat_rcp": ("off", True),
-            "nat_off_r56": ("off", False, 56), "nat_off_r48": ("off", False, 48)}
+# name: (form, rcp, max_registers, fastdiv, dev); the dev forms are float16 only
+VARIANTS = {"nat_off": ("off", False), "nat_rcp": ("off", True),
+            "nat_spec": ("spec", False), "nat_spec_rcp": ("spec", True),
+            "nat_fast": ("spec", True, None, True), "nat_offfast": ("off", True, None, True),
+            "nat_spec_r64": ("spec", False, 64), "nat_fast_r64": ("spec", True, 64, True),
+            "nat_fast_dev": ("spec", True, None, True, True), "nat_offfast_dev": ("off", True, None, True, True)}
+
+
+def variants_for(prec):
+    return {k: v for k, v in VARIANTS.items() if prec == "float16" or len(v) < 5 or not v[4]}
 
 
 def main():
@@ -186,10 +237,17 @@ def main():
         lib1 = b.f.numpy().copy()
         s.step(b, c, prm, update_walls=False)
         lib2 = c.f.numpy().copy()
-        kernels = {name: native_kernel(stor, *spec) for name, spec in VARIANTS.items()}
+        kernels = {name: native_kernel(stor, *spec) for name, spec in variants_for(prec).items()}
+        mz, sz = magic(size)
+        my, sy = magic(size)
+        for d in (1, 2, 3, 7, size, 1000, 65536 + 1, 2 ** 31 - 1):  # the multiply-shift division, spot checks
+            m_, s_ = magic(d)
+            for v in (0, 1, d - 1, d, d + 1, 2 ** 31 - 1, 2 ** 31 - 2, 123456789):
+                assert (v * m_) >> s_ == v // d, (d, v)
 
         def launch(kern, x, y):
-            wp.launch(kern, dim=n, inputs=[x, y, p.code, p.wall_slot, s.wall_term, prm.omega, size, size, size],
+            wp.launch(kern, dim=n, inputs=[x, y, p.code, p.wall_slot, s.wall_term, prm.omega, size, size, size,
+                                           wp.uint32(mz), sz, wp.uint32(my), sy],
                       device=DEVICE, block_dim=K.BLOCK_DIM)
 
         for name, kern in kernels.items():

@@ -14,5 +14,5 @@ from _ptxas import ptxas_info  # noqa: E402
 
 wp.init()
 for stor in (wp.float32, wp.float16):
-    for name, spec in L.VARIANTS.items():
+    for name, spec in L.variants_for("float16" if stor == wp.float16 else "float32").items():
         print(f"{name} {stor.__name__} |", ptxas_info(L.native_kernel(stor, *spec)))
