@@ -28,6 +28,18 @@ ncu7)
   echo "ncu rc $?"; python3 benchmarks/ncu_table.py $OUT/ncu7.csv > $OUT/ncu7.txt || tail -5 $OUT/ncu7.err
   cat $OUT/ncu7.txt
   ;;
+native)
+  # the library's native forward step vs the Warp-generated one, per lattice / precision / size, then the bench CLI
+  timeout 330 python3 benchmarks/native_bench.py 3 > $OUT/native.txt 2>$OUT/native.err; echo "rc $?"
+  grep -E "case|copy" $OUT/native.txt | python3 -c "
+import json, sys
+for l in sys.stdin:
+    print(' '.join(str(v) for v in json.loads(l).values()))"; tail -3 $OUT/native.err
+  for a in "--size 256" "--size 256 --precision fp16" "--size 512"; do
+    timeout 60 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-700
+  done
+  timeout 150 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+  ;;
 *)
   echo "unknown part $1"; exit 2
   ;;

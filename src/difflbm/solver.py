@@ -6,6 +6,7 @@ import numpy as np
 import warp as wp
 
 from . import kernels as K
+from . import native as N
 from .problem import Parameters, Problem, State
 
 __all__ = ["Solver", "DivergenceError"]
@@ -26,7 +27,17 @@ class Solver:
     def __init__(self, problem: Problem):
         self.problem = problem
         self.kernel = K.step_kernel(problem.config)
-        self.forward_kernel = K.step_kernel(problem.config, backward=False)
+        # the forward step: native per-cell body where it covers the configuration (bit-identical to
+        # the Warp-generated kernel, faster; difflbm.native), else the Warp-generated kernel
+        self.native_step = (N.native_step_enabled()
+                            and N.native_step_unsupported(problem.config, problem.cell_count) is None)
+        if self.native_step:
+            self.forward_kernel = N.native_step_kernel(problem.config)
+            mz, sz = N.division_magic(int(problem.grid3[2]))
+            my, sy = N.division_magic(int(problem.grid3[1]))
+            self._native_inputs = [wp.uint32(mz), sz, wp.uint32(my), sy]
+        else:
+            self.forward_kernel = K.step_kernel(problem.config, backward=False)
         self._moments_kernel = None  # built on first use (gradients' moments replay)
         self._ranged_kernels = {}  # built on first use (step_cells), keyed by "stores moments"
         self._check = K.finite_check_kernel(problem.precision)
@@ -111,6 +122,8 @@ class Solver:
         args[1] = state_out.f
         args[-2] = moments
         args[-1] = first
+        if getattr(kernel, "difflbm_native", False):
+            args += self._native_inputs
         wp.launch(kernel, dim=self.problem.cell_count if count is None else count, inputs=args,
                   device=self.problem.device, block_dim=K.BLOCK_DIM if block_dim is None else block_dim)
 

@@ -1,0 +1,103 @@
+"""The library's forward step with the native cell body (difflbm.native) against the Warp-generated
+step, on the bench's lid cavity, per lattice, precision and size (ninth session, issue #6).
+
+For each case: both solvers step the same perturbed state 4 times and the results are compared
+value for value on the device (mismatches counted), then CUDA graphs of 100 steps of each are
+timed in alternation (median of 5 replays, ``rounds`` rounds); MLUPS and the fraction of the copy
+roofline at 2 Q itemsize + 4 bytes per cell (the cell code).
+Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES]`` with CASES like
+``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below); BENCH_DEVICE=cpu smoke-runs it.
+"""
+import os
+import sys
+
+import warp as wp
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import DEVICE, emit, graph_of, timed  # noqa: E402
+from difflbm import bench, kernels as K  # noqa: E402
+from difflbm.bench import cavity_problem  # noqa: E402
+from difflbm.solver import Solver  # noqa: E402
+
+wp.config.quiet = True
+CASES = ("D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q19:512:float16,D3Q27:256:float32,"
+         "D3Q27:256:float16,D2Q9:4096:float32,D3Q19:256:float64,D3Q19:128:float32,D3Q19:64:float32")
+
+
+def perturb_kernel(sdtype, shifted):
+    @wp.kernel(enable_backward=False, module="unique")
+    def perturb(f: wp.array2d(dtype=sdtype)):
+        i, idx = wp.tid()
+        r = wp.sin(float(idx) * 0.37 + float(i) * 1.3)
+        if wp.static(shifted):
+            f[i, idx] = sdtype(float(f[i, idx]) + 0.01 * r)
+        else:
+            f[i, idx] = f[i, idx] * sdtype(1.0 + 0.05 * r)
+    return perturb
+
+
+def mismatch_kernel(sdtype):
+    @wp.kernel(enable_backward=False, module="unique")
+    def mismatch(a: wp.array2d(dtype=sdtype), b: wp.array2d(dtype=sdtype), count: wp.array(dtype=wp.int32)):
+        i, idx = wp.tid()
+        if a[i, idx] != b[i, idx]:
+            wp.atomic_add(count, 0, 1)
+    return mismatch
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    cases = (sys.argv[2] if len(sys.argv) > 2 else CASES).split(",")
+    cuda = wp.get_device(DEVICE).is_cuda
+    bw = bench.copy_bandwidth(DEVICE) if cuda else float("nan")
+    emit(copy_gbs=round(bw / 1e9) if cuda else None, device=wp.get_device(DEVICE).name, warp=wp.__version__)
+    for case in cases:
+        lat, size, prec = case.split(":")
+        size = int(size) if cuda else (64 if lat == "D2Q9" else 12)
+        p = cavity_problem(lat, size, prec, DEVICE)
+        native = Solver(p)
+        os.environ["DIFFLBM_NATIVE_STEP"] = "0"
+        try:
+            generated = Solver(p)
+        finally:
+            del os.environ["DIFFLBM_NATIVE_STEP"]
+        prm = p.parameters()
+        native.update_wall_term(prm)
+        generated.update_wall_term(prm)
+        sd = K.storage_dtype(prec)
+        start = p.state()
+        wp.launch(perturb_kernel(sd, prec == "float16"), dim=start.f.shape, inputs=[start.f], device=DEVICE)
+        out = []
+        for s in (native, generated):
+            a, b = start.copy(), p.state()
+            for _ in range(4):
+                s.step(a, b, prm, update_walls=False)
+                a, b = b, a
+            out.append(a)
+        count = wp.zeros(1, dtype=wp.int32, device=DEVICE)
+        wp.launch(mismatch_kernel(sd), dim=start.f.shape, inputs=[out[0].f, out[1].f, count], device=DEVICE)
+        n = p.cell_count
+        nb = 2 * p.lattice.q * {"float16": 2, "float32": 4, "float64": 8}[prec] + 4
+        emit(case=case, native=native.native_step, mismatches_after_4_steps=int(count.numpy()[0]),
+             values=int(start.f.shape[0] * n))
+        del out, start
+        a, b = p.state(), p.state()
+
+        def run_of(s):
+            def run():
+                for _ in range(50):
+                    s.step(a, b, prm, update_walls=False)
+                    s.step(b, a, prm, update_walls=False)
+            return run
+
+        graphs = [("native", graph_of(run_of(native))), ("generated", graph_of(run_of(generated)))]
+        for r in range(rounds):
+            for name, g in graphs:
+                t = timed(g) / 100
+                emit(round=r, case=case, step=name, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
+                     fraction=round(n * nb / t / bw, 3) if cuda else None, bytes_per_cell=nb)
+        del a, b, graphs, native, generated
+
+
+if __name__ == "__main__":
+    main()

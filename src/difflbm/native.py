@@ -1,0 +1,219 @@
+"""The forward step's per-cell body written as native C++/CUDA (``wp.func_native``) inside a Warp kernel.
+
+Same operations in the same order as :func:`difflbm.kernels.step_kernel` with ``backward=False``, so
+its output is bit-identical to the Warp-generated kernel's (tested on the CPU for every lattice and
+precision; checked on an H200 by ``benchmarks/native_check.py``). What differs is only how it is
+compiled: Warp's generated code computes a 64-bit byte offset from the array strides for every
+access, decodes the cell coordinates with three integer divisions and keeps the multiplications
+of the momentum sums by zero velocity components; here every population is a 32-bit element
+offset from the array's base, the coordinates come from two multiply-shifts with magic numbers
+computed on the host (Granlund & Montgomery 1994) and the zero terms are not written (adding a zero
+changes no finite sum). The float16 step is bound by instructions, so it gains most (docs/PERF_NOTES.md,
+ninth session).
+
+It covers the configurations the benchmark and most forward runs use: BGK with a scalar omega,
+half-way bounce-back walls, moving walls, solid cells, any periodicity, float32 and float16 storage.
+Everything else (float64, forcing, TRT, Smagorinsky, porosity, curved walls, open boundaries, the
+moments and ranged variants, every differentiated kernel) stays on the Warp-generated kernels.
+float64 is left out because the native body was slower there (H200, D3Q19 256^3: 11,594 vs 12,848
+MLUPS for the generated step, BENCHMARKS.md, ninth session).
+Set ``DIFFLBM_NATIVE_STEP=0`` to use the Warp-generated forward step everywhere.
+"""
+
+import os
+from functools import lru_cache
+
+import warp as wp
+
+from . import kernels as K
+
+__all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled"]
+
+
+def native_step_enabled() -> bool:
+    """False when the environment variable ``DIFFLBM_NATIVE_STEP`` is ``0`` (read at Solver construction)."""
+    value = os.environ.get("DIFFLBM_NATIVE_STEP", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"DIFFLBM_NATIVE_STEP={value!r}: allowed values are '0' (Warp-generated step) and '1'")
+    return value == "1"
+
+
+def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
+    """Why the native step cannot run ``cfg`` on ``cell_count`` cells, or None when it can."""
+    lat_q = K.physics(cfg.lattice, cfg.precision)["Q"]
+    if cfg.precision == "float64":
+        return "precision='float64' (the native body measured slower than the generated step)"
+    if cfg.collision != K.COLLISION_BGK:
+        return f"collision={cfg.collision!r} (the native step is BGK)"
+    for name in ("omega_field", "porosity", "curved", "velocity_bc", "pressure_bc", "outflow_bc"):
+        if getattr(cfg, name):
+            return f"{name}=True"
+    if cfg.force != K.FORCE_NONE:
+        return "a body force"
+    if cfg.max_registers is not None:
+        return "a register cap"
+    if lat_q * cell_count >= 2 ** 32:
+        return f"{lat_q} x {cell_count} populations need 64-bit offsets"
+    return None
+
+
+def division_magic(d: int) -> tuple[int, int]:
+    """``(m, s)`` with ``a // d == (a * m) >> s`` for every integer ``0 <= a < 2**31``.
+
+    Granlund & Montgomery (1994), Theorem 4.2 for 31-bit dividends: ``l = ceil(log2 d)``,
+    ``m = floor(2**(31 + l) / d) + 1`` (< 2**32) and ``s = 31 + l``; then ``m d - 2**(31+l)`` lies in
+    (0, d], which is at most ``2**l``.
+    """
+    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d < 2 ** 31:
+        raise ValueError(f"d={d!r}: the divisor must be an integer in 1 .. 2**31 - 1")
+    lg = (d - 1).bit_length()
+    return (1 << (31 + lg)) // d + 1, 31 + lg
+
+
+def _literal(v: float, arith: str) -> str:
+    """A C constant equal to ``arith(v)``: the rounding Warp's ``dtype(constant)`` does."""
+    return f"(({arith}){float(v)!r})"
+
+
+def _signed_sum(terms: list, zero: str) -> str:
+    """``'a - b + c'`` from ``[(1, 'a'), (-1, 'b'), (0, 'x'), (1, 'c')]``, zero coefficients left out."""
+    out = ""
+    for sign, term in terms:
+        if sign == 0:
+            continue
+        if not out:
+            out = term if sign > 0 else f"-{term}"
+        else:
+            out += f" + {term}" if sign > 0 else f" - {term}"
+    return out or zero
+
+
+def cell_body(cfg: K.StepConfig) -> str:
+    """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
+    boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
+    float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function."""
+    ph = K.physics(cfg.lattice, cfg.precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    arith = "float"  # float32 arithmetic for float32 and float16 storage
+    stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
+    shift = K.storage_shift(cfg.lattice, cfg.precision)
+    lit = lambda v: _literal(v, arith)  # noqa: E731
+    axis = {(0, 1): "sxm", (0, -1): "sxp", (1, 1): "sym", (1, -1): "syp", (2, 1): "szm", (2, -1): "szp"}
+    lines = []
+    a = lines.append
+    a("const int nyz = ny * nz;")
+    a("const unsigned int un = (unsigned int)(nx * nyz);")
+    a("const unsigned int ui = (unsigned int)idx;")
+    # idx = (x ny + y) nz + z; the two quotients by multiply-shift (exact for idx < 2^31)
+    a("const int q1 = (int)(((unsigned long long)ui * (unsigned long long)magic_z) >> shift_z);")
+    a("const int x = (int)(((unsigned long long)(unsigned int)q1 * (unsigned long long)magic_y) >> shift_y);")
+    a("const int z = idx - q1 * nz;")
+    a("const int y = q1 - x * ny;")
+    a(f"const {stor}* __restrict__ fi = f_in.data;")
+    a(f"{stor}* __restrict__ fo = f_out.data;")
+    a("const unsigned int cell = code.data[idx];")
+    a(f"if ((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u) {{")
+    a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
+    a("    return;")
+    a("}")
+    # element offsets of the pull sources along each axis, wrapped periodically (c = +1 pulls from x - 1)
+    a("const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;")
+    a("const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;")
+    a("const int sym = (y == 0) ? (ny - 1) * nz : -nz;")
+    a("const int syp = (y == ny - 1) ? -(ny - 1) * nz : nz;")
+    a("const int szm = (z == 0) ? nz - 1 : -1;")
+    a("const int szp = (z == nz - 1) ? -(nz - 1) : 1;")
+    a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
+    for i in range(1, Q):
+        d = " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0)
+        # one load per direction, no branch between the loads: a boundary link's choice is an offset
+        a(f"{arith} f{i} = static_cast<{arith}>(fi[((cell >> {i}u) & 1u) ? ({OPP[i]}u * un + ui)"
+          f" : ({i}u * un + ui + (unsigned int)({d}))]);")
+    if cfg.moving_walls:
+        a(f"if (cell & {K.LINK_MASK}u) {{")
+        a("    const int ws = wall_slot.data[idx];")
+        a("    if (ws >= 0) {")
+        a(f"        const {arith}* wt = (const {arith}*)((const char*)wall_term.data"
+          " + (size_t)ws * (size_t)wall_term.strides[0]);")
+        for i in range(1, Q):
+            a(f"        if ((cell >> {i}u) & 1u) f{i} = f{i} + wt[{i}];")
+        a("    }")
+        a("}")
+    if any(shift):
+        for i in range(Q):
+            a(f"f{i} = f{i} + {lit(W[i])};")
+    zero = lit(0.0)
+    a(f"const {arith} rho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
+    for k, m in enumerate(("mx", "my", "mz")):
+        a(f"const {arith} {m} = " + _signed_sum([(C[i][k], f"f{i}") for i in range(Q)], zero) + ";")
+    a(f"const {arith} ux = mx / rho;")
+    a(f"const {arith} uy = my / rho;")
+    a(f"const {arith} uz = mz / rho;")
+    a(f"const {arith} usq = {lit(1.5)} * (ux * ux + uy * uy + uz * uz);")
+    for i in range(Q):
+        cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")], zero)
+        store = f"val - {lit(shift[i])}" if shift[i] else "val"
+        a("{")
+        a(f"    const {arith} cu = {lit(3.0)} * ({cu});")
+        a(f"    const {arith} wr = {lit(W[i])} * rho;")
+        a(f"    const {arith} feq = wr * ({lit(1.0)} + cu + {lit(0.5)} * cu * cu - usq);")
+        a(f"    const {arith} val = f{i} + omega * (feq - f{i});")
+        a(f"    fo[{i}u * un + ui] = {stor}({store});")
+        a("}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=None)
+def native_step_kernel(cfg: K.StepConfig):
+    """The forward step kernel for ``cfg`` with a native per-cell body.
+
+    Its inputs are those of ``step_kernel(cfg, backward=False)`` followed by
+    ``magic_z, shift_z, magic_y, shift_y`` (:func:`division_magic` of nz and ny); the launch covers
+    every cell. Raises ValueError when :func:`native_step_unsupported` gives a reason.
+    """
+    reason = native_step_unsupported(cfg, 0)
+    if reason is not None:
+        raise ValueError(f"the native step does not support this configuration: {reason}")
+    dtype = K.wp_dtype(cfg.precision)
+    sdtype = K.storage_dtype(cfg.precision)
+    vec3 = K.physics(cfg.lattice, cfg.precision)["vec3"]
+
+    @wp.func_native(cell_body(cfg))
+    def lbm_cell_update(f_in: wp.array2d(dtype=sdtype), f_out: wp.array2d(dtype=sdtype),
+                        code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
+                        wall_term: wp.array2d(dtype=dtype), omega: dtype, idx: int, nx: int, ny: int, nz: int,
+                        magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int):
+        ...
+
+    @wp.kernel(enable_backward=False, module="unique", module_options=K.MODULE_OPTIONS)
+    def lbm_step_native(
+        f_in: wp.array2d(dtype=sdtype),
+        f_out: wp.array2d(dtype=sdtype),
+        code: wp.array(dtype=wp.uint32),
+        slot: wp.array(dtype=wp.int32),
+        solid_wall: wp.array(dtype=wp.int32),
+        face_wall: wp.array(dtype=wp.int32),
+        wall_slot: wp.array(dtype=wp.int32),
+        wall_term: wp.array2d(dtype=dtype),
+        inlet_velocity: wp.array(dtype=vec3),
+        outlet_density: wp.array(dtype=dtype),
+        link_q: wp.array2d(dtype=dtype),
+        omega_arr: wp.array(dtype=dtype),
+        force_arr: wp.array(dtype=vec3),
+        solid_fraction: wp.array(dtype=dtype),
+        nx: int,
+        ny: int,
+        nz: int,
+        mom: wp.array2d(dtype=dtype),
+        base: int,
+        magic_z: wp.uint32,
+        shift_z: int,
+        magic_y: wp.uint32,
+        shift_y: int,
+    ):
+        idx = wp.tid()
+        lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], idx, nx, ny, nz,
+                        magic_z, shift_z, magic_y, shift_y)
+
+    lbm_step_native.difflbm_native = True
+    return lbm_step_native

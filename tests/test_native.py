@@ -1,0 +1,118 @@
+"""The native forward step (difflbm.native): the same bits as the Warp-generated step, and its limits."""
+
+import numpy as np
+import pytest
+
+import difflbm as lbm
+from difflbm import native as N
+from difflbm.solver import Solver
+
+
+def _problem(lattice, precision, **kw):
+    """A grid of unequal sides, periodic along x, a moving wall, a fixed wall and a solid block."""
+    shape = (7, 5) if lattice == "D2Q9" else (7, 5, 6)
+    mask = np.zeros(shape, dtype=bool)
+    mask[2:4, 1:3] = True
+    lid = "y+" if lattice == "D2Q9" else "z+"
+    walls = [lbm.Wall(face=lid, velocity=(0.04,) + (0.01,) * (len(shape) - 1)), lbm.Wall(face="y-"),
+             lbm.Wall(mask=mask)]
+    return lbm.Problem(shape, lattice, kw.pop("collision", "bgk"), omega=1.6, precision=precision, device="cpu",
+                       boundaries=walls, **kw)
+
+
+def _perturbed(p, seed=0):
+    """The problem's initial state with every population changed a little (so no symmetry hides an error)."""
+    s = p.state()
+    f = s.f.numpy()
+    rng = np.random.default_rng(seed)
+    if f.dtype == np.float16:  # float16 stores f_i - w_i
+        s.f.assign(f + (0.01 * rng.standard_normal(f.shape)).astype(np.float16))
+    else:
+        s.f.assign((f * (1.0 + 0.05 * rng.standard_normal(f.shape))).astype(f.dtype))
+    return s
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+@pytest.mark.parametrize("lattice", ["D2Q9", "D3Q19", "D3Q27"])
+def test_native_step_equals_warp_step(lattice, precision, monkeypatch):
+    """Three native steps give the same bits as three Warp-generated steps (walls, lid, solids, wraps)."""
+    p = _problem(lattice, precision)
+    native = Solver(p)
+    monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "0")
+    generated = Solver(p)
+    assert native.native_step and not generated.native_step
+    prm = p.parameters()
+    start = _perturbed(p)
+    out = []
+    for solver in (native, generated):
+        a, b = start.copy(), p.state()
+        for _ in range(3):
+            solver.step(a, b, prm)
+            a, b = b, a
+        out.append(a.f.numpy())
+    assert out[0].dtype == out[1].dtype
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+    # a step moves the populations at all (the comparison is not between two unchanged states)
+    assert not np.array_equal(out[0], start.f.numpy())
+
+
+def test_native_step_periodic_box(monkeypatch):
+    """A fully periodic native step (wraps on every axis) conserves mass and equals the generated step."""
+    p = lbm.Problem((6, 4, 5), "D3Q19", omega=1.2, precision="float32", device="cpu")
+    native = Solver(p)
+    monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "0")
+    generated = Solver(p)
+    assert native.native_step
+    a, b, c = _perturbed(p, seed=3), p.state(), p.state()
+    m0 = a.f.numpy().astype(np.float64).sum()
+    native.step(a, b, p.parameters())
+    generated.step(a, c, p.parameters())
+    assert np.array_equal(b.f.numpy().view(np.uint8), c.f.numpy().view(np.uint8))
+    assert abs(b.f.numpy().astype(np.float64).sum() - m0) < 1e-6 * m0
+
+
+def test_division_magic_is_exact():
+    """The multiply-shift quotient equals a // d at the edges of the range and at random points."""
+    rng = np.random.default_rng(1)
+    divisors = [1, 2, 3, 5, 7, 24, 255, 256, 257, 1000, 65535, 65537, 2 ** 20 + 1, 2 ** 30, 2 ** 31 - 1]
+    divisors += [int(d) for d in rng.integers(1, 2 ** 31 - 1, 40)]
+    for d in divisors:
+        m, s = N.division_magic(d)
+        assert 0 < m < 2 ** 32
+        values = [0, 1, d - 1, d, d + 1, 2 * d - 1, 2 ** 31 - 1, 2 ** 31 - 2]
+        values += [int(v) for v in rng.integers(0, 2 ** 31, 200)]
+        for v in values:
+            if 0 <= v < 2 ** 31:
+                assert (v * m) >> s == v // d, (d, v)
+
+
+@pytest.mark.parametrize("d", [0, -3, 2 ** 31, 2.0, True])
+def test_division_magic_bad_divisor(d):
+    """A divisor outside 1 .. 2^31 - 1 is refused, naming it."""
+    with pytest.raises(ValueError, match="d="):
+        N.division_magic(d)
+
+
+@pytest.mark.parametrize("precision, kw, reason", [("float32", dict(collision="trt"), "collision"),
+                                                  ("float16", dict(force=(1e-5, 0.0)), "force"),
+                                                  ("float64", {}, "float64")])
+def test_unsupported_configurations_use_the_generated_step(precision, kw, reason):
+    """TRT, a body force or float64 keep the Warp-generated step; building the native kernel for them raises."""
+    p = _problem("D2Q9", precision, **kw)
+    assert reason in N.native_step_unsupported(p.config, p.cell_count)
+    assert not Solver(p).native_step
+    with pytest.raises(ValueError, match=reason):
+        N.native_step_kernel(p.config)
+
+
+def test_native_step_refuses_64bit_offsets():
+    """Q * cells >= 2^32 (32-bit element offsets) is reported as unsupported."""
+    p = _problem("D3Q19", "float32")
+    assert "64-bit" in N.native_step_unsupported(p.config, 2 ** 28)
+
+
+def test_native_step_switch(monkeypatch):
+    """DIFFLBM_NATIVE_STEP accepts 0 and 1 only, naming the bad value."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "yes")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_STEP='yes'"):
+        Solver(_problem("D2Q9", "float32"))
