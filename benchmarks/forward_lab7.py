@@ -12,6 +12,8 @@ momentum sums keep the multiplications by zero velocity components. The native b
   changes no finite value, so the result is bit-identical);
 - otherwise the library's operations in the library's order (checked bit for bit in float32).
 
+``face``: the cell code read only by cells on a domain face (the lid cavity has no other coded
+cells), so interior cells' pulls wait for no load.
 Variants: ``lib`` (Solver.step), ``nat_off``, ``nat_ptr``, ``nat_rcp`` (``off`` with u = m * (1/rho):
 one division instead of three; not bit-identical, the difference is printed), ``nat_off_r56`` /
 ``nat_off_r48`` (``off`` at register caps of 56 / 48; ptxas uncapped: 64 float32, 72 float16), ``ref`` (the periodic
@@ -98,7 +100,14 @@ def native_body(stor: str, form: str = "off", rcp: bool = False, fastdiv: bool =
     solid = [f"if ((cell >> {K.KIND_SHIFT}) == {K.KIND_SOLID}u) {{",
              f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];",
              "    return;", "}"]
-    if form != "spec":
+    if form == "face":
+        # only cells on a domain face (or in a box of coded cells, empty here) may have a code: the
+        # others' pulls do not wait for a load
+        a("const bool may = x == 0 | x == nx - 1 | y == 0 | y == ny - 1 | z == 0 | z == nz - 1;")
+        a("unsigned int cell = 0u;")
+        a("if (may) cell = code.data[idx];")
+        L.extend(solid)
+    elif form != "spec":
         a("const unsigned int cell = code.data[idx];")
         L.extend(solid)
     # offsets of the pull sources along each axis, wrapped (the source of c = +1 is x - 1)
@@ -114,7 +123,7 @@ def native_body(stor: str, form: str = "off", rcp: bool = False, fastdiv: bool =
     for i in range(1, Q):
         d = " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0)
         bit = f"((cell >> {i}u) & 1u)"
-        if form == "off":
+        if form in ("off", "face"):
             a(f"float f{i} = static_cast<float>(fi[{bit} ? ({OPP[i]}u * un + ui) : ({i}u * un + ui + (unsigned int)({d}))]);")
         elif form == "ptr":
             a(f"float f{i} = static_cast<float>(*({bit} ? (own + {OPP[i]}u * un) : (own + {i}u * un + ({d}))));")
@@ -197,7 +206,8 @@ VARIANTS = {"nat_off": ("off", False), "nat_rcp": ("off", True),
             "nat_spec": ("spec", False), "nat_spec_rcp": ("spec", True),
             "nat_fast": ("spec", True, None, True), "nat_offfast": ("off", True, None, True),
             "nat_spec_r64": ("spec", False, 64), "nat_fast_r64": ("spec", True, 64, True),
-            "nat_fast_dev": ("spec", True, None, True, True), "nat_offfast_dev": ("off", True, None, True, True)}
+            "nat_fast_dev": ("spec", True, None, True, True), "nat_offfast_dev": ("off", True, None, True, True),
+            "nat_face": ("face", False, None, True), "nat_face_dev": ("face", True, None, True, True)}
 
 
 def variants_for(prec):

@@ -40,6 +40,18 @@ for l in sys.stdin:
   done
   timeout 150 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
   ;;
+blocks)
+  # the face-only code read (lab) first
+  LAB7_ONLY=lib,nat_offfast,nat_face,nat_offfast_dev,nat_face_dev,ref timeout 160 python3 benchmarks/forward_lab7.py 256 time 3 > $OUT/lab7f.txt 2>$OUT/lab7f.err; echo "rc $?"
+  values lab7f; tail -3 $OUT/lab7f.err
+  # block sizes of the native step, then Nsight Compute of the native and generated steps
+  timeout 200 python3 benchmarks/native_bench.py 3 "D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q27:256:float32,D3Q27:256:float16,D2Q9:4096:float32" blocks > $OUT/blocks.txt 2>$OUT/blocks.err; echo "rc $?"
+  values blocks; tail -3 $OUT/blocks.err
+  m="gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct"
+  timeout 200 ncu --profile-from-start off --clock-control none --csv --metrics $m python3 benchmarks/native_bench.py 1 "D3Q19:256:float32,D3Q19:256:float16,D3Q27:256:float32" ncu > $OUT/ncu9.csv 2>$OUT/ncu9.err
+  echo "ncu rc $?"; python3 benchmarks/ncu_table.py $OUT/ncu9.csv > $OUT/ncu9.txt || tail -5 $OUT/ncu9.err
+  cat $OUT/ncu9.txt
+  ;;
 *)
   echo "unknown part $1"; exit 2
   ;;

@@ -5,8 +5,10 @@ For each case: both solvers step the same perturbed state 4 times and the result
 value for value on the device (mismatches counted), then CUDA graphs of 100 steps of each are
 timed in alternation (median of 5 replays, ``rounds`` rounds); MLUPS and the fraction of the copy
 roofline at 2 Q itemsize + 4 bytes per cell (the cell code).
-Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES]`` with CASES like
+Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES] [MODE]`` with CASES like
 ``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below); BENCH_DEVICE=cpu smoke-runs it.
+MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
+MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
 import os
 import sys
@@ -47,7 +49,9 @@ def mismatch_kernel(sdtype):
 
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    cases = (sys.argv[2] if len(sys.argv) > 2 else CASES).split(",")
+    cases = (sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else CASES).split(",")
+    mode = sys.argv[3] if len(sys.argv) > 3 else "compare"
+    default_block = K.forward_block_dim
     cuda = wp.get_device(DEVICE).is_cuda
     bw = bench.copy_bandwidth(DEVICE) if cuda else float("nan")
     emit(copy_gbs=round(bw / 1e9) if cuda else None, device=wp.get_device(DEVICE).name, warp=wp.__version__)
@@ -90,7 +94,29 @@ def main():
                     s.step(b, a, prm, update_walls=False)
             return run
 
-        graphs = [("native", graph_of(run_of(native))), ("generated", graph_of(run_of(generated)))]
+        if mode == "ncu":
+            import torch
+            wp.synchronize_device(DEVICE)
+            torch.cuda.profiler.start()
+            native.step(a, b, prm, update_walls=False)
+            generated.step(a, b, prm, update_walls=False)
+            wp.synchronize_device(DEVICE)
+            torch.cuda.profiler.stop()
+            continue
+
+        def with_block(block, run):
+            def go():
+                K.forward_block_dim = lambda cfg: block
+                try:
+                    run()
+                finally:
+                    K.forward_block_dim = default_block
+            return go
+
+        if mode == "blocks":
+            graphs = [(f"native_block{bd}", graph_of(with_block(bd, run_of(native)))) for bd in (64, 128, 256)]
+        else:
+            graphs = [("native", graph_of(run_of(native))), ("generated", graph_of(run_of(generated)))]
         for r in range(rounds):
             for name, g in graphs:
                 t = timed(g) / 100
