@@ -116,3 +116,30 @@ def test_native_step_switch(monkeypatch):
     monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "yes")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_STEP='yes'"):
         Solver(_problem("D2Q9", "float32"))
+
+
+def test_coded_box_holds_every_coded_cell_off_the_faces():
+    """Every cell with a code lies on a face of a non-periodic axis or inside the coded box, which is tight."""
+    p = _problem("D3Q19", "float32")
+    nx, ny, nz = p.grid3
+    x0, wx, y0, wy, z0, wz = N.coded_box(p.code_np, p.grid3, p.config.periodic)
+    coded = p.code_np.reshape(p.grid3) != 0
+    x, y, z = np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij")
+    face = np.zeros(p.grid3, dtype=bool)
+    for c, n, periodic in zip((x, y, z), p.grid3, p.config.periodic):
+        if not periodic:
+            face |= (c == 0) | (c == n - 1)
+    inside = (x >= x0) & (x < x0 + wx) & (y >= y0) & (y < y0 + wy) & (z >= z0) & (z < z0 + wz)
+    assert not np.any(coded & ~face & ~inside)
+    assert wx * wy * wz > 0
+    # tight: each face of the box touches a coded cell off the faces
+    off = coded & ~face
+    assert off[x0].any() and off[x0 + wx - 1].any() and off[:, y0].any() and off[:, :, z0 + wz - 1].any()
+
+
+def test_coded_box_of_the_lid_cavity_is_empty():
+    """In the lid cavity every code sits on a wall face, so no interior cell reads its code."""
+    from difflbm.bench import cavity_problem
+
+    p = cavity_problem("D3Q19", 8, "float32", "cpu")
+    assert N.coded_box(p.code_np, p.grid3, p.config.periodic) == [0, 0, 0, 0, 0, 0]

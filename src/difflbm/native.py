@@ -27,7 +27,13 @@ import warp as wp
 
 from . import kernels as K
 
-__all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled"]
+__all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
+           "extra_inputs", "NATIVE_BLOCK_DIM"]
+
+# CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
+# (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
+# D3Q27 fp32 1.090 / 1.127 / 1.298 ms, D2Q9 4096^2 within 0.5 % of 128; benchmarks/native_bench.py blocks)
+NATIVE_BLOCK_DIM = 64
 
 
 def native_step_enabled() -> bool:
@@ -68,6 +74,36 @@ def division_magic(d: int) -> tuple[int, int]:
         raise ValueError(f"d={d!r}: the divisor must be an integer in 1 .. 2**31 - 1")
     lg = (d - 1).bit_length()
     return (1 << (31 + lg)) // d + 1, 31 + lg
+
+
+def coded_box(code, grid3, periodic) -> list:
+    """``[x0, nx, y0, ny, z0, nz]``: origin and size of the smallest box holding every cell with a
+    non-zero code (links, a kind) that is not on a face of a non-periodic axis; sizes 0 when there is
+    none. ``code``: the cell codes, flat, ``grid3`` their (nx, ny, nz)."""
+    import numpy as np
+
+    coded = np.asarray(code).reshape(grid3) != 0
+    for axis, is_periodic in enumerate(periodic):
+        if not is_periodic and grid3[axis] > 0:
+            index = [slice(None)] * 3
+            index[axis] = [0, grid3[axis] - 1]
+            coded[tuple(index)] = False
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(coded.any(axis=tuple(a for a in range(3) if a != axis)))
+        box += [int(hit[0]), int(hit[-1] - hit[0] + 1)] if hit.size else [0, 0]
+    if 0 in box[1::2]:
+        box = [0, 0, 0, 0, 0, 0]
+    return box
+
+
+def extra_inputs(problem) -> list:
+    """The native step's inputs after those of the generated step, for ``problem`` as it is now."""
+    nx, ny, nz = (int(v) for v in problem.grid3)
+    mz, sz = division_magic(nz)
+    my, sy = division_magic(ny)
+    return [wp.uint32(mz), sz, wp.uint32(my), sy] + coded_box(problem.code_np, (nx, ny, nz),
+                                                              problem.config.periodic)
 
 
 def _literal(v: float, arith: str) -> str:
@@ -111,7 +147,16 @@ def cell_body(cfg: K.StepConfig) -> str:
     a("const int y = q1 - x * ny;")
     a(f"const {stor}* __restrict__ fi = f_in.data;")
     a(f"{stor}* __restrict__ fo = f_out.data;")
-    a("const unsigned int cell = code.data[idx];")
+    # Only cells on a face of a non-periodic axis or inside the box of the other coded cells can have
+    # a non-zero code (coded_box); the rest skip the load, so their pulls wait for no load (H200:
+    # float32 +1.4 %, float16 +10 %, docs/PERF_NOTES.md, ninth session).
+    tests = [f"(unsigned int)({c} - box_{c}0) < (unsigned int)box_n{c}" for c in "xyz"]
+    for c, n, periodic in zip("xyz", ("nx", "ny", "nz"), cfg.periodic):
+        if not periodic:
+            tests.append(f"{c} == 0 | {c} == {n} - 1")
+    a("const bool coded = (" + ") | (".join(tests) + ");")
+    a("unsigned int cell = 0u;")
+    a("if (coded) cell = code.data[idx];")
     a(f"if ((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u) {{")
     a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
     a("    return;")
@@ -167,9 +212,8 @@ def cell_body(cfg: K.StepConfig) -> str:
 def native_step_kernel(cfg: K.StepConfig):
     """The forward step kernel for ``cfg`` with a native per-cell body.
 
-    Its inputs are those of ``step_kernel(cfg, backward=False)`` followed by
-    ``magic_z, shift_z, magic_y, shift_y`` (:func:`division_magic` of nz and ny); the launch covers
-    every cell. Raises ValueError when :func:`native_step_unsupported` gives a reason.
+    Its inputs are those of ``step_kernel(cfg, backward=False)`` followed by :func:`extra_inputs`
+    (the magic numbers of nz and ny, the coded box); the launch covers every cell. Raises ValueError when :func:`native_step_unsupported` gives a reason.
     """
     reason = native_step_unsupported(cfg, 0)
     if reason is not None:
@@ -182,7 +226,8 @@ def native_step_kernel(cfg: K.StepConfig):
     def lbm_cell_update(f_in: wp.array2d(dtype=sdtype), f_out: wp.array2d(dtype=sdtype),
                         code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
                         wall_term: wp.array2d(dtype=dtype), omega: dtype, idx: int, nx: int, ny: int, nz: int,
-                        magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int):
+                        magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int,
+                        box_x0: int, box_nx: int, box_y0: int, box_ny: int, box_z0: int, box_nz: int):
         ...
 
     @wp.kernel(enable_backward=False, module="unique", module_options=K.MODULE_OPTIONS)
@@ -210,10 +255,16 @@ def native_step_kernel(cfg: K.StepConfig):
         shift_z: int,
         magic_y: wp.uint32,
         shift_y: int,
+        box_x0: int,
+        box_nx: int,
+        box_y0: int,
+        box_ny: int,
+        box_z0: int,
+        box_nz: int,
     ):
         idx = wp.tid()
         lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], idx, nx, ny, nz,
-                        magic_z, shift_z, magic_y, shift_y)
+                        magic_z, shift_z, magic_y, shift_y, box_x0, box_nx, box_y0, box_ny, box_z0, box_nz)
 
     lbm_step_native.difflbm_native = True
     return lbm_step_native

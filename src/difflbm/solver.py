@@ -33,9 +33,7 @@ class Solver:
                             and N.native_step_unsupported(problem.config, problem.cell_count) is None)
         if self.native_step:
             self.forward_kernel = N.native_step_kernel(problem.config)
-            mz, sz = N.division_magic(int(problem.grid3[2]))
-            my, sy = N.division_magic(int(problem.grid3[1]))
-            self._native_inputs = [wp.uint32(mz), sz, wp.uint32(my), sy]
+            self._native_code, self._native_inputs = None, None
         else:
             self.forward_kernel = K.step_kernel(problem.config, backward=False)
         self._moments_kernel = None  # built on first use (gradients' moments replay)
@@ -81,7 +79,7 @@ class Solver:
         if update_walls:
             self.update_wall_term(params)
         self._launch(self.forward_kernel, state_in, state_out, params, window,
-                     block_dim=K.forward_block_dim(self.problem.config))
+                     block_dim=N.NATIVE_BLOCK_DIM if self.native_step else K.forward_block_dim(self.problem.config))
 
     def step_moments(self, state_in: State, state_out: State, moments: wp.array, params: Parameters,
                      window: int = 0):
@@ -123,6 +121,8 @@ class Solver:
         args[-2] = moments
         args[-1] = first
         if getattr(kernel, "difflbm_native", False):
+            if self._native_code is not self.problem.code:  # the box of coded cells follows the codes
+                self._native_code, self._native_inputs = self.problem.code, N.extra_inputs(self.problem)
             args += self._native_inputs
         wp.launch(kernel, dim=self.problem.cell_count if count is None else count, inputs=args,
                   device=self.problem.device, block_dim=K.BLOCK_DIM if block_dim is None else block_dim)
