@@ -52,6 +52,13 @@ blocks)
   echo "ncu rc $?"; python3 benchmarks/ncu_table.py $OUT/ncu9.csv > $OUT/ncu9.txt || tail -5 $OUT/ncu9.err
   cat $OUT/ncu9.txt
   ;;
+grad)
+  # the gradient at T = 1000 with the native forward step, the generated one, the native one again
+  for v in 1 0 1; do
+    echo "DIFFLBM_NATIVE_STEP=$v"
+    DIFFLBM_NATIVE_STEP=$v timeout 110 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+  done
+  ;;
 *)
   echo "unknown part $1"; exit 2
   ;;
