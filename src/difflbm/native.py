@@ -13,8 +13,9 @@ ninth session).
 
 It covers the configurations the benchmark and most forward runs use: BGK with a scalar omega,
 half-way bounce-back walls, moving walls, solid cells, any periodicity, float32 and float16 storage.
-Everything else (float64, forcing, TRT, Smagorinsky, porosity, curved walls, open boundaries, the
-moments and ranged variants, every differentiated kernel) stays on the Warp-generated kernels.
+The moments-storing variant (the gradient's moments replay) has a native form too. Everything else
+(float64, forcing, TRT, Smagorinsky, porosity, curved walls, open boundaries, the ranged variants,
+every differentiated kernel) stays on the Warp-generated kernels.
 float64 is left out because the native body was slower there (H200, D3Q19 256^3: 11,594 vs 12,848
 MLUPS for the generated step, BENCHMARKS.md, ninth session).
 Set ``DIFFLBM_NATIVE_STEP=0`` to use the Warp-generated forward step everywhere.
@@ -124,7 +125,7 @@ def _signed_sum(terms: list, zero: str) -> str:
     return out or zero
 
 
-def cell_body(cfg: K.StepConfig) -> str:
+def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
     boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
     float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function."""
@@ -194,6 +195,14 @@ def cell_body(cfg: K.StepConfig) -> str:
     a(f"const {arith} ux = mx / rho;")
     a(f"const {arith} uy = my / rho;")
     a(f"const {arith} uz = mz / rho;")
+    if moments:
+        # rho and u as the collision sees them, rows 0-3 of mom (step_kernel(moments=True))
+        a(f"{arith}* mrow = mom.data;")
+        a(f"const size_t mstride = (size_t)mom.strides[0] / sizeof({arith});")
+        a("mrow[ui] = rho;")
+        a("mrow[mstride + ui] = ux;")
+        a("mrow[2 * mstride + ui] = uy;")
+        a("mrow[3 * mstride + ui] = uz;")
     a(f"const {arith} usq = {lit(1.5)} * (ux * ux + uy * uy + uz * uz);")
     for i in range(Q):
         cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")], zero)
@@ -209,8 +218,10 @@ def cell_body(cfg: K.StepConfig) -> str:
 
 
 @lru_cache(maxsize=None)
-def native_step_kernel(cfg: K.StepConfig):
-    """The forward step kernel for ``cfg`` with a native per-cell body.
+def native_step_kernel(cfg: K.StepConfig, moments: bool = False):
+    """The forward step kernel for ``cfg`` with a native per-cell body; ``moments=True`` also stores
+    each fluid cell's (rho, u_x, u_y, u_z) into rows 0-3 of ``mom`` (as ``step_kernel(cfg,
+    backward=False, moments=True)``: the gradient's moments replay).
 
     Its inputs are those of ``step_kernel(cfg, backward=False)`` followed by :func:`extra_inputs`
     (the magic numbers of nz and ny, the coded box); the launch covers every cell. Raises ValueError when :func:`native_step_unsupported` gives a reason.
@@ -222,11 +233,11 @@ def native_step_kernel(cfg: K.StepConfig):
     sdtype = K.storage_dtype(cfg.precision)
     vec3 = K.physics(cfg.lattice, cfg.precision)["vec3"]
 
-    @wp.func_native(cell_body(cfg))
+    @wp.func_native(cell_body(cfg, moments))
     def lbm_cell_update(f_in: wp.array2d(dtype=sdtype), f_out: wp.array2d(dtype=sdtype),
                         code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
-                        wall_term: wp.array2d(dtype=dtype), omega: dtype, idx: int, nx: int, ny: int, nz: int,
-                        magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int,
+                        wall_term: wp.array2d(dtype=dtype), omega: dtype, mom: wp.array2d(dtype=dtype),
+                        idx: int, nx: int, ny: int, nz: int, magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int,
                         box_x0: int, box_nx: int, box_y0: int, box_ny: int, box_z0: int, box_nz: int):
         ...
 
@@ -263,7 +274,7 @@ def native_step_kernel(cfg: K.StepConfig):
         box_nz: int,
     ):
         idx = wp.tid()
-        lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], idx, nx, ny, nz,
+        lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], mom, idx, nx, ny, nz,
                         magic_z, shift_z, magic_y, shift_y, box_x0, box_nx, box_y0, box_ny, box_z0, box_nz)
 
     lbm_step_native.difflbm_native = True

@@ -88,8 +88,10 @@ class Solver:
         pressure boundaries; what the moments replay of a gradient keeps).
         The moving-wall terms are as last set by :meth:`update_wall_term`."""
         if self._moments_kernel is None:
-            self._moments_kernel = K.step_kernel(self.problem.config, backward=False, moments=True)
-        self._launch(self._moments_kernel, state_in, state_out, params, window, moments)
+            self._moments_kernel = (N.native_step_kernel(self.problem.config, moments=True) if self.native_step
+                                    else K.step_kernel(self.problem.config, backward=False, moments=True))
+        self._launch(self._moments_kernel, state_in, state_out, params, window, moments,
+                     block_dim=N.NATIVE_BLOCK_DIM if self.native_step else None)
 
     def step_cells(self, state_in: State, state_out: State, params: Parameters, first: int, count: int,
                    window: int = 0, moments: wp.array | None = None):
