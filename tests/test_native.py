@@ -2,13 +2,17 @@
 
 import numpy as np
 import pytest
+import warp as wp
 
 import difflbm as lbm
 from difflbm import native as N
 from difflbm.solver import Solver
 
 
-def _problem(lattice, precision, **kw):
+DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.skipif(not wp.is_cuda_available(), reason="no CUDA device"))]
+
+
+def _problem(lattice, precision, device="cpu", **kw):
     """A grid of unequal sides, periodic along x, a moving wall, a fixed wall and a solid block."""
     shape = (7, 5) if lattice == "D2Q9" else (7, 5, 6)
     mask = np.zeros(shape, dtype=bool)
@@ -16,7 +20,7 @@ def _problem(lattice, precision, **kw):
     lid = "y+" if lattice == "D2Q9" else "z+"
     walls = [lbm.Wall(face=lid, velocity=(0.04,) + (0.01,) * (len(shape) - 1)), lbm.Wall(face="y-"),
              lbm.Wall(mask=mask)]
-    return lbm.Problem(shape, lattice, kw.pop("collision", "bgk"), omega=1.6, precision=precision, device="cpu",
+    return lbm.Problem(shape, lattice, kw.pop("collision", "bgk"), omega=1.6, precision=precision, device=device,
                        boundaries=walls, **kw)
 
 
@@ -32,11 +36,12 @@ def _perturbed(p, seed=0):
     return s
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["float32", "float16"])
 @pytest.mark.parametrize("lattice", ["D2Q9", "D3Q19", "D3Q27"])
-def test_native_step_equals_warp_step(lattice, precision, monkeypatch):
+def test_native_step_equals_warp_step(lattice, precision, device, monkeypatch):
     """Three native steps give the same bits as three Warp-generated steps (walls, lid, solids, wraps)."""
-    p = _problem(lattice, precision)
+    p = _problem(lattice, precision, device)
     native = Solver(p)
     monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "0")
     generated = Solver(p)
@@ -54,6 +59,79 @@ def test_native_step_equals_warp_step(lattice, precision, monkeypatch):
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
     # a step moves the populations at all (the comparison is not between two unchanged states)
     assert not np.array_equal(out[0], start.f.numpy())
+
+
+def _native_and_generated(p, monkeypatch, steps=2):
+    """Populations after ``steps`` native and ``steps`` generated steps from the same perturbed state."""
+    native = Solver(p)
+    with monkeypatch.context() as m:
+        m.setenv("DIFFLBM_NATIVE_STEP", "0")
+        generated = Solver(p)
+    assert native.native_step and not generated.native_step
+    prm = p.parameters()
+    start = _perturbed(p, seed=11)
+    out = []
+    for solver in (native, generated):
+        a, b = start.copy(), p.state()
+        for _ in range(steps):
+            solver.step(a, b, prm)
+            a, b = b, a
+        out.append(a.f.numpy())
+    return out
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_box_one_cell_short_changes_the_result(axis, monkeypatch):
+    """The coded box matters on every axis: one cell cut from it (one side, one axis) breaks the bit identity."""
+    p = _problem("D3Q19", "float32")
+    true_box = N.coded_box(p.code_np, p.grid3, p.config.periodic)
+    short = list(true_box)
+    short[2 * axis] += 1
+    short[2 * axis + 1] -= 1
+    monkeypatch.setattr(N, "coded_box", lambda *args: short)
+    out = _native_and_generated(p, monkeypatch)
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_native_ensemble_equals_generated():
+    """A stacked ensemble (members with their own obstacle and lid) steps natively to the same bits."""
+    from difflbm.ensemble import Ensemble
+
+    def member(k):
+        mask = np.zeros((12, 10), bool)
+        mask[3 + k: 5 + k, 3:5] = True
+        return lbm.Problem((12, 10), "D2Q9", omega=1.3, precision="float32", device="cpu",
+                           boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.02 * (k + 1), 0.0)),
+                                       lbm.Wall(mask=mask)])
+
+    ens = Ensemble([member(k) for k in range(3)])
+    mp = pytest.MonkeyPatch()
+    try:
+        out = _native_and_generated(ens.problem, mp, steps=3)
+    finally:
+        mp.undo()
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+
+
+def test_strided_states_take_the_generated_kernel(monkeypatch):
+    """States whose populations are strided views step through the generated kernel, to the same values."""
+    p = _problem("D3Q19", "float32")
+    native = Solver(p)
+    prm = p.parameters()
+    start = _perturbed(p, seed=2)
+    q, n = p.lattice.q, p.cell_count
+    wide_in = wp.zeros((q, 2 * n), dtype=wp.float32, device="cpu")
+    wide_out = wp.zeros((q, 2 * n), dtype=wp.float32, device="cpu")
+    view_in, view_out = wide_in[:, ::2], wide_out[:, ::2]
+    view_in.assign(start.f.numpy())
+    a, b = p.state(), p.state()
+    a.f, b.f = view_in, view_out
+    assert not N.dense(a.f, q, n)
+    native.step(a, b, prm)
+    expected = p.state()
+    native.step(start, expected, prm)
+    assert np.array_equal(view_out.numpy(), expected.f.numpy())
+    assert not np.any(wide_out.numpy()[:, 1::2])
 
 
 def test_native_step_periodic_box(monkeypatch):
@@ -132,9 +210,11 @@ def test_coded_box_holds_every_coded_cell_off_the_faces():
     inside = (x >= x0) & (x < x0 + wx) & (y >= y0) & (y < y0 + wy) & (z >= z0) & (z < z0 + wz)
     assert not np.any(coded & ~face & ~inside)
     assert wx * wy * wz > 0
-    # tight: each face of the box touches a coded cell off the faces
+    # tight: each of the six faces of the box touches a coded cell off the domain's faces
     off = coded & ~face
-    assert off[x0].any() and off[x0 + wx - 1].any() and off[:, y0].any() and off[:, :, z0 + wz - 1].any()
+    assert off[x0].any() and off[x0 + wx - 1].any()
+    assert off[:, y0].any() and off[:, y0 + wy - 1].any()
+    assert off[:, :, z0].any() and off[:, :, z0 + wz - 1].any()
 
 
 def test_coded_box_of_the_lid_cavity_is_empty():
@@ -145,14 +225,13 @@ def test_coded_box_of_the_lid_cavity_is_empty():
     assert N.coded_box(p.code_np, p.grid3, p.config.periodic) == [0, 0, 0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("precision", ["float32", "float16"])
-def test_native_moments_step_equals_warp_moments_step(precision, monkeypatch):
+@pytest.mark.parametrize("lattice, precision", [("D3Q19", "float32"), ("D3Q19", "float16"), ("D2Q9", "float32"),
+                                                ("D3Q27", "float16")])
+def test_native_moments_step_equals_warp_moments_step(lattice, precision, monkeypatch):
     """The native moments-storing step (the gradient's replay) stores the same populations and moments bits."""
-    import warp as wp
-
     from difflbm import kernels as K
 
-    p = _problem("D3Q19", precision)
+    p = _problem(lattice, precision)
     native = Solver(p)
     monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "0")
     generated = Solver(p)
@@ -169,3 +248,32 @@ def test_native_moments_step_equals_warp_moments_step(precision, monkeypatch):
     assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
     assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
     assert np.any(out[0][1] != 7.0)
+
+
+@pytest.mark.parametrize("with_moments", [False, True])
+def test_native_ranged_steps_in_pieces_equal_one_step(with_moments, monkeypatch):
+    """The native ranged step over three pieces of the cells equals the generated full step, bit for bit."""
+    from difflbm import kernels as K
+
+    p = _problem("D3Q19", "float32")
+    native = Solver(p)
+    monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "0")
+    generated = Solver(p)
+    prm = p.parameters()
+    native.update_wall_term(prm)
+    generated.update_wall_term(prm)
+    start = _perturbed(p, seed=7)
+    rows = K.moment_rows(p.config)
+    moms = [wp.zeros((rows, p.cell_count), dtype=wp.float32, device="cpu") if with_moments else None
+            for _ in range(2)]
+    pieced, whole = p.state(), p.state()
+    cut = [0, 37, 120, p.cell_count]
+    for first, last in zip(cut[:-1], cut[1:]):
+        native.step_cells(start, pieced, prm, first, last - first, moments=moms[0])
+    assert getattr(native._ranged_kernels[with_moments], "difflbm_native", False)
+    if with_moments:
+        generated.step_moments(start, whole, moms[1], prm)
+        assert np.array_equal(moms[0].numpy().view(np.uint8), moms[1].numpy().view(np.uint8))
+    else:
+        generated.step(start, whole, prm)
+    assert np.array_equal(pieced.f.numpy().view(np.uint8), whole.f.numpy().view(np.uint8))

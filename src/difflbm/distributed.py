@@ -226,7 +226,9 @@ class SlabDecomposition:
             setattr(lp, name, getattr(gp, name))
         # the local x axis wraps (the kernel wraps every axis; cell codes carry the global faces)
         lp.periodic3 = (True,) + tuple(gp.periodic3[1:])
-        # same generated kernel as the global problem: the step kernel does not read cfg.periodic
+        # same generated kernel as the global problem: the generated step does not read cfg.periodic;
+        # the native step uses it only to choose the cells that read their code, with the coded box
+        # computed from the same tuple (native.coded_box), so any value is exact
         lp.config = gp.config
         lp.solid = gp.solid[self.xs]
         lp.code_np = self._x(gp.code_np)

@@ -1,9 +1,12 @@
 """The forward step's per-cell body written as native C++/CUDA (``wp.func_native``) inside a Warp kernel.
 
 Same operations in the same order as :func:`difflbm.kernels.step_kernel` with ``backward=False``, so
-its output is bit-identical to the Warp-generated kernel's (tested on the CPU for every lattice and
-precision; checked on an H200 by ``benchmarks/native_check.py``). What differs is only how it is
-compiled: Warp's generated code computes a 64-bit byte offset from the array strides for every
+its output is bit-identical to the Warp-generated kernel's for finite states (tested on the CPU for
+every lattice and precision, and on CUDA by the same tests where a GPU is present; compared value
+for value on an H200 by ``benchmarks/native_bench.py``). With a non-finite population the two may
+differ in which non-finite value they write (the native sums leave out 0 * f terms, so an inf
+stays inf where 0 * inf gives nan); the cells holding non-finite values, and so divergence checks,
+agree. What differs is only how it is compiled: Warp's generated code computes a 64-bit byte offset from the array strides for every
 access, decodes the cell coordinates with three integer divisions and keeps the multiplications
 of the momentum sums by zero velocity components; here every population is a 32-bit element
 offset from the array's base, the coordinates come from two multiply-shifts with magic numbers
@@ -13,9 +16,10 @@ ninth session).
 
 It covers the configurations the benchmark and most forward runs use: BGK with a scalar omega,
 half-way bounce-back walls, moving walls, solid cells, any periodicity, float32 and float16 storage.
-The moments-storing variant (the gradient's moments replay) has a native form too. Everything else
-(float64, forcing, TRT, Smagorinsky, porosity, curved walls, open boundaries, the ranged variants,
-every differentiated kernel) stays on the Warp-generated kernels.
+The moments-storing variant (the gradient's moments replay) and the ranged variants (the slabs'
+overlapped steps) have native forms too. Everything else (float64, forcing, TRT, Smagorinsky,
+porosity, curved walls, open boundaries, every differentiated kernel) stays on the Warp-generated
+kernels.
 float64 is left out because the native body was slower there (H200, D3Q19 256^3: 11,594 vs 12,848
 MLUPS for the generated step, BENCHMARKS.md, ninth session).
 Set ``DIFFLBM_NATIVE_STEP=0`` to use the Warp-generated forward step everywhere.
@@ -29,7 +33,7 @@ import warp as wp
 from . import kernels as K
 
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
-           "extra_inputs", "NATIVE_BLOCK_DIM"]
+           "extra_inputs", "dense", "NATIVE_BLOCK_DIM"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -99,12 +103,27 @@ def coded_box(code, grid3, periodic) -> list:
 
 
 def extra_inputs(problem) -> list:
-    """The native step's inputs after those of the generated step, for ``problem`` as it is now."""
+    """The native step's inputs after those of the generated step, for ``problem`` as it is now.
+
+    Cached on the problem for its current code array: codes are built once (ensembles and slab
+    decompositions replace the array, which computes the box again); the box is taken from the
+    host copy ``problem.code_np``, so the two must not be changed in place."""
+    cached = getattr(problem, "_native_inputs", None)
+    if cached is not None and cached[0] is problem.code:
+        return cached[1]
     nx, ny, nz = (int(v) for v in problem.grid3)
     mz, sz = division_magic(nz)
     my, sy = division_magic(ny)
-    return [wp.uint32(mz), sz, wp.uint32(my), sy] + coded_box(problem.code_np, (nx, ny, nz),
-                                                              problem.config.periodic)
+    inputs = [wp.uint32(mz), sz, wp.uint32(my), sy] + coded_box(problem.code_np, (nx, ny, nz),
+                                                                problem.config.periodic)
+    problem._native_inputs = (problem.code, inputs)
+    return inputs
+
+
+def dense(array, rows: int, cell_count: int) -> bool:
+    """True when ``array`` is None or a contiguous (rows, cell_count) array: the layout the native
+    body addresses without strides."""
+    return array is None or (tuple(array.shape) == (rows, cell_count) and array.is_contiguous)
 
 
 def _literal(v: float, arith: str) -> str:
@@ -151,11 +170,12 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     # Only cells on a face of a non-periodic axis or inside the box of the other coded cells can have
     # a non-zero code (coded_box); the rest skip the load, so their pulls wait for no load (H200:
     # float32 +1.4 %, float16 +10 %, docs/PERF_NOTES.md, ninth session).
-    tests = [f"(unsigned int)({c} - box_{c}0) < (unsigned int)box_n{c}" for c in "xyz"]
+    inside = " & ".join(f"((unsigned int)({c} - box_{c}0) < (unsigned int)box_n{c})" for c in "xyz")
+    tests = [f"({inside})"]
     for c, n, periodic in zip("xyz", ("nx", "ny", "nz"), cfg.periodic):
         if not periodic:
-            tests.append(f"{c} == 0 | {c} == {n} - 1")
-    a("const bool coded = (" + ") | (".join(tests) + ");")
+            tests.append(f"({c} == 0) | ({c} == {n} - 1)")
+    a("const bool coded = " + " | ".join(tests) + ";")
     a("unsigned int cell = 0u;")
     a("if (coded) cell = code.data[idx];")
     a(f"if ((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u) {{")
@@ -218,13 +238,16 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
 
 
 @lru_cache(maxsize=None)
-def native_step_kernel(cfg: K.StepConfig, moments: bool = False):
+def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = False):
     """The forward step kernel for ``cfg`` with a native per-cell body; ``moments=True`` also stores
     each fluid cell's (rho, u_x, u_y, u_z) into rows 0-3 of ``mom`` (as ``step_kernel(cfg,
-    backward=False, moments=True)``: the gradient's moments replay).
+    backward=False, moments=True)``: the gradient's moments replay); ``ranged=True`` updates cells
+    ``base .. base + dim - 1`` of a launch of ``dim`` threads (as ``step_kernel(ranged=True)``:
+    :meth:`Solver.step_cells`, the slabs' overlapped steps).
 
     Its inputs are those of ``step_kernel(cfg, backward=False)`` followed by :func:`extra_inputs`
-    (the magic numbers of nz and ny, the coded box); the launch covers every cell. Raises ValueError when :func:`native_step_unsupported` gives a reason.
+    (the magic numbers of nz and ny, the coded box); without ``ranged`` the launch covers every
+    cell. Raises ValueError when :func:`native_step_unsupported` gives a reason.
     """
     reason = native_step_unsupported(cfg, 0)
     if reason is not None:
@@ -274,8 +297,11 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False):
         box_nz: int,
     ):
         idx = wp.tid()
+        if wp.static(ranged):
+            idx = idx + base
         lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], mom, idx, nx, ny, nz,
                         magic_z, shift_z, magic_y, shift_y, box_x0, box_nx, box_y0, box_ny, box_z0, box_nz)
 
     lbm_step_native.difflbm_native = True
+    lbm_step_native.difflbm_variant = dict(moments=moments, ranged=ranged)
     return lbm_step_native

@@ -33,7 +33,6 @@ class Solver:
                             and N.native_step_unsupported(problem.config, problem.cell_count) is None)
         if self.native_step:
             self.forward_kernel = N.native_step_kernel(problem.config)
-            self._native_code, self._native_inputs = None, None
         else:
             self.forward_kernel = K.step_kernel(problem.config, backward=False)
         self._moments_kernel = None  # built on first use (gradients' moments replay)
@@ -107,12 +106,16 @@ class Solver:
             raise ValueError(f"first={first}, count={count} reach outside the cells 0 .. {self.problem.cell_count - 1}")
         with_moments = moments is not None
         if with_moments not in self._ranged_kernels:
-            self._ranged_kernels[with_moments] = K.step_kernel(self.problem.config, backward=False,
-                                                               moments=with_moments, ranged=True)
+            self._ranged_kernels[with_moments] = (
+                N.native_step_kernel(self.problem.config, moments=with_moments, ranged=True) if self.native_step
+                else K.step_kernel(self.problem.config, backward=False, moments=with_moments, ranged=True))
+        if self.native_step:
+            block_dim = N.NATIVE_BLOCK_DIM
+        else:
+            block_dim = None if with_moments else K.forward_block_dim(self.problem.config)
         if count:
             self._launch(self._ranged_kernels[with_moments], state_in, state_out, params, window, moments,
-                         block_dim=None if with_moments else K.forward_block_dim(self.problem.config),
-                         first=first, count=count)
+                         block_dim=block_dim, first=first, count=count)
 
     def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None,
                 block_dim: int | None = None, first: int = 0, count: int | None = None):
@@ -123,9 +126,13 @@ class Solver:
         args[-2] = moments
         args[-1] = first
         if getattr(kernel, "difflbm_native", False):
-            if self._native_code is not self.problem.code:  # the box of coded cells follows the codes
-                self._native_code, self._native_inputs = self.problem.code, N.extra_inputs(self.problem)
-            args += self._native_inputs
+            p = self.problem
+            q, n = p.lattice.q, p.cell_count
+            if N.dense(state_in.f, q, n) and N.dense(state_out.f, q, n) and (
+                    moments is None or N.dense(moments, moments.shape[0], n)):
+                args += N.extra_inputs(p)
+            else:  # strided views: the generated kernel, which follows the strides
+                kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
         wp.launch(kernel, dim=self.problem.cell_count if count is None else count, inputs=args,
                   device=self.problem.device, block_dim=K.BLOCK_DIM if block_dim is None else block_dim)
 
