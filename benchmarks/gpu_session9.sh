@@ -59,6 +59,11 @@ grad)
     DIFFLBM_NATIVE_STEP=$v timeout 110 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
   done
   ;;
+cudatests)
+  # the native step's bit-identity tests on CUDA (skipped on machines without a GPU), then the CUDA graph tests
+  timeout 400 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -5
+  timeout 150 python3 -m pytest -q tests/test_gradients.py tests/test_bridges.py -k cuda 2>&1 | tail -3
+  ;;
 *)
   echo "unknown part $1"; exit 2
   ;;
