@@ -2,11 +2,12 @@
 step, on the bench's lid cavity, per lattice, precision and size (ninth session, issue #6).
 
 For each case: both solvers step the same perturbed state 4 times and the results are compared
-value for value on the device (mismatches counted), then CUDA graphs of 100 steps of each are
+bit for bit on the device (mismatching entries counted), then CUDA graphs of 100 steps of each are
 timed in alternation (median of 5 replays, ``rounds`` rounds); MLUPS and the fraction of the copy
 roofline at 2 Q itemsize + 4 bytes per cell (the cell code).
 Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES] [MODE]`` with CASES like
-``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below); BENCH_DEVICE=cpu smoke-runs it.
+``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below; a fourth field ``ball`` puts a solid
+ball of diameter size / 4 in the cavity's centre); BENCH_DEVICE=cpu smoke-runs it.
 MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
@@ -17,12 +18,13 @@ import warp as wp
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import DEVICE, emit, graph_of, timed  # noqa: E402
+import difflbm as lbm  # noqa: E402
 from difflbm import bench, kernels as K  # noqa: E402
 from difflbm.bench import cavity_problem  # noqa: E402
 from difflbm.solver import Solver  # noqa: E402
 
 wp.config.quiet = True
-CASES = ("D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q19:512:float16,D3Q27:256:float32,"
+CASES = ("D3Q19:256:float32:ball,D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q19:512:float16,D3Q27:256:float32,"
          "D3Q27:256:float16,D2Q9:4096:float32,D3Q19:256:float64,D3Q19:128:float32,D3Q19:64:float32")
 
 
@@ -38,13 +40,31 @@ def perturb_kernel(sdtype, shifted):
     return perturb
 
 
-def mismatch_kernel(sdtype):
+def mismatch_kernel(bits):
+    """Counts entries whose bits differ (the populations viewed as unsigned integers of their size)."""
     @wp.kernel(enable_backward=False, module="unique")
-    def mismatch(a: wp.array2d(dtype=sdtype), b: wp.array2d(dtype=sdtype), count: wp.array(dtype=wp.int32)):
+    def mismatch(a: wp.array2d(dtype=bits), b: wp.array2d(dtype=bits), count: wp.array(dtype=wp.int32)):
         i, idx = wp.tid()
         if a[i, idx] != b[i, idx]:
             wp.atomic_add(count, 0, 1)
     return mismatch
+
+
+def as_bits(arr):
+    """The same memory as an unsigned-integer array of the element's size (no copy)."""
+    bits = {2: wp.uint16, 4: wp.uint32, 8: wp.uint64}[wp.types.type_size_in_bytes(arr.dtype)]
+    return wp.array(ptr=arr.ptr, shape=arr.shape, dtype=bits, device=arr.device), bits
+
+
+def obstacle_problem(lattice, size, precision):
+    """The lid cavity with a solid ball (disc in 2D) of diameter size / 4 at its centre: a non-empty coded box."""
+    import numpy as np
+
+    p0 = cavity_problem(lattice, size, precision, DEVICE)
+    grid = np.indices(p0.shape, dtype=np.float32)
+    r2 = sum((g - (n - 1) / 2) ** 2 for g, n in zip(grid, p0.shape))
+    return lbm.Problem(p0.shape, lattice, "bgk", omega=1.0, precision=precision, device=DEVICE,
+                       boundaries=list(p0.boundaries) + [lbm.Wall(mask=r2 <= (size / 8) ** 2)])
 
 
 def main():
@@ -56,9 +76,9 @@ def main():
     bw = bench.copy_bandwidth(DEVICE) if cuda else float("nan")
     emit(copy_gbs=round(bw / 1e9) if cuda else None, device=wp.get_device(DEVICE).name, warp=wp.__version__)
     for case in cases:
-        lat, size, prec = case.split(":")
+        lat, size, prec, *shape = case.split(":")
         size = int(size) if cuda else (64 if lat == "D2Q9" else 12)
-        p = cavity_problem(lat, size, prec, DEVICE)
+        p = obstacle_problem(lat, size, prec) if shape == ["ball"] else cavity_problem(lat, size, prec, DEVICE)
         native = Solver(p)
         os.environ["DIFFLBM_NATIVE_STEP"] = "0"
         try:
@@ -79,7 +99,8 @@ def main():
                 a, b = b, a
             out.append(a)
         count = wp.zeros(1, dtype=wp.int32, device=DEVICE)
-        wp.launch(mismatch_kernel(sd), dim=start.f.shape, inputs=[out[0].f, out[1].f, count], device=DEVICE)
+        (a_bits, bits), (b_bits, _) = as_bits(out[0].f), as_bits(out[1].f)
+        wp.launch(mismatch_kernel(bits), dim=start.f.shape, inputs=[a_bits, b_bits, count], device=DEVICE)
         n = p.cell_count
         nb = 2 * p.lattice.q * {"float16": 2, "float32": 4, "float64": 8}[prec] + 4
         emit(case=case, native=native.native_step, mismatches_after_4_steps=int(count.numpy()[0]),
