@@ -207,7 +207,8 @@ VARIANTS = {"nat_off": ("off", False), "nat_rcp": ("off", True),
             "nat_fast": ("spec", True, None, True), "nat_offfast": ("off", True, None, True),
             "nat_spec_r64": ("spec", False, 64), "nat_fast_r64": ("spec", True, 64, True),
             "nat_fast_dev": ("spec", True, None, True, True), "nat_offfast_dev": ("off", True, None, True, True),
-            "nat_face": ("face", False, None, True), "nat_face_dev": ("face", True, None, True, True)}
+            "nat_face": ("face", False, None, True), "nat_face_dev": ("face", True, None, True, True),
+            "nat_face_r56": ("face", False, 56, True), "nat_face_r48": ("face", False, 48, True)}
 
 
 def variants_for(prec):

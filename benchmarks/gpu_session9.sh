@@ -59,6 +59,11 @@ grad)
     DIFFLBM_NATIVE_STEP=$v timeout 110 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
   done
   ;;
+caps)
+  # register caps of the native step (ptxas: D3Q19 fp32 56 without spills), then the face-only lab at caps
+  timeout 250 python3 benchmarks/native_bench.py 3 "D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q27:256:float32" caps > $OUT/caps.txt 2>$OUT/caps.err; echo "rc $?"
+  values caps; tail -3 $OUT/caps.err
+  ;;
 cudatests)
   # the native step's bit-identity tests on CUDA (skipped on machines without a GPU), then the CUDA graph tests
   timeout 400 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -5

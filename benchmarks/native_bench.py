@@ -9,6 +9,7 @@ Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES] [MODE]`` with CASES
 ``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below; a fourth field ``ball`` puts a solid
 ball of diameter size / 4 in the cavity's centre); BENCH_DEVICE=cpu smoke-runs it.
 MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
+MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
 import os
@@ -21,6 +22,7 @@ from _common import DEVICE, emit, graph_of, timed  # noqa: E402
 import difflbm as lbm  # noqa: E402
 from difflbm import bench, kernels as K  # noqa: E402
 from difflbm.bench import cavity_problem  # noqa: E402
+from difflbm.native import native_step_kernel  # noqa: E402
 from difflbm.solver import Solver  # noqa: E402
 
 wp.config.quiet = True
@@ -134,7 +136,13 @@ def main():
                     K.forward_block_dim = default_block
             return go
 
-        if mode == "blocks":
+        if mode == "caps":
+            graphs = []
+            for cap in (None, 80, 72) if lat == "D3Q27" else (None, 56, 48):
+                capped = Solver(p)
+                capped.forward_kernel = native_step_kernel(p.config, max_registers=cap)
+                graphs.append((f"native_cap{cap}", graph_of(run_of(capped))))
+        elif mode == "blocks":
             graphs = [(f"native_block{bd}", graph_of(with_block(bd, run_of(native)))) for bd in (64, 128, 256)]
         else:
             graphs = [("native", graph_of(run_of(native))), ("generated", graph_of(run_of(generated)))]

@@ -238,7 +238,8 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
 
 
 @lru_cache(maxsize=None)
-def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = False):
+def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = False,
+                       max_registers: int | None = None):
     """The forward step kernel for ``cfg`` with a native per-cell body; ``moments=True`` also stores
     each fluid cell's (rho, u_x, u_y, u_z) into rows 0-3 of ``mom`` (as ``step_kernel(cfg,
     backward=False, moments=True)``: the gradient's moments replay); ``ranged=True`` updates cells
@@ -247,7 +248,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
 
     Its inputs are those of ``step_kernel(cfg, backward=False)`` followed by :func:`extra_inputs`
     (the magic numbers of nz and ny, the coded box); without ``ranged`` the launch covers every
-    cell. Raises ValueError when :func:`native_step_unsupported` gives a reason.
+    cell. ``max_registers`` caps CUDA registers per thread (benchmarks only; the library launches the
+    uncapped kernel). Raises ValueError when :func:`native_step_unsupported` gives a reason.
     """
     reason = native_step_unsupported(cfg, 0)
     if reason is not None:
@@ -264,7 +266,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
                         box_x0: int, box_nx: int, box_y0: int, box_ny: int, box_z0: int, box_nz: int):
         ...
 
-    @wp.kernel(enable_backward=False, module="unique", module_options=K.MODULE_OPTIONS)
+    @wp.kernel(enable_backward=False, module="unique", module_options=K.MODULE_OPTIONS,
+               cuda_max_registers=max_registers)
     def lbm_step_native(
         f_in: wp.array2d(dtype=sdtype),
         f_out: wp.array2d(dtype=sdtype),
