@@ -61,6 +61,38 @@ def test_native_step_equals_warp_step(lattice, precision, device, monkeypatch):
     assert not np.array_equal(out[0], start.f.numpy())
 
 
+def _field(shape, seed, scale, offset=0.0, components=None):
+    """A smooth-looking random field of ``shape`` (plus ``components``), reproducible."""
+    rng = np.random.default_rng(seed)
+    extra = () if components is None else (components,)
+    return offset + scale * rng.standard_normal(shape + extra)
+
+
+@pytest.mark.parametrize("lattice, precision, collision, force, omega_field", [
+    ("D2Q9", "float32", "trt", None, False),
+    ("D3Q19", "float16", "trt", "uniform", False),
+    ("D2Q9", "float16", "bgk", "field", True),
+    ("D3Q19", "float32", "bgk", "uniform", True),
+    ("D3Q27", "float32", "trt", "field", False),
+])
+def test_native_trt_force_omega_field_equal_generated(lattice, precision, collision, force, omega_field, monkeypatch):
+    """TRT, Guo forcing (uniform, per cell) and per-cell omega: native steps give the generated steps' bits."""
+    shape = (7, 5) if lattice == "D2Q9" else (7, 5, 6)
+    dim = len(shape)
+    kw = {}
+    if force == "uniform":
+        kw["force"] = tuple([2e-5, -1e-5, 3e-5][:dim])
+    elif force == "field":
+        kw["force"] = _field(shape, 1, 2e-5, components=dim)
+    p = _problem(lattice, precision, collision=collision, **kw)
+    if omega_field:
+        p = lbm.Problem(shape, lattice, collision, omega=_field(shape, 2, 0.1, 1.5), precision=precision,
+                        device="cpu", boundaries=p.boundaries, **kw)
+    assert N.native_step_unsupported(p.config, p.cell_count) is None
+    out = _native_and_generated(p, monkeypatch, steps=3)
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+
+
 def _native_and_generated(p, monkeypatch, steps=2):
     """Populations after ``steps`` native and ``steps`` generated steps from the same perturbed state."""
     native = Solver(p)
@@ -171,11 +203,11 @@ def test_division_magic_bad_divisor(d):
         N.division_magic(d)
 
 
-@pytest.mark.parametrize("precision, kw, reason", [("float32", dict(collision="trt"), "collision"),
-                                                  ("float16", dict(force=(1e-5, 0.0)), "force"),
+@pytest.mark.parametrize("precision, kw, reason", [("float32", dict(collision="smagorinsky"), "collision"),
+                                                  ("float16", dict(solid_fraction=np.full((7, 5), 0.1)), "porosity"),
                                                   ("float64", {}, "float64")])
 def test_unsupported_configurations_use_the_generated_step(precision, kw, reason):
-    """TRT, a body force or float64 keep the Warp-generated step; building the native kernel for them raises."""
+    """Smagorinsky, porosity or float64 keep the Warp-generated step; building the native kernel for them raises."""
     p = _problem("D2Q9", precision, **kw)
     assert reason in N.native_step_unsupported(p.config, p.cell_count)
     assert not Solver(p).native_step

@@ -14,12 +14,12 @@ computed on the host (Granlund & Montgomery 1994) and the zero terms are not wri
 changes no finite sum). The float16 step is bound by instructions, so it gains most (docs/PERF_NOTES.md,
 ninth session).
 
-It covers the configurations the benchmark and most forward runs use: BGK with a scalar omega,
-half-way bounce-back walls, moving walls, solid cells, any periodicity, float32 and float16 storage.
-The moments-storing variant (the gradient's moments replay) and the ranged variants (the slabs'
-overlapped steps) have native forms too. Everything else (float64, forcing, TRT, Smagorinsky,
-porosity, curved walls, open boundaries, every differentiated kernel) stays on the Warp-generated
-kernels.
+It covers the configurations the benchmark and most forward runs use: BGK or TRT, a scalar or
+per-cell omega, Guo forcing (uniform or per cell), half-way bounce-back walls, moving walls, solid
+cells, any periodicity, float32 and float16 storage. The moments-storing variant (the gradient's
+moments replay) and the ranged variants (the slabs' overlapped steps) have native forms too.
+Everything else (float64, Smagorinsky, porosity, curved walls, open boundaries, every
+differentiated kernel) stays on the Warp-generated kernels.
 float64 is left out because the native body was slower there (H200, D3Q19 256^3: 11,594 vs 12,848
 MLUPS for the generated step, BENCHMARKS.md, ninth session).
 Set ``DIFFLBM_NATIVE_STEP=0`` to use the Warp-generated forward step everywhere.
@@ -54,13 +54,11 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
     lat_q = K.physics(cfg.lattice, cfg.precision)["Q"]
     if cfg.precision == "float64":
         return "precision='float64' (the native body measured slower than the generated step)"
-    if cfg.collision != K.COLLISION_BGK:
-        return f"collision={cfg.collision!r} (the native step is BGK)"
-    for name in ("omega_field", "porosity", "curved", "velocity_bc", "pressure_bc", "outflow_bc"):
+    if cfg.collision not in (K.COLLISION_BGK, K.COLLISION_TRT):
+        return f"collision={cfg.collision!r} (the native step is BGK or TRT)"
+    for name in ("porosity", "curved", "velocity_bc", "pressure_bc", "outflow_bc"):
         if getattr(cfg, name):
             return f"{name}=True"
-    if cfg.force != K.FORCE_NONE:
-        return "a body force"
     if cfg.max_registers is not None:
         return "a register cap"
     if lat_q * cell_count >= 2 ** 32:
@@ -212,9 +210,25 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     a(f"const {arith} rho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
     for k, m in enumerate(("mx", "my", "mz")):
         a(f"const {arith} {m} = " + _signed_sum([(C[i][k], f"f{i}") for i in range(Q)], zero) + ";")
-    a(f"const {arith} ux = mx / rho;")
-    a(f"const {arith} uy = my / rho;")
-    a(f"const {arith} uz = mz / rho;")
+    forced = cfg.force != K.FORCE_NONE
+    if forced:
+        # Guo, Zheng & Shi (2002): the velocity carries half the force
+        a(f"const {arith} Fx = force.c[0];")
+        a(f"const {arith} Fy = force.c[1];")
+        a(f"const {arith} Fz = force.c[2];")
+        a(f"const {arith} ux = (mx + {lit(0.5)} * Fx) / rho;")
+        a(f"const {arith} uy = (my + {lit(0.5)} * Fy) / rho;")
+        a(f"const {arith} uz = (mz + {lit(0.5)} * Fz) / rho;")
+    else:
+        a(f"const {arith} ux = mx / rho;")
+        a(f"const {arith} uy = my / rho;")
+        a(f"const {arith} uz = mz / rho;")
+    trt = cfg.collision == K.COLLISION_TRT
+    if trt:
+        # Ginzburg (2008): the odd part relaxes with omega_m fixed by the magic parameter
+        a(f"const {arith} omega_m = {lit(1.0)} / ({lit(cfg.trt_magic)} / ({lit(1.0)} / omega - {lit(0.5)}) + {lit(0.5)});")
+    else:
+        a(f"const {arith} omega_m = omega;")
     if moments:
         # rho and u as the collision sees them, rows 0-3 of mom (step_kernel(moments=True))
         a(f"{arith}* mrow = mom.data;")
@@ -224,6 +238,10 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
         a("mrow[2 * mstride + ui] = uy;")
         a("mrow[3 * mstride + ui] = uz;")
     a(f"const {arith} usq = {lit(1.5)} * (ux * ux + uy * uy + uz * uz);")
+    if forced:
+        a(f"const {arith} guo_even = {lit(1.0)} - {lit(0.5)} * omega;")
+        a(f"const {arith} guo_odd = {lit(1.0)} - {lit(0.5)} * omega_m;")
+        a(f"const {arith} uF = ux * Fx + uy * Fy + uz * Fz;")
     for i in range(Q):
         cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")], zero)
         store = f"val - {lit(shift[i])}" if shift[i] else "val"
@@ -231,7 +249,18 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
         a(f"    const {arith} cu = {lit(3.0)} * ({cu});")
         a(f"    const {arith} wr = {lit(W[i])} * rho;")
         a(f"    const {arith} feq = wr * ({lit(1.0)} + cu + {lit(0.5)} * cu * cu - usq);")
-        a(f"    const {arith} val = f{i} + omega * (feq - f{i});")
+        if trt:
+            o = OPP[i]
+            a(f"    const {arith} feq_o = wr * ({lit(1.0)} - cu + {lit(0.5)} * cu * cu - usq);")
+            a(f"    {arith} val = f{i} - omega * {lit(0.5)} * ((f{i} + f{o}) - (feq + feq_o))"
+              f" - omega_m * {lit(0.5)} * ((f{i} - f{o}) - (feq - feq_o));")
+        else:
+            a(f"    {arith} val = f{i} + omega * (feq - f{i});")
+        if forced:
+            cf = _signed_sum([(C[i][0], "Fx"), (C[i][1], "Fy"), (C[i][2], "Fz")], zero)
+            a(f"    const {arith} cf = {cf};")
+            a(f"    val = val + {lit(W[i])} * (guo_odd * {lit(3.0)} * cf"
+              f" + guo_even * (cu * {lit(3.0)} * cf - {lit(3.0)} * uF));")
         a(f"    fo[{i}u * un + ui] = {stor}({store});")
         a("}")
     return "\n".join(lines)
@@ -261,7 +290,7 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     @wp.func_native(cell_body(cfg, moments))
     def lbm_cell_update(f_in: wp.array2d(dtype=sdtype), f_out: wp.array2d(dtype=sdtype),
                         code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
-                        wall_term: wp.array2d(dtype=dtype), omega: dtype, mom: wp.array2d(dtype=dtype),
+                        wall_term: wp.array2d(dtype=dtype), omega: dtype, force: vec3, mom: wp.array2d(dtype=dtype),
                         idx: int, nx: int, ny: int, nz: int, magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int,
                         box_x0: int, box_nx: int, box_y0: int, box_ny: int, box_z0: int, box_nz: int):
         ...
@@ -302,7 +331,15 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         idx = wp.tid()
         if wp.static(ranged):
             idx = idx + base
-        lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega_arr[0], mom, idx, nx, ny, nz,
+        omega = omega_arr[0]
+        if wp.static(cfg.omega_field):
+            omega = omega_arr[idx]
+        force = vec3()
+        if wp.static(cfg.force == K.FORCE_UNIFORM):
+            force = force_arr[0]
+        if wp.static(cfg.force == K.FORCE_FIELD):
+            force = force_arr[idx]
+        lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega, force, mom, idx, nx, ny, nz,
                         magic_z, shift_z, magic_y, shift_y, box_x0, box_nx, box_y0, box_ny, box_z0, box_nz)
 
     lbm_step_native.difflbm_native = True
