@@ -63,6 +63,27 @@ class Cavity:
              fraction_168B=self.cells * 168 / self.t_fm / self.bw)
 
 
+def lab_cavity(size, precision, rng):
+    """The forward labs' setup: the bench's D3Q19 lid cavity at ``precision`` ("float32" or
+    "float16"), its solver with the wall terms set, parameters, and a state ``a`` of equilibrium
+    weights perturbed by 5 % (float16 stores the deviation f - w). Returns (p, s, prm, a, f0)."""
+    import numpy as np
+    from difflbm import kernels as K
+
+    W = K.physics("D3Q19", "float32")["W"]
+    p = cavity_problem("D3Q19", size, precision, DEVICE)
+    s = Solver(p)
+    prm = p.parameters()
+    s.update_wall_term(prm)
+    a = p.state()
+    w = np.array(W, dtype=np.float32)[:, None]
+    f0 = w * (1.0 + 0.05 * rng.standard_normal((len(W), p.cell_count)).astype(np.float32))
+    if precision == "float16":
+        f0 = f0 - w
+    a.f.assign(f0.astype(np.float16 if precision == "float16" else np.float32))
+    return p, s, prm, a, f0
+
+
 def profile(run, top=12) -> dict:
     """Device time per activity name (first 60 characters) of one call of ``run`` after a warm-up
     call, from Warp's timing API; with the wall time of that call."""

@@ -29,10 +29,8 @@ import numpy as np
 import warp as wp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import DEVICE, emit, graph_of, timed  # noqa: E402
+from _common import DEVICE, emit, graph_of, lab_cavity, timed  # noqa: E402
 from difflbm import bench, kernels as K  # noqa: E402
-from difflbm.bench import cavity_problem  # noqa: E402
-from difflbm.solver import Solver  # noqa: E402
 from forward_lab import make  # noqa: E402
 
 wp.config.quiet = True
@@ -232,17 +230,8 @@ def main():
     for prec, stor in (("float32", wp.float32), ("float16", wp.float16)):
         if prec not in precs:
             continue
-        p = cavity_problem("D3Q19", size, prec, DEVICE)
-        s = Solver(p)
-        prm = p.parameters()
-        s.update_wall_term(prm)
-        a, b, c = p.state(), p.state(), p.state()
-        w = np.array(W, dtype=np.float32)[:, None]
-        f0 = w * (1.0 + 0.05 * rng.standard_normal((Q, n)).astype(np.float32))
-        if stor == wp.float16:
-            f0 = f0 - w
-        npd = np.float16 if stor == wp.float16 else np.float32
-        a.f.assign(f0.astype(npd))
+        p, s, prm, a, _ = lab_cavity(size, prec, rng)
+        b, c = p.state(), p.state()
         nb = 156 if stor == wp.float32 else 80
         s.step(a, b, prm, update_walls=False)
         lib1 = b.f.numpy().copy()

@@ -93,14 +93,22 @@ def test_native_trt_force_omega_field_equal_generated(lattice, precision, collis
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
 
 
-def _native_and_generated(p, monkeypatch, steps=2):
-    """Populations after ``steps`` native and ``steps`` generated steps from the same perturbed state."""
+def _solver_pair(p, monkeypatch):
+    """(native, generated) solvers of ``p`` with their parameters and wall terms set."""
     native = Solver(p)
     with monkeypatch.context() as m:
         m.setenv("DIFFLBM_NATIVE_STEP", "0")
         generated = Solver(p)
     assert native.native_step and not generated.native_step
     prm = p.parameters()
+    native.update_wall_term(prm)
+    generated.update_wall_term(prm)
+    return native, generated, prm
+
+
+def _native_and_generated(p, monkeypatch, steps=2):
+    """Populations after ``steps`` native and ``steps`` generated steps from the same perturbed state."""
+    native, generated, prm = _solver_pair(p, monkeypatch)
     start = _perturbed(p, seed=11)
     out = []
     for solver in (native, generated):
@@ -264,12 +272,7 @@ def test_native_moments_step_equals_warp_moments_step(lattice, precision, monkey
     from difflbm import kernels as K
 
     p = _problem(lattice, precision)
-    native = Solver(p)
-    monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "0")
-    generated = Solver(p)
-    prm = p.parameters()
-    native.update_wall_term(prm)
-    generated.update_wall_term(prm)
+    native, generated, prm = _solver_pair(p, monkeypatch)
     start = _perturbed(p, seed=5)
     out = []
     for solver in (native, generated):
@@ -288,12 +291,7 @@ def test_native_ranged_steps_in_pieces_equal_one_step(with_moments, monkeypatch)
     from difflbm import kernels as K
 
     p = _problem("D3Q19", "float32")
-    native = Solver(p)
-    monkeypatch.setenv("DIFFLBM_NATIVE_STEP", "0")
-    generated = Solver(p)
-    prm = p.parameters()
-    native.update_wall_term(prm)
-    generated.update_wall_term(prm)
+    native, generated, prm = _solver_pair(p, monkeypatch)
     start = _perturbed(p, seed=7)
     rows = K.moment_rows(p.config)
     moms = [wp.zeros((rows, p.cell_count), dtype=wp.float32, device="cpu") if with_moments else None
