@@ -1,4 +1,5 @@
-"""Registers and spills of the step and fused-adjoint kernels, from Warp's PTX and a local ptxas.
+"""Registers and spills of the step and fused-adjoint kernels (and the native steps where they apply),
+from Warp's PTX and a local ptxas.
 
 No GPU needed: ``python benchmarks/ptxas_check.py [--lattice D3Q19] [--precision float32]``.
 Needs CUDA's ptxas (PTXAS env var, default /usr/local/cuda-13.0/bin/ptxas).
@@ -31,5 +32,10 @@ kernels = [("forward", K.step_kernel(cfg, backward=False)),
                                                                           moments=True, pull_in=True, push_out=False)),
            ("moments adjoint, plain -> gathered", K.step_adjoint_kernel(cfg, omega_grad=False, force_grad=False,
                                                                        moments=True, pull_in=False, push_out=False))]
+from difflbm import native as N  # noqa: E402
+if N.native_step_unsupported(cfg, 8 ** 3) is None:
+    kernels += [("native forward", N.native_step_kernel(cfg)),
+                ("native forward storing moments", N.native_step_kernel(cfg, moments=True)),
+                ("native ranged forward", N.native_step_kernel(cfg, ranged=True))]
 for name, kern in kernels:
     print(name, "|", ptxas_info(kern, ptxas))
