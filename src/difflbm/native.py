@@ -142,19 +142,11 @@ def _signed_sum(terms: list, zero: str) -> str:
     return out or zero
 
 
-def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
-    """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
-    boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
-    float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function."""
-    ph = K.physics(cfg.lattice, cfg.precision)
-    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
-    arith = "float"  # float32 arithmetic for float32 and float16 storage
-    stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
-    shift = K.storage_shift(cfg.lattice, cfg.precision)
-    lit = lambda v: _literal(v, arith)  # noqa: E731
-    axis = {(0, 1): "sxm", (0, -1): "sxp", (1, 1): "sym", (1, -1): "syp", (2, 1): "szm", (2, -1): "szp"}
-    lines = []
-    a = lines.append
+def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str) -> None:
+    """C++ shared by the native cell bodies: the cell's coordinates, its code (read only where one
+    can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
+    (Q, cells)), and the wrapped element offsets along each axis (``sxm`` is the offset of x - 1)."""
+    Q = K.physics(cfg.lattice, cfg.precision)["Q"]
     a("const int nyz = ny * nz;")
     a("const unsigned int un = (unsigned int)(nx * nyz);")
     a("const unsigned int ui = (unsigned int)idx;")
@@ -163,8 +155,8 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     a("const int x = (int)(((unsigned long long)(unsigned int)q1 * (unsigned long long)magic_y) >> shift_y);")
     a("const int z = idx - q1 * nz;")
     a("const int y = q1 - x * ny;")
-    a(f"const {stor}* __restrict__ fi = f_in.data;")
-    a(f"{stor}* __restrict__ fo = f_out.data;")
+    a(f"const {ctype}* __restrict__ fi = {src}.data;")
+    a(f"{ctype}* __restrict__ fo = {dst}.data;")
     # Only cells on a face of a non-periodic axis or inside the box of the other coded cells can have
     # a non-zero code (coded_box); the rest skip the load, so their pulls wait for no load (H200:
     # float32 +1.4 %, float16 +10 %, docs/PERF_NOTES.md, ninth session).
@@ -180,13 +172,33 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
     a("    return;")
     a("}")
-    # element offsets of the pull sources along each axis, wrapped periodically (c = +1 pulls from x - 1)
+    # element offsets of neighbours along each axis, wrapped periodically
     a("const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;")
     a("const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;")
     a("const int sym = (y == 0) ? (ny - 1) * nz : -nz;")
     a("const int syp = (y == ny - 1) ? -(ny - 1) * nz : nz;")
     a("const int szm = (z == 0) ? nz - 1 : -1;")
     a("const int szp = (z == nz - 1) ? -(nz - 1) : 1;")
+
+
+# the offset name of the neighbour x - c along axis k for c = (k, c_k): what the forward pull reads
+_SOURCE = {(0, 1): "sxm", (0, -1): "sxp", (1, 1): "sym", (1, -1): "syp", (2, 1): "szm", (2, -1): "szp"}
+
+
+def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
+    """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
+    boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
+    float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function."""
+    ph = K.physics(cfg.lattice, cfg.precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    arith = "float"  # float32 arithmetic for float32 and float16 storage
+    stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
+    shift = K.storage_shift(cfg.lattice, cfg.precision)
+    lit = lambda v: _literal(v, arith)  # noqa: E731
+    axis = _SOURCE
+    lines = []
+    a = lines.append
+    _prologue(cfg, a, "f_in", "f_out", stor)
     a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
     for i in range(1, Q):
         d = " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0)
