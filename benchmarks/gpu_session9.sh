@@ -53,6 +53,15 @@ caps)
   timeout 250 python3 benchmarks/native_bench.py 3 "D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q27:256:float32" caps > $OUT/caps.txt 2>$OUT/caps.err; echo "rc $?"
   values caps; tail -3 $OUT/caps.err
   ;;
+nadj)
+  # the native moments adjoint (opt-in, DIFFLBM_NATIVE_ADJOINT=1): per launch, then the gradient, alternating
+  timeout 200 python3 benchmarks/native_adjoint_bench.py 3 > $OUT/nadj.txt 2>$OUT/nadj.err; echo "rc $?"
+  values nadj; tail -3 $OUT/nadj.err
+  for v in 1 0 1 0; do
+    echo "DIFFLBM_NATIVE_ADJOINT=$v"
+    DIFFLBM_NATIVE_ADJOINT=$v timeout 100 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+  done
+  ;;
 cudatests)
   # the native step's bit-identity tests on CUDA (skipped on machines without a GPU), then the CUDA graph tests
   timeout 400 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -5

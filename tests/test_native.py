@@ -307,3 +307,74 @@ def test_native_ranged_steps_in_pieces_equal_one_step(with_moments, monkeypatch)
     else:
         generated.step(start, whole, prm)
     assert np.array_equal(pieced.f.numpy().view(np.uint8), whole.f.numpy().view(np.uint8))
+
+
+def _adjoint_launch(solver, kernel, adj_out, adj_in, mom, adj_wall_term, extra):
+    """One launch of a moments adjoint kernel (the inputs of adjoint._fused_step_adjoint)."""
+    p, prm = solver.problem, solver.problem.parameters()
+    grads = p.parameters()
+    g = p.grid3
+    wp.launch(kernel, dim=p.cell_count, device="cpu",
+              inputs=[None, adj_out, adj_in, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
+                      prm.omega, adj_wall_term, grads.omega, prm.force, grads.force, p.link_q, prm.solid_fraction,
+                      p.slot, prm.inlet_velocity[0], prm.outlet_density, grads.inlet_velocity[0], grads.outlet_density,
+                      1, 0, 0, 0, 0, g[0], g[1], g[2], mom, 0] + extra)
+
+
+@pytest.mark.parametrize("lattice, precision, collision", [("D3Q19", "float32", "bgk"), ("D3Q19", "float16", "trt"),
+                                                           ("D2Q9", "float32", "trt"), ("D3Q27", "float32", "bgk")])
+@pytest.mark.parametrize("pull_in", [False, True])
+def test_native_moments_adjoint_equals_generated(lattice, precision, collision, pull_in):
+    """The native moments adjoint (gathered form out) stores the generated kernel's bits, wall-term adjoints included."""
+    from difflbm import kernels as K
+
+    p = _problem(lattice, precision, collision=collision)
+    solver = Solver(p)
+    solver.update_wall_term(p.parameters())
+    q, n = p.lattice.q, p.cell_count
+    rng = np.random.default_rng(3)
+    adj_out = wp.array(rng.standard_normal((q, n)).astype(np.float32), device="cpu")
+    mom_np = np.concatenate([1.0 + 0.05 * rng.standard_normal((1, n)), 0.05 * rng.standard_normal((3, n))])
+    mom = wp.array(mom_np.astype(np.float32), device="cpu")
+    generated = K.step_adjoint_kernel(p.config, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
+                                      push_out=False)
+    native = N.native_moments_adjoint_kernel(p.config, pull_in)
+    out = []
+    for kernel, extra in ((native, N.extra_inputs(p)), (generated, [])):
+        adj_in = wp.full((q, n), 9.0, dtype=wp.float32, device="cpu")
+        adj_wall = wp.zeros(solver.wall_term.shape, dtype=wp.float32, device="cpu")
+        _adjoint_launch(solver, kernel, adj_out, adj_in, mom, adj_wall, extra)
+        out.append((adj_in.numpy(), adj_wall.numpy()))
+    assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
+    assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
+    assert np.any(out[0][1] != 0.0) and not np.any(out[0][0] == 9.0)
+
+
+def test_native_adjoint_gradient_equals_generated(monkeypatch):
+    """value_and_grad with DIFFLBM_NATIVE_ADJOINT=1 gives the same loss and gradients, bit for bit."""
+    from difflbm import adjoint as A, losses as L
+
+    p = _problem("D3Q19", "float32")
+    start = _perturbed(p, seed=4)
+    built = []
+    original = N.native_moments_adjoint_kernel
+    monkeypatch.setattr(N, "native_moments_adjoint_kernel", lambda *a, **k: built.append(a) or original(*a, **k))
+    results = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("DIFFLBM_NATIVE_ADJOINT", flag)
+        value, grads = A.value_and_grad(p, p.parameters(), start, 24, L.KineticEnergy(),
+                                        wrt=("initial", "wall_velocity"))
+        results.append((value, np.asarray(grads.initial), np.asarray(grads.wall_velocity), grads.schedule))
+    assert results[0][3]["replay"] == "moments"
+    assert {a[1] for a in built} == {False, True}  # both gathered-form kernels ran natively with the flag on
+    assert results[0][0] == results[1][0]
+    assert np.array_equal(results[0][1].view(np.uint8), results[1][1].view(np.uint8))
+    assert np.array_equal(results[0][2].view(np.uint8), results[1][2].view(np.uint8))
+    assert np.any(results[0][2] != 0.0)
+
+
+def test_native_adjoint_switch(monkeypatch):
+    """DIFFLBM_NATIVE_ADJOINT accepts 0 and 1 only, naming the bad value."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_ADJOINT", "2")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_ADJOINT='2'"):
+        N.native_adjoint_enabled()

@@ -27,6 +27,7 @@ import numpy as np
 import warp as wp
 
 from . import kernels as K
+from . import native as N
 from .losses import Loss
 from .problem import Parameters, Problem, State
 from .solver import DivergenceError, Solver
@@ -501,10 +502,16 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         and its block size; kernels writing the gathered form launch with their own register cap."""
         if (pull_in, push_out) not in moments_kernels:
             gathered_out = not push_out
-            kernel = K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True,
-                                           pull_in=pull_in, push_out=push_out,
-                                           max_registers=K.gathered_register_cap(problem.config) if gathered_out
-                                           else None)
+            if (N.native_adjoint_enabled() and solver.native_step
+                    and N.native_adjoint_unsupported(problem.config, problem.cell_count, pull_in, push_out) is None):
+                # no register cap: ptxas fits it in 64 registers without spills, and spills 16-20 B at
+                # the generated kernel's cap of 56 (D3Q19 float32 / float16)
+                kernel = N.native_moments_adjoint_kernel(problem.config, pull_in)
+            else:
+                kernel = K.step_adjoint_kernel(problem.config, omega_grad=False, force_grad=want_force, moments=True,
+                                               pull_in=pull_in, push_out=push_out,
+                                               max_registers=K.gathered_register_cap(problem.config) if gathered_out
+                                               else None)
             moments_kernels[pull_in, push_out] = kernel, K.GATHERED_BLOCK_DIM if gathered_out else K.BLOCK_DIM
         return moments_kernels[pull_in, push_out]
 
@@ -726,7 +733,8 @@ def _fused_step_adjoint(solver: Solver, kernel, state_in: State | None, adj_out:
                       force_cells if force_cells is not None else grads.force, p.link_q, params.solid_fraction,
                       p.slot, params.inlet_velocity[window], params.outlet_density, grads.inlet_velocity[window],
                       grads.outlet_density, want_wall, want_omega, int(force_cells is not None), want_inlet,
-                      want_outlet, g[0], g[1], g[2], moments, first])
+                      want_outlet, g[0], g[1], g[2], moments, first]
+              + (N.extra_inputs(p) if getattr(kernel, "difflbm_native", False) else []))
 
 
 class _DeferredChecks:

@@ -33,12 +33,23 @@ import warp as wp
 from . import kernels as K
 
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
-           "extra_inputs", "dense", "NATIVE_BLOCK_DIM"]
+           "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
+           "native_moments_adjoint_kernel"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
 # D3Q27 fp32 1.090 / 1.127 / 1.298 ms, D2Q9 4096^2 within 0.5 % of 128; benchmarks/native_bench.py blocks)
 NATIVE_BLOCK_DIM = 64
+
+
+def native_adjoint_enabled() -> bool:
+    """True when the environment variable ``DIFFLBM_NATIVE_ADJOINT`` is ``1``: the moments adjoint
+    that writes the gathered form then has a native body where :func:`native_adjoint_unsupported`
+    allows. Off by default: bit-identical on the CPU, not yet timed on a GPU (ninth session)."""
+    value = os.environ.get("DIFFLBM_NATIVE_ADJOINT", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"DIFFLBM_NATIVE_ADJOINT={value!r}: allowed values are '0' (Warp-generated adjoint) and '1'")
+    return value == "1"
 
 
 def native_step_enabled() -> bool:
@@ -357,3 +368,177 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     lbm_step_native.difflbm_native = True
     lbm_step_native.difflbm_variant = dict(moments=moments, ranged=ranged)
     return lbm_step_native
+
+
+def native_adjoint_unsupported(cfg: K.StepConfig, cell_count: int, pull_in: bool, push_out: bool) -> str | None:
+    """Why :func:`native_moments_adjoint_kernel` cannot stand in for ``step_adjoint_kernel(cfg,
+    omega_grad=False, moments=True, pull_in=pull_in, push_out=push_out)``, or None when it can."""
+    reason = native_step_unsupported(cfg, cell_count)
+    if reason is not None:
+        return reason
+    if push_out:
+        return "push_out=True (the native adjoint writes the gathered form)"
+    if cfg.force != K.FORCE_NONE:
+        return "a body force"
+    return None
+
+
+def adjoint_body(cfg: K.StepConfig, pull_in: bool) -> str:
+    """C++ of one cell of the moments adjoint that writes the gathered form: the operations of
+    ``step_adjoint_kernel(cfg, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
+    push_out=False)`` in its order (BGK or TRT, walls, moving walls; no force)."""
+    ph = K.physics(cfg.lattice, cfg.precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    arith = "float"
+    lit = lambda v: _literal(v, arith)  # noqa: E731
+    zero = lit(0.0)
+    trt = cfg.collision == K.COLLISION_TRT
+    lines = []
+    a = lines.append
+    _prologue(cfg, a, "adj_out", "adj_in", arith)
+    if trt:
+        a(f"const {arith} omega_m = {lit(1.0)} / ({lit(cfg.trt_magic)} / ({lit(1.0)} / omega - {lit(0.5)}) + {lit(0.5)});")
+    else:
+        a(f"const {arith} omega_m = omega;")
+    a(f"const {arith} coef_a = {lit(0.5)} * (omega + omega_m);")
+    a(f"const {arith} coef_b = {lit(0.5)} * (omega - omega_m);")
+    a(f"const {arith} keep = {lit(1.0)} - coef_a;")
+    a(f"const {arith}* mrow = mom.data;")
+    a(f"const size_t mstride = (size_t)mom.strides[0] / sizeof({arith});")
+    a(f"{arith} rho = mrow[ui];")
+    a(f"const {arith} ux = mrow[mstride + ui];")
+    a(f"const {arith} uy = mrow[2 * mstride + ui];")
+    a(f"const {arith} uz = mrow[3 * mstride + ui];")
+    a(f"const {arith} a0 = fi[ui];")
+    for i in range(1, Q):
+        if pull_in:
+            # population i here, from the gathered form: direction opp(i) here where that link is a
+            # wall, else direction i at the neighbour x + c_i
+            d = " + ".join(_SOURCE[(k, -C[i][k])] for k in range(3) if C[i][k] != 0)
+            a(f"const {arith} a{i} = fi[((cell >> {OPP[i]}u) & 1u) ? ({OPP[i]}u * un + ui)"
+              f" : ({i}u * un + ui + (unsigned int)({d}))];")
+        else:
+            a(f"const {arith} a{i} = fi[{i}u * un + ui];")
+    # as the generated kernel: rho depends (by 0 x their sum) on every adjoint load
+    a(f"const {arith} sav = " + " + ".join(f"a{i}" for i in range(Q)) + ";")
+    a(f"rho = rho + sav * {zero};")
+    a(f"const {arith} usq = {lit(1.5)} * (ux * ux + uy * uy + uz * uz);")
+    a(f"{arith} adj_rho = {zero};")
+    a(f"{arith} aux = {zero};")
+    a(f"{arith} auy = {zero};")
+    a(f"{arith} auz = {zero};")
+    for i in range(Q):
+        cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")], zero)
+        a("{")
+        a(f"    const {arith} cu = {cu};")
+        a(f"    const {arith} wr = {lit(W[i])} * rho;")
+        a(f"    const {arith} feq = wr * ({lit(1.0)} + {lit(3.0)} * cu + {lit(4.5)} * cu * cu - usq);")
+        if trt:
+            a(f"    const {arith} ae = coef_a * a{i} + coef_b * a{OPP[i]};")
+        else:
+            a(f"    const {arith} ae = coef_a * a{i};")
+        a("    adj_rho = adj_rho + ae * feq / rho;")
+        a(f"    const {arith} aw = ae * wr;")
+        for comp, u_k, c_k in (("aux", "ux", C[i][0]), ("auy", "uy", C[i][1]), ("auz", "uz", C[i][2])):
+            # (3 c_k + 9 cu c_k) - 3 u_k, with 9 cu c_k as +-(9 cu) or 0 * (9 cu) like the generated code
+            nine = f"{lit(9.0)} * cu"
+            term = {1: f"({lit(3.0)} + {nine})", -1: f"({lit(-3.0)} - {nine})", 0: f"({zero} + {nine} * {zero})"}[c_k]
+            a(f"    {comp} = {comp} + aw * ({term} - {lit(3.0)} * {u_k});")
+        a("}")
+    a(f"const {arith} amx = aux / rho;")
+    a(f"const {arith} amy = auy / rho;")
+    a(f"const {arith} amz = auz / rho;")
+    a("adj_rho = adj_rho - (aux * ux + auy * uy + auz * uz) / rho;")
+    if cfg.moving_walls:
+        a("int ws = -1;")
+        a(f"if (want_wall != 0 && (cell & {K.LINK_MASK}u)) ws = wall_slot.data[idx];")
+        a(f"{arith}* wt = (ws >= 0) ? ({arith}*)((char*)adj_wall_term.data + (size_t)ws * (size_t)adj_wall_term.strides[0]) : nullptr;")
+    for i in range(Q):
+        cm = _signed_sum([(C[i][0], "amx"), (C[i][1], "amy"), (C[i][2], "amz")], zero)
+        a("{")
+        a(f"    {arith} g = keep * a{i} + adj_rho + ({cm});")
+        if trt:
+            a(f"    g = g - coef_b * a{OPP[i]};")
+        a(f"    fo[{i}u * un + ui] = g;")
+        if cfg.moving_walls and i > 0:
+            a(f"    if (wt != nullptr && ((cell >> {i}u) & 1u)) wt[{i}] = wt[{i}] + g;")
+        a("}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=None)
+def native_moments_adjoint_kernel(cfg: K.StepConfig, pull_in: bool, max_registers: int | None = None):
+    """The moments adjoint writing the gathered form with a native per-cell body: the same inputs as
+    ``step_adjoint_kernel(cfg, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
+    push_out=False)`` followed by :func:`extra_inputs`. Raises ValueError where
+    :func:`native_adjoint_unsupported` gives a reason."""
+    reason = native_adjoint_unsupported(cfg, 0, pull_in, False)
+    if reason is not None:
+        raise ValueError(f"the native adjoint does not support this configuration: {reason}")
+    dtype = K.wp_dtype(cfg.precision)
+    sdtype = K.storage_dtype(cfg.precision)
+    vec3 = K.physics(cfg.lattice, cfg.precision)["vec3"]
+
+    @wp.func_native(adjoint_body(cfg, pull_in))
+    def lbm_cell_adjoint(adj_out: wp.array2d(dtype=dtype), adj_in: wp.array2d(dtype=dtype),
+                         code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
+                         adj_wall_term: wp.array2d(dtype=dtype), want_wall: int, omega: dtype,
+                         mom: wp.array2d(dtype=dtype), idx: int, nx: int, ny: int, nz: int,
+                         magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int,
+                         box_x0: int, box_nx: int, box_y0: int, box_ny: int, box_z0: int, box_nz: int):
+        ...
+
+    @wp.kernel(enable_backward=False, module="unique", module_options=K.MODULE_OPTIONS,
+               cuda_max_registers=max_registers)
+    def lbm_moments_adjoint_native(
+        f_in: wp.array2d(dtype=sdtype),
+        adj_out: wp.array2d(dtype=dtype),
+        adj_in: wp.array2d(dtype=dtype),
+        code: wp.array(dtype=wp.uint32),
+        solid_wall: wp.array(dtype=wp.int32),
+        face_wall: wp.array(dtype=wp.int32),
+        wall_slot: wp.array(dtype=wp.int32),
+        wall_term: wp.array2d(dtype=dtype),
+        omega_arr: wp.array(dtype=dtype),
+        adj_wall_term: wp.array2d(dtype=dtype),
+        adj_omega: wp.array(dtype=dtype),
+        force_arr: wp.array(dtype=vec3),
+        adj_force: wp.array(dtype=vec3),
+        link_q: wp.array2d(dtype=dtype),
+        solid_fraction: wp.array(dtype=dtype),
+        slot: wp.array(dtype=wp.int32),
+        inlet_velocity: wp.array(dtype=vec3),
+        outlet_density: wp.array(dtype=dtype),
+        adj_inlet: wp.array(dtype=vec3),
+        adj_outlet: wp.array(dtype=dtype),
+        want_wall: int,
+        want_omega: int,
+        want_force: int,
+        want_inlet: int,
+        want_outlet: int,
+        nx: int,
+        ny: int,
+        nz: int,
+        mom: wp.array2d(dtype=dtype),
+        base: int,
+        magic_z: wp.uint32,
+        shift_z: int,
+        magic_y: wp.uint32,
+        shift_y: int,
+        box_x0: int,
+        box_nx: int,
+        box_y0: int,
+        box_ny: int,
+        box_z0: int,
+        box_nz: int,
+    ):
+        idx = wp.tid()
+        omega = omega_arr[0]
+        if wp.static(cfg.omega_field):
+            omega = omega_arr[idx]
+        lbm_cell_adjoint(adj_out, adj_in, code, wall_slot, adj_wall_term, want_wall, omega, mom, idx, nx, ny, nz,
+                         magic_z, shift_z, magic_y, shift_y, box_x0, box_nx, box_y0, box_ny, box_z0, box_nz)
+
+    lbm_moments_adjoint_native.difflbm_native = True
+    lbm_moments_adjoint_native.difflbm_ranged = False
+    return lbm_moments_adjoint_native
