@@ -1,33 +1,36 @@
-"""The forward step's per-cell body written as native C++/CUDA (``wp.func_native``) inside a Warp kernel.
+"""Per-cell bodies written as native C++/CUDA (``wp.func_native``) inside Warp kernels: the forward
+step and (opt-in) the gradient's moments adjoint.
 
-Same operations in the same order as :func:`difflbm.kernels.step_kernel` with ``backward=False``, so
-its output is bit-identical to the Warp-generated kernel's for finite states (tested on the CPU for
-every lattice and precision, and on CUDA by the same tests where a GPU is present; compared value
-for value on an H200 by ``benchmarks/native_bench.py``). With a non-finite population the two may
-differ in which non-finite value they write (the native sums leave out 0 * f terms, so an inf
-stays inf where 0 * inf gives nan); the cells holding non-finite values, and so divergence checks,
-agree. What differs is only how it is compiled: Warp's generated code computes a 64-bit byte offset from the array strides for every
-access, decodes the cell coordinates with three integer divisions and keeps the multiplications
-of the momentum sums by zero velocity components; here every population is a 32-bit element
-offset from the array's base, the coordinates come from two multiply-shifts with magic numbers
-computed on the host (Granlund & Montgomery 1994) and the zero terms are not written (adding a zero
-changes no finite sum). The float16 step is bound by instructions, so it gains most (docs/PERF_NOTES.md,
-ninth session).
+Each body does the operations of the Warp-generated kernel it stands in for, in the same order
+(:func:`difflbm.kernels.step_kernel` with ``backward=False``; :func:`difflbm.kernels.step_adjoint_kernel`
+with ``moments=True, push_out=False``), so its output is bit-identical for finite states: tested on
+the CPU for every lattice and precision (and on CUDA by the same tests where a GPU is present),
+compared value for value on an H200 for the lid cavity (ninth session). With a non-finite population
+the two may differ in which non-finite value they write (the native sums leave out 0 * f terms, so
+an inf stays inf where 0 * inf gives nan); the cells holding non-finite values, and so divergence
+checks, agree.
 
-It covers the configurations the benchmark and most forward runs use: BGK or TRT, a scalar or
-per-cell omega, Guo forcing (uniform or per cell), half-way bounce-back walls, moving walls, solid
-cells, any periodicity, float32 and float16 storage. The moments-storing variant (the gradient's
-moments replay) and the ranged variants (the slabs' overlapped steps) have native forms too.
-Everything else (float64, Smagorinsky, porosity, curved walls, open boundaries, every
-differentiated kernel) stays on the Warp-generated kernels.
+What differs is how it compiles. Warp's generated code computes a 64-bit byte offset from the array
+strides for every access, decodes the cell coordinates with integer divisions and keeps the
+multiplications by zero velocity components; here every population is a 32-bit element offset from
+the array's base, the coordinates come from two multiply-shifts with magic numbers computed on the
+host (Granlund & Montgomery 1994), the zero terms are not written, and only cells that can have a
+cell code read it (:func:`coded_box`). Nsight Compute: 320 M instead of 542 M instructions per
+256^3 D3Q19 step; float16, which was bound by instructions, gains most (docs/PERF_NOTES.md).
+
+The forward step covers BGK or TRT, a scalar or per-cell omega, Guo forcing (uniform or per cell),
+half-way bounce-back walls, moving walls, solid cells, any periodicity, float32 and float16 storage,
+with moments-storing and ranged variants. Everything else (float64, Smagorinsky, porosity, curved
+walls, open boundaries, every kernel Warp differentiates) stays on the Warp-generated kernels.
 float64 is left out because the native body was slower there (H200, D3Q19 256^3: 11,594 vs 12,848
-MLUPS for the generated step, BENCHMARKS.md, ninth session).
-Set ``DIFFLBM_NATIVE_STEP=0`` to use the Warp-generated forward step everywhere.
+MLUPS, BENCHMARKS.md, ninth session). ``DIFFLBM_NATIVE_STEP=0`` turns the native step off;
+``DIFFLBM_NATIVE_ADJOINT=1`` turns the native moments adjoint on.
 """
 
 import os
 from functools import lru_cache
 
+import numpy as np
 import warp as wp
 
 from . import kernels as K
@@ -94,8 +97,6 @@ def coded_box(code, grid3, periodic) -> list:
     """``[x0, nx, y0, ny, z0, nz]``: origin and size of the smallest box holding every cell with a
     non-zero code (links, a kind) that is not on a face of a non-periodic axis; sizes 0 when there is
     none. ``code``: the cell codes, flat, ``grid3`` their (nx, ny, nz)."""
-    import numpy as np
-
     coded = np.asarray(code).reshape(grid3) != 0
     for axis, is_periodic in enumerate(periodic):
         if not is_periodic and grid3[axis] > 0:
