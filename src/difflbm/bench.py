@@ -16,6 +16,7 @@ import warp as wp
 
 from .adjoint import Checkpointed, value_and_grad
 from .losses import KineticEnergy
+from .native import native_adjoint_enabled, native_adjoint_unsupported
 from .problem import Problem, Wall, resolve_device
 from .solver import Solver
 
@@ -127,7 +128,11 @@ def run_bench(lattice="D3Q19", precision="fp32", size=None, steps=None, gradient
                                               wrt=("initial", "wall_velocity"), graph=graph)[1].schedule
 
         gmed, _ = _time(gradient, dev, max(3, repeats // 2))
-        out.update(gradient_s_median=gmed, gradient_mlups_equivalent=cells * steps / gmed / 1e6,
+        # whether the moments adjoint that writes the gathered form had a native body (moments replay)
+        native_adjoint = (native_adjoint_enabled() and solver.native_step and last["schedule"]["replay"] == "moments"
+                          and native_adjoint_unsupported(p.config, cells, True, False) is None)
+        out.update(native_adjoint=native_adjoint,
+                   gradient_s_median=gmed, gradient_mlups_equivalent=cells * steps / gmed / 1e6,
                    gradient_over_forward=gmed / med, gradient_schedule=last["schedule"])
         if cuda and wp.is_mempool_enabled(dev):
             out["peak_mempool_bytes"] = int(wp.get_mempool_used_mem_high(dev))
