@@ -62,6 +62,11 @@ nadj)
     DIFFLBM_NATIVE_ADJOINT=$v timeout 100 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
   done
   ;;
+open)
+  # the native step's open boundaries (opt-in, DIFFLBM_NATIVE_OPEN=1) against the generated step
+  timeout 250 python3 benchmarks/native_bench.py 3 "D3Q19:256:float32:channel,D3Q19:256:float16:channel,D2Q9:4096:float32:channel,D3Q19:512:float32:channel" > $OUT/open.txt 2>$OUT/open.err; echo "rc $?"
+  values open; tail -3 $OUT/open.err
+  ;;
 cudatests)
   # the native step's bit-identity tests on CUDA (skipped on machines without a GPU), then the CUDA graph tests
   timeout 400 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -5

@@ -7,7 +7,8 @@ timed in alternation (median of 5 replays, ``rounds`` rounds); MLUPS and the fra
 roofline at 2 Q itemsize + 4 bytes per cell (the cell code).
 Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES] [MODE]`` with CASES like
 ``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below; a fourth field ``ball`` puts a solid
-ball of diameter size / 4 in the cavity's centre); BENCH_DEVICE=cpu smoke-runs it.
+ball of diameter size / 4 in the cavity's centre, ``channel`` makes it a channel with a velocity inlet
+and a pressure outlet, stepped natively with DIFFLBM_NATIVE_OPEN=1); BENCH_DEVICE=cpu smoke-runs it.
 MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
 MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
@@ -58,6 +59,15 @@ def as_bits(arr):
     return wp.array(ptr=arr.ptr, shape=arr.shape, dtype=bits, device=arr.device), bits
 
 
+def channel_problem(lattice, size, precision):
+    """A channel along x: velocity inlet 0.05 (x-), pressure outlet (x+), walls on the other faces."""
+    dim = 2 if lattice == "D2Q9" else 3
+    walls = [lbm.Wall(face=f) for f in ("y-", "y+", "z-", "z+")[: 2 * (dim - 1)]]
+    return lbm.Problem((size,) * dim, lattice, "bgk", omega=1.0, precision=precision, device=DEVICE,
+                       boundaries=walls + [lbm.VelocityInlet(face="x-", velocity=(0.05,) + (0.0,) * (dim - 1)),
+                                           lbm.PressureOutlet(face="x+", density=1.0)])
+
+
 def obstacle_problem(lattice, size, precision):
     """The lid cavity with a solid ball (disc in 2D) of diameter size / 4 at its centre: a non-empty coded box."""
     import numpy as np
@@ -80,8 +90,14 @@ def main():
     for case in cases:
         lat, size, prec, *shape = case.split(":")
         size = int(size) if cuda else (64 if lat == "D2Q9" else 12)
-        p = obstacle_problem(lat, size, prec) if shape == ["ball"] else cavity_problem(lat, size, prec, DEVICE)
-        native = Solver(p)
+        builders = {"ball": obstacle_problem, "channel": channel_problem}
+        p = builders[shape[0]](lat, size, prec) if shape else cavity_problem(lat, size, prec, DEVICE)
+        if shape == ["channel"]:  # the native open boundaries are opt-in
+            os.environ["DIFFLBM_NATIVE_OPEN"] = "1"
+        try:
+            native = Solver(p)
+        finally:
+            os.environ.pop("DIFFLBM_NATIVE_OPEN", None)
         os.environ["DIFFLBM_NATIVE_STEP"] = "0"
         try:
             generated = Solver(p)

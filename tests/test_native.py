@@ -378,3 +378,51 @@ def test_native_adjoint_switch(monkeypatch):
     monkeypatch.setenv("DIFFLBM_NATIVE_ADJOINT", "2")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_ADJOINT='2'"):
         N.native_adjoint_enabled()
+
+
+def _channel(lattice, precision, outlet, device="cpu"):
+    """A channel along x: velocity inlet (x-), pressure outlet or outflow (x+), walls on y, an obstacle."""
+    shape = (9, 6) if lattice == "D2Q9" else (9, 6, 5)
+    dim = len(shape)
+    mask = np.zeros(shape, dtype=bool)
+    mask[4:6, 2:4] = True
+    velocity = np.zeros(shape + (dim,))  # per cell; only the inlet face's cells are used
+    velocity[..., 0] = 0.03 + 0.01 * np.sin(np.arange(np.prod(shape)).reshape(shape))
+    velocity[..., 1] = 0.004  # a tangential part: the Zou-He tangential correction is exercised
+    out = lbm.PressureOutlet(face="x+", density=1.01) if outlet == "pressure" else lbm.Outflow(face="x+")
+    return lbm.Problem(shape, lattice, "bgk", omega=1.4, precision=precision, device=device,
+                       boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+"), lbm.Wall(mask=mask),
+                                   lbm.VelocityInlet(face="x-", velocity=velocity), out])
+
+
+@pytest.mark.parametrize("lattice, precision, outlet", [("D2Q9", "float32", "pressure"), ("D3Q19", "float16", "pressure"),
+                                                        ("D3Q19", "float32", "outflow"), ("D3Q27", "float32", "pressure")])
+def test_native_open_boundaries_equal_generated(lattice, precision, outlet, monkeypatch):
+    """With DIFFLBM_NATIVE_OPEN=1, inlets, outlets and outflow step natively to the generated step's bits."""
+    p = _channel(lattice, precision, outlet)
+    assert "open boundaries" in N.native_step_unsupported(p.config, p.cell_count)
+    monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "1")
+    assert N.native_step_unsupported(p.config, p.cell_count) is None
+    out = _native_and_generated(p, monkeypatch, steps=3)
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+
+
+def test_native_open_boundary_moments_store_the_known_mass(monkeypatch):
+    """The native moments step of an inlet/outlet channel stores rows 0-4 (row 4: known-link mass) as the generated one."""
+    from difflbm import kernels as K
+
+    monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "1")
+    p = _channel("D3Q19", "float32", "pressure")
+    native, generated, prm = _solver_pair(p, monkeypatch)
+    start = _perturbed(p, seed=6)
+    rows = K.moment_rows(p.config)
+    assert rows == 5
+    out = []
+    for solver in (native, generated):
+        b = p.state()
+        mom = wp.full((rows, p.cell_count), 7.0, dtype=wp.float32, device="cpu")
+        solver.step_moments(start, b, mom, prm)
+        out.append((b.f.numpy(), mom.numpy()))
+    assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
+    assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
+    assert np.any(out[0][1][4] != 7.0)

@@ -24,7 +24,9 @@ with moments-storing and ranged variants. Everything else (float64, Smagorinsky,
 walls, open boundaries, every kernel Warp differentiates) stays on the Warp-generated kernels.
 float64 is left out because the native body was slower there (H200, D3Q19 256^3: 11,594 vs 12,848
 MLUPS, BENCHMARKS.md, ninth session). ``DIFFLBM_NATIVE_STEP=0`` turns the native step off;
-``DIFFLBM_NATIVE_ADJOINT=1`` turns the native moments adjoint on.
+``DIFFLBM_NATIVE_ADJOINT=1`` turns the native moments adjoint on, ``DIFFLBM_NATIVE_OPEN=1`` the
+native step's open boundaries (velocity inlets, pressure outlets, outflow); both written after the
+ninth session's device time was spent and off until timed.
 """
 
 import os
@@ -37,7 +39,7 @@ from . import kernels as K
 
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
-           "native_moments_adjoint_kernel"]
+           "native_moments_adjoint_kernel", "native_open_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -52,6 +54,17 @@ def native_adjoint_enabled() -> bool:
     value = os.environ.get("DIFFLBM_NATIVE_ADJOINT", "0")
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_ADJOINT={value!r}: allowed values are '0' (Warp-generated adjoint) and '1'")
+    return value == "1"
+
+
+def native_open_enabled() -> bool:
+    """True when the environment variable ``DIFFLBM_NATIVE_OPEN`` is ``1``: the native step then also
+    covers velocity inlets, pressure outlets and outflow. Off by default: bit-identical on the CPU,
+    not yet timed on a GPU (ninth session)."""
+    value = os.environ.get("DIFFLBM_NATIVE_OPEN", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"DIFFLBM_NATIVE_OPEN={value!r}: allowed values are '0' (Warp-generated step for open "
+                         "boundaries) and '1'")
     return value == "1"
 
 
@@ -70,9 +83,11 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
         return "precision='float64' (the native body measured slower than the generated step)"
     if cfg.collision not in (K.COLLISION_BGK, K.COLLISION_TRT):
         return f"collision={cfg.collision!r} (the native step is BGK or TRT)"
-    for name in ("porosity", "curved", "velocity_bc", "pressure_bc", "outflow_bc"):
+    for name in ("porosity", "curved"):
         if getattr(cfg, name):
             return f"{name}=True"
+    if (cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc) and not native_open_enabled():
+        return "open boundaries (their native form is not yet timed on a GPU; DIFFLBM_NATIVE_OPEN=1 turns it on)"
     if cfg.max_registers is not None:
         return "a register cap"
     if lat_q * cell_count >= 2 ** 32:
@@ -197,6 +212,101 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str) -> None:
 _SOURCE = {(0, 1): "sxm", (0, -1): "sxp", (1, 1): "sym", (1, -1): "syp", (2, 1): "szm", (2, -1): "szp"}
 
 
+def _open_boundary(cfg: K.StepConfig, a, moments: bool) -> None:
+    """C++ that rebuilds the gathered f0.. of an open-boundary cell in place: the operations of
+    :func:`difflbm.kernels.open_boundary_func` (Zou & He 1997 generalised, with the tangential
+    correction of velocity faces; zero-gradient outflow) in their order, multiplications by the link
+    bits included (they are how the Warp code avoids branches, and they fix the rounding). With
+    ``moments`` and velocity / pressure boundaries, row 4 of ``mom`` gets the known-link mass."""
+    ph = K.physics(cfg.lattice, cfg.precision)
+    Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
+    shift = K.storage_shift(cfg.lattice, cfg.precision)
+    lit = lambda v: _literal(v, "float")  # noqa: E731
+    zero, one = lit(0.0), lit(1.0)
+    store_known = moments and (cfg.velocity_bc or cfg.pressure_bc)
+    a(f"const unsigned int kind = cell >> {K.KIND_SHIFT}u;")
+    a(f"if (kind >= {K.KIND_VELOCITY}u) {{")
+    for i in range(Q):
+        a(f"    const float b{i} = (float)((cell >> {i}u) & 1u);")
+    a("    float ubx = 0.0f, uby = 0.0f, ubz = 0.0f;")
+    a(f"    float rho_b = {one};")
+    if cfg.velocity_bc:
+        a(f"    if (kind == {K.KIND_VELOCITY}u) {{")
+        a("        const wp::vec_t<3, float> v = inlet_velocity.data[slot.data[idx]];")
+        a("        ubx = v.c[0]; uby = v.c[1]; ubz = v.c[2];")
+        a("    }")
+    if cfg.pressure_bc:
+        a(f"    if (kind == {K.KIND_PRESSURE}u) rho_b = outlet_density.data[slot.data[idx]];")
+    # known_mass: sum of bit f_opp + (1 - bit) f over every direction, in order
+    a(f"    float known = {zero};")
+    for i in range(Q):
+        a(f"    known = known + (b{i} * f{OPP[i]} + ({one} - b{i}) * f{i});")
+    if store_known:
+        a(f"    if (kind != {K.KIND_OUTFLOW}u) mom.data[4 * ((size_t)mom.strides[0] / sizeof(float)) + ui] = known;")
+    # link_normal: sum over links of w_i c_i
+    for k, comp in enumerate(("wcx", "wcy", "wcz")):
+        terms = [(C[i][k], f"(b{i} * {lit(W[i])})") for i in range(Q)]
+        a(f"    float {comp} = {zero};")
+        for sign, t in terms:
+            if sign:
+                a(f"    {comp} = {comp} {'+' if sign > 0 else '-'} {t};")
+    if cfg.velocity_bc:
+        a(f"    if (kind == {K.KIND_VELOCITY}u) rho_b = known / ({one} - {lit(6.0)} * (wcx * ubx + wcy * uby + wcz * ubz));")
+    if cfg.pressure_bc:
+        a(f"    if (kind == {K.KIND_PRESSURE}u) {{")
+        a(f"        const float sc = ({one} - known / rho_b) / ({lit(6.0)} * (wcx * wcx + wcy * wcy + wcz * wcz));")
+        a("        ubx = sc * wcx; uby = sc * wcy; ubz = sc * wcz;")
+        a("    }")
+    # face_normal
+    tiny = lit(1.0e-12)
+    for comp, w in (("nx_", "wcx"), ("ny_", "wcy"), ("nz_", "wcz")):
+        a(f"    float {comp} = ({w} > {tiny}) ? {one} : (({w} < -{tiny}) ? {lit(-1.0)} : {zero});")
+    a("    const float count = wp::abs(nx_) + wp::abs(ny_) + wp::abs(nz_);")
+    a(f"    float bad = {zero};")
+    for i in range(1, Q):
+        cn = _signed_sum([(C[i][0], "nx_"), (C[i][1], "ny_"), (C[i][2], "nz_")], zero)
+        a(f"    bad = bad + wp::abs(b{i} - ((({cn}) == {one}) ? {one} : {zero}));")
+    a(f"    const float isface = (count == {one} && bad == {zero}) ? {one} : {zero};")
+    a("    nx_ = isface * nx_; ny_ = isface * ny_; nz_ = isface * nz_;")
+    velocity_kind = f"kind == {K.KIND_VELOCITY}u" if cfg.velocity_bc else "false"
+    a(f"    const float face = ({velocity_kind} && (nx_ * nx_ + ny_ * ny_ + nz_ * nz_) > {lit(0.5)}) ? {one} : {zero};")
+    # tangential_scale: per axis 1 / sum over links of c_k^2, where the normal's component is 0
+    for k, (comp, n_) in enumerate((("ivx", "nx_"), ("ivy", "ny_"), ("ivz", "nz_"))):
+        a(f"    float s2{k} = {zero};")
+        for i in range(1, Q):
+            if C[i][k] != 0:
+                a(f"    s2{k} = s2{k} + b{i};")
+        a(f"    const float {comp} = ({n_} == {zero} && s2{k} > {zero}) ? {one} / wp::max(s2{k}, {one}) : {zero};")
+    # tangential momentum of the in-plane populations (c.n = 0)
+    a(f"    float px = {zero}, py = {zero}, pz = {zero};")
+    for j in range(1, Q):
+        cn = _signed_sum([(C[j][0], "nx_"), (C[j][1], "ny_"), (C[j][2], "nz_")], zero)
+        a("    {")
+        a(f"        const float pf = ((({cn}) == {zero}) ? {one} : {zero}) * f{j};")
+        for k, comp in enumerate(("px", "py", "pz")):
+            if C[j][k]:
+                a(f"        {comp} = {comp} {'+' if C[j][k] > 0 else '-'} pf;")
+        a("    }")
+    tt = lit(2.0 / 3.0)
+    a(f"    const float cx_ = face * (ivx * ({tt} * rho_b * ubx - px));")
+    a(f"    const float cy_ = face * (ivy * ({tt} * rho_b * uby - py));")
+    a(f"    const float cz_ = face * (ivz * ({tt} * rho_b * ubz - pz));")
+    if cfg.outflow_bc:
+        a(f"    const bool outflow = kind == {K.KIND_OUTFLOW}u;")
+    # rebuild: every new value computed from the gathered ones before any is replaced
+    for i in range(1, Q):
+        cub = _signed_sum([(C[i][0], "ubx"), (C[i][1], "uby"), (C[i][2], "ubz")], zero)
+        ccr = _signed_sum([(C[i][0], "cx_"), (C[i][1], "cy_"), (C[i][2], "cz_")], zero)
+        rebuilt = f"f{OPP[i]} + {lit(6.0 * W[i])} * rho_b * ({cub}) + ({ccr})"
+        if cfg.outflow_bc:
+            own = f"(static_cast<float>(fi[{i}u * un + ui]) + {lit(shift[i])})"
+            rebuilt = f"(outflow ? {own} : ({rebuilt}))"
+        a(f"    const float r{i} = b{i} * ({rebuilt}) + ({one} - b{i}) * f{i};")
+    for i in range(1, Q):
+        a(f"    f{i} = r{i};")
+    a("}")
+
+
 def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
     boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
@@ -230,6 +340,8 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     if any(shift):
         for i in range(Q):
             a(f"f{i} = f{i} + {lit(W[i])};")
+    if cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc:
+        _open_boundary(cfg, a, moments)
     zero = lit(0.0)
     a(f"const {arith} rho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
     for k, m in enumerate(("mx", "my", "mz")):
@@ -315,6 +427,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     def lbm_cell_update(f_in: wp.array2d(dtype=sdtype), f_out: wp.array2d(dtype=sdtype),
                         code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
                         wall_term: wp.array2d(dtype=dtype), omega: dtype, force: vec3, mom: wp.array2d(dtype=dtype),
+                        slot: wp.array(dtype=wp.int32), inlet_velocity: wp.array(dtype=vec3),
+                        outlet_density: wp.array(dtype=dtype),
                         idx: int, nx: int, ny: int, nz: int, magic_z: wp.uint32, shift_z: int, magic_y: wp.uint32, shift_y: int,
                         box_x0: int, box_nx: int, box_y0: int, box_ny: int, box_z0: int, box_nz: int):
         ...
@@ -363,7 +477,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
             force = force_arr[0]
         if wp.static(cfg.force == K.FORCE_FIELD):
             force = force_arr[idx]
-        lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega, force, mom, idx, nx, ny, nz,
+        lbm_cell_update(f_in, f_out, code, wall_slot, wall_term, omega, force, mom, slot, inlet_velocity,
+                        outlet_density, idx, nx, ny, nz,
                         magic_z, shift_z, magic_y, shift_y, box_x0, box_nx, box_y0, box_ny, box_z0, box_nz)
 
     lbm_step_native.difflbm_native = True
@@ -379,6 +494,8 @@ def native_adjoint_unsupported(cfg: K.StepConfig, cell_count: int, pull_in: bool
         return reason
     if push_out:
         return "push_out=True (the native adjoint writes the gathered form)"
+    if cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc:
+        return "open boundaries"
     if cfg.force != K.FORCE_NONE:
         return "a body force"
     return None
