@@ -426,3 +426,10 @@ def test_native_open_boundary_moments_store_the_known_mass(monkeypatch):
     assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
     assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
     assert np.any(out[0][1][4] != 7.0)
+
+
+def test_native_open_switch(monkeypatch):
+    """DIFFLBM_NATIVE_OPEN accepts 0 and 1 only, naming the bad value, for any configuration."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "on")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_OPEN='on'"):
+        Solver(_problem("D2Q9", "float32"))

@@ -86,7 +86,8 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
     for name in ("porosity", "curved"):
         if getattr(cfg, name):
             return f"{name}=True"
-    if (cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc) and not native_open_enabled():
+    open_enabled = native_open_enabled()  # read (and checked) for every configuration
+    if (cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc) and not open_enabled:
         return "open boundaries (their native form is not yet timed on a GPU; DIFFLBM_NATIVE_OPEN=1 turns it on)"
     if cfg.max_registers is not None:
         return "a register cap"
