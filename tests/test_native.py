@@ -309,45 +309,48 @@ def test_native_ranged_steps_in_pieces_equal_one_step(with_moments, monkeypatch)
     assert np.array_equal(pieced.f.numpy().view(np.uint8), whole.f.numpy().view(np.uint8))
 
 
-def _adjoint_launch(solver, kernel, adj_out, adj_in, mom, adj_wall_term, extra):
+def _adjoint_launch(solver, kernel, adj_out, adj_in, mom, adj_wall_term, extra, want_wall=1):
     """One launch of a moments adjoint kernel (the inputs of adjoint._fused_step_adjoint)."""
     p, prm = solver.problem, solver.problem.parameters()
     grads = p.parameters()
     g = p.grid3
-    wp.launch(kernel, dim=p.cell_count, device="cpu",
+    wp.launch(kernel, dim=p.cell_count, device=p.device,
               inputs=[None, adj_out, adj_in, p.code, p.solid_wall, p.face_wall, p.wall_slot, solver.wall_term,
                       prm.omega, adj_wall_term, grads.omega, prm.force, grads.force, p.link_q, prm.solid_fraction,
                       p.slot, prm.inlet_velocity[0], prm.outlet_density, grads.inlet_velocity[0], grads.outlet_density,
-                      1, 0, 0, 0, 0, g[0], g[1], g[2], mom, 0] + extra)
+                      want_wall, 0, 0, 0, 0, g[0], g[1], g[2], mom, 0] + extra)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lattice, precision, collision", [("D3Q19", "float32", "bgk"), ("D3Q19", "float16", "trt"),
                                                            ("D2Q9", "float32", "trt"), ("D3Q27", "float32", "bgk")])
 @pytest.mark.parametrize("pull_in", [False, True])
-def test_native_moments_adjoint_equals_generated(lattice, precision, collision, pull_in):
+def test_native_moments_adjoint_equals_generated(lattice, precision, collision, pull_in, device):
     """The native moments adjoint (gathered form out) stores the generated kernel's bits, wall-term adjoints included."""
     from difflbm import kernels as K
 
-    p = _problem(lattice, precision, collision=collision)
+    p = _problem(lattice, precision, device, collision=collision)
     solver = Solver(p)
     solver.update_wall_term(p.parameters())
     q, n = p.lattice.q, p.cell_count
     rng = np.random.default_rng(3)
-    adj_out = wp.array(rng.standard_normal((q, n)).astype(np.float32), device="cpu")
+    adj_out = wp.array(rng.standard_normal((q, n)).astype(np.float32), device=device)
     mom_np = np.concatenate([1.0 + 0.05 * rng.standard_normal((1, n)), 0.05 * rng.standard_normal((3, n))])
-    mom = wp.array(mom_np.astype(np.float32), device="cpu")
+    mom = wp.array(mom_np.astype(np.float32), device=device)
     generated = K.step_adjoint_kernel(p.config, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
                                       push_out=False)
     native = N.native_moments_adjoint_kernel(p.config, pull_in)
-    out = []
-    for kernel, extra in ((native, N.extra_inputs(p)), (generated, [])):
-        adj_in = wp.full((q, n), 9.0, dtype=wp.float32, device="cpu")
-        adj_wall = wp.zeros(solver.wall_term.shape, dtype=wp.float32, device="cpu")
-        _adjoint_launch(solver, kernel, adj_out, adj_in, mom, adj_wall, extra)
-        out.append((adj_in.numpy(), adj_wall.numpy()))
-    assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
-    assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
-    assert np.any(out[0][1] != 0.0) and not np.any(out[0][0] == 9.0)
+    for want_wall in (1, 0):
+        out = []
+        for kernel, extra in ((native, N.extra_inputs(p)), (generated, [])):
+            adj_in = wp.full((q, n), 9.0, dtype=wp.float32, device=device)
+            adj_wall = wp.zeros(solver.wall_term.shape, dtype=wp.float32, device=device)
+            _adjoint_launch(solver, kernel, adj_out, adj_in, mom, adj_wall, extra, want_wall)
+            out.append((adj_in.numpy(), adj_wall.numpy()))
+        assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
+        assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
+        assert not np.any(out[0][0] == 9.0)
+        assert np.any(out[0][1] != 0.0) == bool(want_wall)
 
 
 def test_native_adjoint_gradient_equals_generated(monkeypatch):
@@ -380,7 +383,7 @@ def test_native_adjoint_switch(monkeypatch):
         N.native_adjoint_enabled()
 
 
-def _channel(lattice, precision, outlet, device="cpu"):
+def _channel(lattice, precision, outlet, device="cpu", **kw):
     """A channel along x: velocity inlet (x-), pressure outlet or outflow (x+), walls on y, an obstacle."""
     shape = (9, 6) if lattice == "D2Q9" else (9, 6, 5)
     dim = len(shape)
@@ -390,16 +393,21 @@ def _channel(lattice, precision, outlet, device="cpu"):
     velocity[..., 0] = 0.03 + 0.01 * np.sin(np.arange(np.prod(shape)).reshape(shape))
     velocity[..., 1] = 0.004  # a tangential part: the Zou-He tangential correction is exercised
     out = lbm.PressureOutlet(face="x+", density=1.01) if outlet == "pressure" else lbm.Outflow(face="x+")
-    return lbm.Problem(shape, lattice, "bgk", omega=1.4, precision=precision, device=device,
-                       boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+"), lbm.Wall(mask=mask),
-                                   lbm.VelocityInlet(face="x-", velocity=velocity), out])
+    return lbm.Problem(shape, lattice, kw.pop("collision", "bgk"), omega=kw.pop("omega", 1.4), precision=precision,
+                       device=device, boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.01,) + (0.0,) * (dim - 1)),
+                                                  lbm.Wall(mask=mask), lbm.VelocityInlet(face="x-", velocity=velocity), out],
+                       **kw)
 
 
-@pytest.mark.parametrize("lattice, precision, outlet", [("D2Q9", "float32", "pressure"), ("D3Q19", "float16", "pressure"),
-                                                        ("D3Q19", "float32", "outflow"), ("D3Q27", "float32", "pressure")])
-def test_native_open_boundaries_equal_generated(lattice, precision, outlet, monkeypatch):
-    """With DIFFLBM_NATIVE_OPEN=1, inlets, outlets and outflow step natively to the generated step's bits."""
-    p = _channel(lattice, precision, outlet)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lattice, precision, outlet, kw", [
+    ("D2Q9", "float32", "pressure", {}), ("D3Q19", "float16", "pressure", {}), ("D3Q19", "float32", "outflow", {}),
+    ("D3Q27", "float32", "pressure", {}), ("D3Q19", "float16", "outflow", dict(collision="trt")),
+    ("D2Q9", "float32", "pressure", dict(collision="trt", force=(1e-5, -2e-5), omega=np.full((9, 6), 1.3)))])
+def test_native_open_boundaries_equal_generated(lattice, precision, outlet, kw, device, monkeypatch):
+    """With DIFFLBM_NATIVE_OPEN=1, inlets, outlets and outflow (with a moving wall beside them; TRT, force,
+    per-cell omega) step natively to the generated step's bits."""
+    p = _channel(lattice, precision, outlet, device, **kw)
     assert "open boundaries" in N.native_step_unsupported(p.config, p.cell_count)
     monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "1")
     assert N.native_step_unsupported(p.config, p.cell_count) is None

@@ -547,7 +547,10 @@ def adjoint_body(cfg: K.StepConfig, pull_in: bool) -> str:
     a(f"{arith} auy = {zero};")
     a(f"{arith} auz = {zero};")
     for i in range(Q):
-        cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")], zero)
+        # c_i . u as Warp's dot writes it (zero components as 0 * u_k): with the zero terms left out,
+        # 3 cu of an axis direction would be the same product as the 3 u_k below, which the compiler
+        # could then share and fuse differently on the GPU (review, ninth session)
+        cu = " + ".join({1: u, -1: f"(-{u})", 0: f"{zero} * {u}"}[C[i][k]] for k, u in enumerate(("ux", "uy", "uz")))
         a("{")
         a(f"    const {arith} cu = {cu};")
         a(f"    const {arith} wr = {lit(W[i])} * rho;")

@@ -129,7 +129,8 @@ class Solver:
             p = self.problem
             q, n = p.lattice.q, p.cell_count
             if N.dense(state_in.f, q, n) and N.dense(state_out.f, q, n) and (
-                    moments is None or N.dense(moments, moments.shape[0], n)):
+                    moments is None or N.dense(moments, moments.shape[0], n)) and (
+                    args[8].is_contiguous and args[9].is_contiguous):  # inlet velocities, outlet densities
                 args += N.extra_inputs(p)
             else:  # strided views: the generated kernel, which follows the strides
                 kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
