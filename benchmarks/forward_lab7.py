@@ -31,6 +31,7 @@ import warp as wp
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import DEVICE, emit, graph_of, lab_cavity, timed  # noqa: E402
 from difflbm import bench, kernels as K  # noqa: E402
+from difflbm.native import _literal, _signed_sum as signed_sum, division_magic  # noqa: E402
 from forward_lab import make  # noqa: E402
 
 wp.config.quiet = True
@@ -40,29 +41,12 @@ Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
 
 def _flt(v: float) -> str:
     """A C float constant equal to float32(v) (the rounding Warp's dtype(constant) does)."""
-    return f"((float){float(v)!r})"
+    return _literal(v, "float")
 
 
 def _signed_sum(terms) -> str:
     """'a - b + c' from [(+1, 'a'), (-1, 'b'), (+1, 'c')] with zero coefficients dropped, in order."""
-    out = ""
-    for s, t in terms:
-        if s == 0:
-            continue
-        if not out:
-            out = t if s > 0 else f"-{t}"
-        else:
-            out += f" + {t}" if s > 0 else f" - {t}"
-    return out or "0.0f"
-
-
-def magic(d: int):
-    """(m, s) with a // d == (a * m) >> s for every 0 <= a < 2^31 (Granlund & Montgomery 1994, Thm 4.2
-    with 31-bit dividends: l = ceil(log2 d), m = floor(2^(31 + l) / d) + 1 < 2^32, s = 31 + l)."""
-    if not 1 <= d < 2 ** 31:
-        raise ValueError(f"d={d}: the divisor must be in 1 .. 2^31 - 1")
-    lg = (d - 1).bit_length()
-    return (1 << (31 + lg)) // d + 1, 31 + lg
+    return signed_sum(terms, "0.0f")
 
 
 def native_body(stor: str, form: str = "off", rcp: bool = False, fastdiv: bool = False, dev: bool = False) -> str:
@@ -238,10 +222,10 @@ def main():
         s.step(b, c, prm, update_walls=False)
         lib2 = c.f.numpy().copy()
         kernels = {name: native_kernel(stor, *spec) for name, spec in variants_for(prec).items()}
-        mz, sz = magic(size)
-        my, sy = magic(size)
+        mz, sz = division_magic(size)
+        my, sy = division_magic(size)
         for d in (1, 2, 3, 7, size, 1000, 65536 + 1, 2 ** 31 - 1):  # the multiply-shift division, spot checks
-            m_, s_ = magic(d)
+            m_, s_ = division_magic(d)
             for v in (0, 1, d - 1, d, d + 1, 2 ** 31 - 1, 2 ** 31 - 2, 123456789):
                 assert (v * m_) >> s_ == v // d, (d, v)
 

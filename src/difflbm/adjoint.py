@@ -502,8 +502,7 @@ def value_and_grad(problem: Problem, params: Parameters, initial: State, steps: 
         and its block size; kernels writing the gathered form launch with their own register cap."""
         if (pull_in, push_out) not in moments_kernels:
             gathered_out = not push_out
-            if (N.native_adjoint_enabled() and solver.native_step
-                    and N.native_adjoint_unsupported(problem.config, problem.cell_count, pull_in, push_out) is None):
+            if N.native_adjoint_used(problem.config, problem.cell_count, pull_in, push_out):
                 # no register cap: ptxas fits it in 64 registers without spills, and spills 16-20 B at
                 # the generated kernel's cap of 56 (D3Q19 float32 / float16)
                 kernel = N.native_moments_adjoint_kernel(problem.config, pull_in)

@@ -16,7 +16,7 @@ import warp as wp
 
 from .adjoint import Checkpointed, value_and_grad
 from .losses import KineticEnergy
-from .native import native_adjoint_enabled, native_adjoint_unsupported
+from .native import native_adjoint_used
 from .problem import Problem, Wall, resolve_device
 from .solver import Solver
 
@@ -129,8 +129,7 @@ def run_bench(lattice="D3Q19", precision="fp32", size=None, steps=None, gradient
 
         gmed, _ = _time(gradient, dev, max(3, repeats // 2))
         # whether the moments adjoint that writes the gathered form had a native body (moments replay)
-        native_adjoint = (native_adjoint_enabled() and solver.native_step and last["schedule"]["replay"] == "moments"
-                          and native_adjoint_unsupported(p.config, cells, True, False) is None)
+        native_adjoint = last["schedule"]["replay"] == "moments" and native_adjoint_used(p.config, cells, True, False)
         out.update(native_adjoint=native_adjoint,
                    gradient_s_median=gmed, gradient_mlups_equivalent=cells * steps / gmed / 1e6,
                    gradient_over_forward=gmed / med, gradient_schedule=last["schedule"])

@@ -39,7 +39,7 @@ from . import kernels as K
 
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
-           "native_moments_adjoint_kernel", "native_open_enabled"]
+           "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -500,6 +500,13 @@ def native_adjoint_unsupported(cfg: K.StepConfig, cell_count: int, pull_in: bool
     if cfg.force != K.FORCE_NONE:
         return "a body force"
     return None
+
+
+def native_adjoint_used(cfg: K.StepConfig, cell_count: int, pull_in: bool, push_out: bool) -> bool:
+    """Whether the gradient runs that moments adjoint natively: switched on, the native step on
+    (the native adjoint covers a subset of its configurations) and the configuration covered."""
+    return (native_adjoint_enabled() and native_step_enabled()
+            and native_adjoint_unsupported(cfg, cell_count, pull_in, push_out) is None)
 
 
 def adjoint_body(cfg: K.StepConfig, pull_in: bool) -> str:

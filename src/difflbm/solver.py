@@ -31,18 +31,24 @@ class Solver:
         # the Warp-generated kernel, faster; difflbm.native), else the Warp-generated kernel
         self.native_step = (N.native_step_enabled()
                             and N.native_step_unsupported(problem.config, problem.cell_count) is None)
-        if self.native_step:
-            self.forward_kernel = N.native_step_kernel(problem.config)
-        else:
-            self.forward_kernel = K.step_kernel(problem.config, backward=False)
-        self._moments_kernel = None  # built on first use (gradients' moments replay)
-        self._ranged_kernels = {}  # built on first use (step_cells), keyed by "stores moments"
+        self._variants = {}  # forward kernels by (stores moments, ranged), built on first use
+        self.forward_kernel = self._forward_variant(False, False)
         self._check = K.finite_check_kernel(problem.precision)
         self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
         # moving-wall terms per boundary link, derived from the parameters at every step
         self.wall_term = wp.zeros(problem.wall_link_group.shape, dtype=K.wp_dtype(problem.precision),
                                   device=problem.device)
         self._wall_kernel = K.wall_term_kernel(problem.lattice.name, problem.precision)
+
+    def _forward_variant(self, moments: bool, ranged: bool):
+        """The forward step kernel storing moments or not, over all cells or a range: native where
+        :attr:`native_step`, else Warp-generated (the moments replay, :meth:`step_cells`)."""
+        key = (moments, ranged)
+        if key not in self._variants:
+            cfg = self.problem.config
+            self._variants[key] = (N.native_step_kernel(cfg, moments=moments, ranged=ranged) if self.native_step
+                                   else K.step_kernel(cfg, backward=False, moments=moments, ranged=ranged))
+        return self._variants[key]
 
     def update_wall_term(self, params: Parameters):
         """Recompute the moving-wall bounce-back terms from ``params.wall_velocity``."""
@@ -78,7 +84,7 @@ class Solver:
         if update_walls:
             self.update_wall_term(params)
         self._launch(self.forward_kernel, state_in, state_out, params, window,
-                     block_dim=N.NATIVE_BLOCK_DIM if self.native_step else K.forward_block_dim(self.problem.config))
+                     block_dim=K.forward_block_dim(self.problem.config))
 
     def step_moments(self, state_in: State, state_out: State, moments: wp.array, params: Parameters,
                      window: int = 0):
@@ -86,11 +92,7 @@ class Solver:
         them into ``moments`` (shape (K.moment_rows(config), cells): a fifth row with velocity or
         pressure boundaries; what the moments replay of a gradient keeps).
         The moving-wall terms are as last set by :meth:`update_wall_term`."""
-        if self._moments_kernel is None:
-            self._moments_kernel = (N.native_step_kernel(self.problem.config, moments=True) if self.native_step
-                                    else K.step_kernel(self.problem.config, backward=False, moments=True))
-        self._launch(self._moments_kernel, state_in, state_out, params, window, moments,
-                     block_dim=N.NATIVE_BLOCK_DIM if self.native_step else None)
+        self._launch(self._forward_variant(True, False), state_in, state_out, params, window, moments)
 
     def step_cells(self, state_in: State, state_out: State, params: Parameters, first: int, count: int,
                    window: int = 0, moments: wp.array | None = None):
@@ -105,20 +107,15 @@ class Solver:
         if first < 0 or count < 0 or first + count > self.problem.cell_count:
             raise ValueError(f"first={first}, count={count} reach outside the cells 0 .. {self.problem.cell_count - 1}")
         with_moments = moments is not None
-        if with_moments not in self._ranged_kernels:
-            self._ranged_kernels[with_moments] = (
-                N.native_step_kernel(self.problem.config, moments=with_moments, ranged=True) if self.native_step
-                else K.step_kernel(self.problem.config, backward=False, moments=with_moments, ranged=True))
-        if self.native_step:
-            block_dim = N.NATIVE_BLOCK_DIM
-        else:
-            block_dim = None if with_moments else K.forward_block_dim(self.problem.config)
         if count:
-            self._launch(self._ranged_kernels[with_moments], state_in, state_out, params, window, moments,
-                         block_dim=block_dim, first=first, count=count)
+            self._launch(self._forward_variant(with_moments, True), state_in, state_out, params, window, moments,
+                         block_dim=None if with_moments else K.forward_block_dim(self.problem.config),
+                         first=first, count=count)
 
     def _launch(self, kernel, state_in: State, state_out: State, params: Parameters, window: int, moments=None,
                 block_dim: int | None = None, first: int = 0, count: int | None = None):
+        """Launch a forward step kernel; ``block_dim`` is the Warp-generated kernel's, a native kernel
+        launches in blocks of N.NATIVE_BLOCK_DIM."""
         if state_in.f.ptr == state_out.f.ptr:
             raise ValueError("state_out is the same buffer as state_in; step needs two distinct states")
         args = self.step_inputs(state_in, params, window)
@@ -132,6 +129,7 @@ class Solver:
                     moments is None or N.dense(moments, moments.shape[0], n)) and (
                     args[8].is_contiguous and args[9].is_contiguous):  # inlet velocities, outlet densities
                 args += N.extra_inputs(p)
+                block_dim = N.NATIVE_BLOCK_DIM
             else:  # strided views: the generated kernel, which follows the strides
                 kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
         wp.launch(kernel, dim=self.problem.cell_count if count is None else count, inputs=args,
