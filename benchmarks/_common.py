@@ -25,7 +25,15 @@ def graph_of(fn):
         return fn
     with wp.ScopedCapture(device=DEVICE, force_module_load=False) as cap:
         fn()
-    return lambda: wp.capture_launch(cap.graph)
+
+    def replay():
+        wp.capture_launch(cap.graph)
+
+    # the graph holds pointers, not the arrays: keep fn (and the solver and arrays it closes over)
+    # alive as long as the replay (a freed solver's wall terms made the tenth session's first caps
+    # run end in an illegal memory access)
+    replay.keeps = fn
+    return replay
 
 
 class Cavity:

@@ -8,7 +8,7 @@ roofline at 2 Q itemsize + 4 bytes per cell (the cell code).
 Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES] [MODE]`` with CASES like
 ``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below; a fourth field ``ball`` puts a solid
 ball of diameter size / 4 in the cavity's centre, ``channel`` makes it a channel with a velocity inlet
-and a pressure outlet, stepped natively with DIFFLBM_NATIVE_OPEN=1); BENCH_DEVICE=cpu smoke-runs it.
+and a pressure outlet); BENCH_DEVICE=cpu smoke-runs it.
 MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
 MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
@@ -92,12 +92,7 @@ def main():
         size = int(size) if cuda else (64 if lat == "D2Q9" else 12)
         builders = {"ball": obstacle_problem, "channel": channel_problem}
         p = builders[shape[0]](lat, size, prec) if shape else cavity_problem(lat, size, prec, DEVICE)
-        if shape == ["channel"]:  # the native open boundaries are opt-in
-            os.environ["DIFFLBM_NATIVE_OPEN"] = "1"
-        try:
-            native = Solver(p)
-        finally:
-            os.environ.pop("DIFFLBM_NATIVE_OPEN", None)
+        native = Solver(p)
         os.environ["DIFFLBM_NATIVE_STEP"] = "0"
         try:
             generated = Solver(p)

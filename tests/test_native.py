@@ -322,14 +322,14 @@ def _adjoint_launch(solver, kernel, adj_out, adj_in, mom, adj_wall_term, extra, 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("lattice, precision, collision", [("D3Q19", "float32", "bgk"), ("D3Q19", "float16", "trt"),
-                                                           ("D2Q9", "float32", "trt"), ("D3Q27", "float32", "bgk")])
+@pytest.mark.parametrize("lattice, precision", [("D3Q19", "float32"), ("D3Q19", "float16"), ("D2Q9", "float32"),
+                                                ("D3Q27", "float32")])
 @pytest.mark.parametrize("pull_in", [False, True])
-def test_native_moments_adjoint_equals_generated(lattice, precision, collision, pull_in, device):
+def test_native_moments_adjoint_equals_generated(lattice, precision, pull_in, device):
     """The native moments adjoint (gathered form out) stores the generated kernel's bits, wall-term adjoints included."""
     from difflbm import kernels as K
 
-    p = _problem(lattice, precision, device, collision=collision)
+    p = _problem(lattice, precision, device)
     solver = Solver(p)
     solver.update_wall_term(p.parameters())
     q, n = p.lattice.q, p.cell_count
@@ -354,7 +354,8 @@ def test_native_moments_adjoint_equals_generated(lattice, precision, collision, 
 
 
 def test_native_adjoint_gradient_equals_generated(monkeypatch):
-    """value_and_grad with DIFFLBM_NATIVE_ADJOINT=1 gives the same loss and gradients, bit for bit."""
+    """value_and_grad with the native adjoint (the default) and with DIFFLBM_NATIVE_ADJOINT=0 gives the
+    same loss and gradients, bit for bit."""
     from difflbm import adjoint as A, losses as L
 
     p = _problem("D3Q19", "float32")
@@ -363,17 +364,35 @@ def test_native_adjoint_gradient_equals_generated(monkeypatch):
     original = N.native_moments_adjoint_kernel
     monkeypatch.setattr(N, "native_moments_adjoint_kernel", lambda *a, **k: built.append(a) or original(*a, **k))
     results = []
-    for flag in ("1", "0"):
-        monkeypatch.setenv("DIFFLBM_NATIVE_ADJOINT", flag)
+    for flag in (None, "0"):
+        if flag is not None:
+            monkeypatch.setenv("DIFFLBM_NATIVE_ADJOINT", flag)
         value, grads = A.value_and_grad(p, p.parameters(), start, 24, L.KineticEnergy(),
                                         wrt=("initial", "wall_velocity"))
         results.append((value, np.asarray(grads.initial), np.asarray(grads.wall_velocity), grads.schedule))
     assert results[0][3]["replay"] == "moments"
-    assert {a[1] for a in built} == {False, True}  # both gathered-form kernels ran natively with the flag on
+    assert {a[1] for a in built} == {False, True}  # both gathered-form kernels ran natively by default
     assert results[0][0] == results[1][0]
     assert np.array_equal(results[0][1].view(np.uint8), results[1][1].view(np.uint8))
     assert np.array_equal(results[0][2].view(np.uint8), results[1][2].view(np.uint8))
     assert np.any(results[0][2] != 0.0)
+
+
+def test_native_adjoint_is_bgk_only(monkeypatch):
+    """TRT gradients use the generated adjoint (its native form differed in rounding on an H200): the
+    native kernel refuses TRT, naming it, and value_and_grad of a TRT problem never builds it."""
+    from difflbm import adjoint as A, losses as L
+
+    p = _problem("D3Q19", "float32", collision="trt")
+    assert "collision='trt'" in N.native_adjoint_unsupported(p.config, p.cell_count, True, False)
+    assert not N.native_adjoint_used(p.config, p.cell_count, True, False)
+    with pytest.raises(ValueError, match="collision='trt'"):
+        N.native_moments_adjoint_kernel(p.config, True)
+    built = []
+    monkeypatch.setattr(N, "native_moments_adjoint_kernel", lambda *a, **k: built.append(a))
+    value, grads = A.value_and_grad(p, p.parameters(), _perturbed(p, seed=5), 6, L.KineticEnergy(),
+                                    wrt=("initial",))
+    assert built == [] and np.isfinite(value) and np.any(np.asarray(grads.initial) != 0.0)
 
 
 def test_native_adjoint_switch(monkeypatch):
@@ -405,12 +424,14 @@ def _channel(lattice, precision, outlet, device="cpu", **kw):
     ("D3Q27", "float32", "pressure", {}), ("D3Q19", "float16", "outflow", dict(collision="trt")),
     ("D2Q9", "float32", "pressure", dict(collision="trt", force=(1e-5, -2e-5), omega=np.full((9, 6), 1.3)))])
 def test_native_open_boundaries_equal_generated(lattice, precision, outlet, kw, device, monkeypatch):
-    """With DIFFLBM_NATIVE_OPEN=1, inlets, outlets and outflow (with a moving wall beside them; TRT, force,
-    per-cell omega) step natively to the generated step's bits."""
+    """Inlets, outlets and outflow (with a moving wall beside them; TRT, force, per-cell omega) step
+    natively (the default; DIFFLBM_NATIVE_OPEN=0 turns it off) to the generated step's bits."""
     p = _channel(lattice, precision, outlet, device, **kw)
-    assert "open boundaries" in N.native_step_unsupported(p.config, p.cell_count)
-    monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "1")
     assert N.native_step_unsupported(p.config, p.cell_count) is None
+    monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "0")
+    assert "DIFFLBM_NATIVE_OPEN=0" in N.native_step_unsupported(p.config, p.cell_count)
+    assert not Solver(p).native_step
+    monkeypatch.delenv("DIFFLBM_NATIVE_OPEN")
     out = _native_and_generated(p, monkeypatch, steps=3)
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
 
@@ -419,7 +440,6 @@ def test_native_open_boundary_moments_store_the_known_mass(monkeypatch):
     """The native moments step of an inlet/outlet channel stores rows 0-4 (row 4: known-link mass) as the generated one."""
     from difflbm import kernels as K
 
-    monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "1")
     p = _channel("D3Q19", "float32", "pressure")
     native, generated, prm = _solver_pair(p, monkeypatch)
     start = _perturbed(p, seed=6)

@@ -20,13 +20,14 @@ cell code read it (:func:`coded_box`). Nsight Compute: 320 M instead of 542 M in
 
 The forward step covers BGK or TRT, a scalar or per-cell omega, Guo forcing (uniform or per cell),
 half-way bounce-back walls, moving walls, solid cells, any periodicity, float32 and float16 storage,
-with moments-storing and ranged variants. Everything else (float64, Smagorinsky, porosity, curved
-walls, open boundaries, every kernel Warp differentiates) stays on the Warp-generated kernels.
-float64 is left out because the native body was slower there (H200, D3Q19 256^3: 11,594 vs 12,848
-MLUPS, BENCHMARKS.md, ninth session). ``DIFFLBM_NATIVE_STEP=0`` turns the native step off;
-``DIFFLBM_NATIVE_ADJOINT=1`` turns the native moments adjoint on, ``DIFFLBM_NATIVE_OPEN=1`` the
-native step's open boundaries (velocity inlets, pressure outlets, outflow); both written after the
-ninth session's device time was spent and off until timed.
+with moments-storing and ranged variants, and velocity inlets, pressure outlets and outflow.
+Everything else (float64, Smagorinsky, porosity, curved walls, every kernel Warp differentiates)
+stays on the Warp-generated kernels. float64 is left out because the native body was slower there
+(H200, D3Q19 256^3: 11,594 vs 12,848 MLUPS, BENCHMARKS.md, ninth session). The moments adjoint
+that writes the gathered form (the gradient's hot kernel) has a native body too, for BGK without a
+body force. ``DIFFLBM_NATIVE_STEP=0`` turns the native step off, ``DIFFLBM_NATIVE_OPEN=0`` its open
+boundaries, ``DIFFLBM_NATIVE_ADJOINT=0`` the native adjoint (all three on by default since the tenth
+session timed them: BENCHMARKS.md, "H200, tenth session").
 """
 
 import os
@@ -48,20 +49,20 @@ NATIVE_BLOCK_DIM = 64
 
 
 def native_adjoint_enabled() -> bool:
-    """True when the environment variable ``DIFFLBM_NATIVE_ADJOINT`` is ``1``: the moments adjoint
-    that writes the gathered form then has a native body where :func:`native_adjoint_unsupported`
-    allows. Off by default: bit-identical on the CPU, not yet timed on a GPU (ninth session)."""
-    value = os.environ.get("DIFFLBM_NATIVE_ADJOINT", "0")
+    """False when the environment variable ``DIFFLBM_NATIVE_ADJOINT`` is ``0``; otherwise the moments
+    adjoint that writes the gathered form has a native body where :func:`native_adjoint_unsupported`
+    allows (H200, tenth session: gradient 7,082-7,089 vs 6,667 MLUPS-equivalent, D3Q19 fp32 256^3)."""
+    value = os.environ.get("DIFFLBM_NATIVE_ADJOINT", "1")
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_ADJOINT={value!r}: allowed values are '0' (Warp-generated adjoint) and '1'")
     return value == "1"
 
 
 def native_open_enabled() -> bool:
-    """True when the environment variable ``DIFFLBM_NATIVE_OPEN`` is ``1``: the native step then also
-    covers velocity inlets, pressure outlets and outflow. Off by default: bit-identical on the CPU,
-    not yet timed on a GPU (ninth session)."""
-    value = os.environ.get("DIFFLBM_NATIVE_OPEN", "0")
+    """False when the environment variable ``DIFFLBM_NATIVE_OPEN`` is ``0``; otherwise the native step
+    also covers velocity inlets, pressure outlets and outflow (H200, tenth session: D3Q19 fp32 256^3
+    channel 24,436-24,446 vs 19,112-19,121 MLUPS, bit-identical)."""
+    value = os.environ.get("DIFFLBM_NATIVE_OPEN", "1")
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_OPEN={value!r}: allowed values are '0' (Warp-generated step for open "
                          "boundaries) and '1'")
@@ -88,7 +89,7 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
             return f"{name}=True"
     open_enabled = native_open_enabled()  # read (and checked) for every configuration
     if (cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc) and not open_enabled:
-        return "open boundaries (their native form is not yet timed on a GPU; DIFFLBM_NATIVE_OPEN=1 turns it on)"
+        return "open boundaries with DIFFLBM_NATIVE_OPEN=0"
     if cfg.max_registers is not None:
         return "a register cap"
     if lat_q * cell_count >= 2 ** 32:
@@ -495,6 +496,10 @@ def native_adjoint_unsupported(cfg: K.StepConfig, cell_count: int, pull_in: bool
         return reason
     if push_out:
         return "push_out=True (the native adjoint writes the gathered form)"
+    if cfg.collision != K.COLLISION_BGK:
+        # the TRT form was bit-identical on the CPU but not on an H200 (last bits of some outputs,
+        # tenth session): the GPU compiler contracted its products differently; it stays generated
+        return f"collision={cfg.collision!r} (the native adjoint is BGK only)"
     if cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc:
         return "open boundaries"
     if cfg.force != K.FORCE_NONE:
@@ -512,22 +517,17 @@ def native_adjoint_used(cfg: K.StepConfig, cell_count: int, pull_in: bool, push_
 def adjoint_body(cfg: K.StepConfig, pull_in: bool) -> str:
     """C++ of one cell of the moments adjoint that writes the gathered form: the operations of
     ``step_adjoint_kernel(cfg, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
-    push_out=False)`` in its order (BGK or TRT, walls, moving walls; no force)."""
+    push_out=False)`` in its order (BGK, walls, moving walls; no force)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     arith = "float"
     lit = lambda v: _literal(v, arith)  # noqa: E731
     zero = lit(0.0)
-    trt = cfg.collision == K.COLLISION_TRT
     lines = []
     a = lines.append
     _prologue(cfg, a, "adj_out", "adj_in", arith)
-    if trt:
-        a(f"const {arith} omega_m = {lit(1.0)} / ({lit(cfg.trt_magic)} / ({lit(1.0)} / omega - {lit(0.5)}) + {lit(0.5)});")
-    else:
-        a(f"const {arith} omega_m = omega;")
-    a(f"const {arith} coef_a = {lit(0.5)} * (omega + omega_m);")
-    a(f"const {arith} coef_b = {lit(0.5)} * (omega - omega_m);")
+    # BGK: the generated kernel's TRT coefficients with omega_m = omega (coef_b = 0 is not used)
+    a(f"const {arith} coef_a = {lit(0.5)} * (omega + omega);")
     a(f"const {arith} keep = {lit(1.0)} - coef_a;")
     a(f"const {arith}* mrow = mom.data;")
     a(f"const size_t mstride = (size_t)mom.strides[0] / sizeof({arith});")
@@ -562,10 +562,7 @@ def adjoint_body(cfg: K.StepConfig, pull_in: bool) -> str:
         a(f"    const {arith} cu = {cu};")
         a(f"    const {arith} wr = {lit(W[i])} * rho;")
         a(f"    const {arith} feq = wr * ({lit(1.0)} + {lit(3.0)} * cu + {lit(4.5)} * cu * cu - usq);")
-        if trt:
-            a(f"    const {arith} ae = coef_a * a{i} + coef_b * a{OPP[i]};")
-        else:
-            a(f"    const {arith} ae = coef_a * a{i};")
+        a(f"    const {arith} ae = coef_a * a{i};")
         a("    adj_rho = adj_rho + ae * feq / rho;")
         a(f"    const {arith} aw = ae * wr;")
         for comp, u_k, c_k in (("aux", "ux", C[i][0]), ("auy", "uy", C[i][1]), ("auz", "uz", C[i][2])):
@@ -586,8 +583,6 @@ def adjoint_body(cfg: K.StepConfig, pull_in: bool) -> str:
         cm = _signed_sum([(C[i][0], "amx"), (C[i][1], "amy"), (C[i][2], "amz")], zero)
         a("{")
         a(f"    {arith} g = keep * a{i} + adj_rho + ({cm});")
-        if trt:
-            a(f"    g = g - coef_b * a{OPP[i]};")
         a(f"    fo[{i}u * un + ui] = g;")
         if cfg.moving_walls and i > 0:
             a(f"    if (wt != nullptr && ((cell >> {i}u) & 1u)) wt[{i}] = wt[{i}] + g;")
