@@ -11,6 +11,8 @@ ball of diameter size / 4 in the cavity's centre, ``channel`` makes it a channel
 and a pressure outlet); BENCH_DEVICE=cpu smoke-runs it.
 MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
 MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
+MODE ``forms``: the native step's forms (difflbm.native.FORMS: one cell per thread, link-free loads, two
+    cells per thread; each checked bit for bit against the generated step first), alternating;
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
 import os
@@ -23,7 +25,7 @@ from _common import DEVICE, emit, graph_of, timed  # noqa: E402
 import difflbm as lbm  # noqa: E402
 from difflbm import bench, kernels as K  # noqa: E402
 from difflbm.bench import cavity_problem  # noqa: E402
-from difflbm.native import native_step_kernel  # noqa: E402
+from difflbm.native import FORMS, native_step_kernel  # noqa: E402
 from difflbm.solver import Solver  # noqa: E402
 
 wp.config.quiet = True
@@ -92,33 +94,46 @@ def main():
         size = int(size) if cuda else (64 if lat == "D2Q9" else 12)
         builders = {"ball": obstacle_problem, "channel": channel_problem}
         p = builders[shape[0]](lat, size, prec) if shape else cavity_problem(lat, size, prec, DEVICE)
-        native = Solver(p)
+        natives = {}
+        for form in (FORMS if mode == "forms" else (None,)):
+            if form is not None:
+                os.environ["DIFFLBM_NATIVE_FORM"] = form
+            try:
+                natives[form] = Solver(p)
+            finally:
+                os.environ.pop("DIFFLBM_NATIVE_FORM", None)
+        native = natives[None] if mode != "forms" else natives["one"]
         os.environ["DIFFLBM_NATIVE_STEP"] = "0"
         try:
             generated = Solver(p)
         finally:
             del os.environ["DIFFLBM_NATIVE_STEP"]
         prm = p.parameters()
-        native.update_wall_term(prm)
-        generated.update_wall_term(prm)
+        for s in list(natives.values()) + [generated]:
+            s.update_wall_term(prm)
         sd = K.storage_dtype(prec)
         start = p.state()
         wp.launch(perturb_kernel(sd, prec == "float16"), dim=start.f.shape, inputs=[start.f], device=DEVICE)
-        out = []
-        for s in (native, generated):
+        n = p.cell_count
+        nb = 2 * p.lattice.q * {"float16": 2, "float32": 4, "float64": 8}[prec] + 4
+
+        def after_4_steps(s):
             a, b = start.copy(), p.state()
             for _ in range(4):
                 s.step(a, b, prm, update_walls=False)
                 a, b = b, a
-            out.append(a)
-        count = wp.zeros(1, dtype=wp.int32, device=DEVICE)
-        (a_bits, bits), (b_bits, _) = as_bits(out[0].f), as_bits(out[1].f)
-        wp.launch(mismatch_kernel(bits), dim=start.f.shape, inputs=[a_bits, b_bits, count], device=DEVICE)
-        n = p.cell_count
-        nb = 2 * p.lattice.q * {"float16": 2, "float32": 4, "float64": 8}[prec] + 4
-        emit(case=case, native=native.native_step, mismatches_after_4_steps=int(count.numpy()[0]),
-             values=int(start.f.shape[0] * n))
-        del out, start
+            return a
+
+        reference = after_4_steps(generated)
+        for form, s in natives.items():
+            out = after_4_steps(s)
+            count = wp.zeros(1, dtype=wp.int32, device=DEVICE)
+            (a_bits, bits), (b_bits, _) = as_bits(out.f), as_bits(reference.f)
+            wp.launch(mismatch_kernel(bits), dim=start.f.shape, inputs=[a_bits, b_bits, count], device=DEVICE)
+            emit(case=case, native=s.native_step, form=form, mismatches_after_4_steps=int(count.numpy()[0]),
+                 values=int(start.f.shape[0] * n))
+            del out
+        del reference, start
         a, b = p.state(), p.state()
 
         def run_of(s):
@@ -153,6 +168,8 @@ def main():
                 capped = Solver(p)
                 capped.forward_kernel = native_step_kernel(p.config, max_registers=cap)
                 graphs.append((f"native_cap{cap}", graph_of(run_of(capped))))
+        elif mode == "forms":
+            graphs = [(f"native_{form}", graph_of(run_of(sv))) for form, sv in natives.items()]
         elif mode == "blocks":
             graphs = [(f"native_block{bd}", graph_of(with_block(bd, run_of(native)))) for bd in (64, 128, 256)]
         else:
@@ -162,7 +179,7 @@ def main():
                 t = timed(g) / 100
                 emit(round=r, case=case, step=name, ms=round(t * 1e3, 4), mlups=round(n / t / 1e6),
                      fraction=round(n * nb / t / bw, 3) if cuda else None, bytes_per_cell=nb)
-        del a, b, graphs, native, generated
+        del a, b, graphs, native, natives, generated
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ from difflbm import native as N  # noqa: E402
 if N.native_step_unsupported(cfg, 8 ** 3) is None:
     kernels += [("native forward", N.native_step_kernel(cfg)),
                 ("native forward storing moments", N.native_step_kernel(cfg, moments=True)),
+                ("native forward, link-free loads", N.native_step_kernel(cfg, form="split")),
+                ("native forward, two cells per thread", N.native_step_kernel(cfg, form="pairs")),
+                ("native forward, two cells, link-free loads", N.native_step_kernel(cfg, form="pairs_split")),
                 ("native ranged forward", N.native_step_kernel(cfg, ranged=True))]
 for name, kern in kernels:
     print(name, "|", ptxas_info(kern, ptxas))

@@ -14,7 +14,7 @@ DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.skipif(not wp.is_cuda
 
 def _problem(lattice, precision, device="cpu", **kw):
     """A grid of unequal sides, periodic along x, a moving wall, a fixed wall and a solid block."""
-    shape = (7, 5) if lattice == "D2Q9" else (7, 5, 6)
+    shape = kw.pop("shape", None) or ((7, 5) if lattice == "D2Q9" else (7, 5, 6))
     mask = np.zeros(shape, dtype=bool)
     mask[2:4, 1:3] = True
     lid = "y+" if lattice == "D2Q9" else "z+"
@@ -461,3 +461,60 @@ def test_native_open_switch(monkeypatch):
     monkeypatch.setenv("DIFFLBM_NATIVE_OPEN", "on")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_OPEN='on'"):
         Solver(_problem("D2Q9", "float32"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("form", ["split", "pairs", "pairs_split"])
+@pytest.mark.parametrize("lattice, precision, case", [
+    ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
+    ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force")])
+def test_native_forms_equal_generated(lattice, precision, case, form, device, monkeypatch):
+    """Every form of the native step (link-free loads, two cells per thread) stores the generated
+    step's bits, the moments rows included: walls, a moving lid, solids, wraps, open boundaries,
+    TRT with a uniform force."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
+    if case == "channel":
+        p = _channel(lattice, precision, "pressure", device)
+    elif case == "trt_force":
+        p = _problem(lattice, precision, device, collision="trt", force=(2e-5, -1e-5, 3e-5))
+    else:
+        p = _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None)
+    assert p.cell_count % 2 == 0
+    native, generated, prm = _solver_pair(p, monkeypatch)
+    kernel = native._forward_variant(False, False)
+    assert kernel.difflbm_cells_per_thread == (2 if form.startswith("pairs") else 1)
+    out = _native_and_generated(p, monkeypatch, steps=3)
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+    from difflbm import kernels as K
+    rows = K.moment_rows(p.config)
+    start = _perturbed(p, seed=8)
+    moms = []
+    for solver in (native, generated):
+        b = p.state()
+        mom = wp.full((rows, p.cell_count), 7.0, dtype=wp.float32, device=device)
+        solver.step_moments(start, b, mom, prm)
+        moms.append((b.f.numpy(), mom.numpy()))
+    assert np.array_equal(moms[0][0].view(np.uint8), moms[1][0].view(np.uint8))
+    assert np.array_equal(moms[0][1].view(np.uint8), moms[1][1].view(np.uint8))
+
+
+def test_pairs_fall_back_where_they_cannot_run(monkeypatch):
+    """Two cells per thread need an even cell count, the whole grid and one omega and force per
+    thread; elsewhere the one-cell counterpart runs. A bad DIFFLBM_NATIVE_FORM is refused, naming it."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", "pairs_split")
+    even = _problem("D3Q19", "float32")
+    assert N.native_form(even.config, even.cell_count) == "pairs_split"
+    assert N.native_form(even.config, even.cell_count, ranged=True) == "split"
+    odd = _problem("D2Q9", "float32")  # 7 x 5 cells
+    assert N.native_form(odd.config, odd.cell_count) == "split"
+    assert "odd" in N.pairs_unsupported(odd.config, odd.cell_count)
+    field = lbm.Problem((7, 6), "D2Q9", "bgk", omega=np.full((7, 6), 1.5), device="cpu")
+    assert "omega" in N.pairs_unsupported(field.config, field.cell_count)
+    assert N.native_form(field.config, field.cell_count) == "split"
+    with pytest.raises(ValueError, match="form='pairs'"):
+        N.native_step_kernel(field.config, form="pairs")
+    with pytest.raises(ValueError, match="form='twos'"):
+        N.native_step_kernel(even.config, form="twos")
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", "twos")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_FORM='twos'"):
+        Solver(even)

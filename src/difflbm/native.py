@@ -40,12 +40,18 @@ from . import kernels as K
 
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
-           "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used"]
+           "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
+           "native_form"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
 # D3Q27 fp32 1.090 / 1.127 / 1.298 ms, D2Q9 4096^2 within 0.5 % of 128; benchmarks/native_bench.py blocks)
 NATIVE_BLOCK_DIM = 64
+
+# the native step's forms (native_step_kernel): one cell per thread, the link-free load path, and two
+# cells per thread with paired stores
+FORMS = ("one", "split", "pairs", "pairs_split")
+DEFAULT_FORM = "one"
 
 
 def native_adjoint_enabled() -> bool:
@@ -77,6 +83,18 @@ def native_step_enabled() -> bool:
     return value == "1"
 
 
+def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False) -> str:
+    """The native step's form for ``cfg`` (:data:`FORMS`): ``DIFFLBM_NATIVE_FORM`` if set, else
+    the default; a pairs form falls back to its one-cell counterpart where
+    :func:`pairs_unsupported` gives a reason."""
+    value = os.environ.get("DIFFLBM_NATIVE_FORM", DEFAULT_FORM)
+    if value not in FORMS:
+        raise ValueError(f"DIFFLBM_NATIVE_FORM={value!r}: allowed values are {', '.join(map(repr, FORMS))}")
+    if value.startswith("pairs") and pairs_unsupported(cfg, cell_count, ranged) is not None:
+        value = "split" if value.endswith("split") else "one"
+    return value
+
+
 def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
     """Why the native step cannot run ``cfg`` on ``cell_count`` cells, or None when it can."""
     lat_q = K.physics(cfg.lattice, cfg.precision)["Q"]
@@ -94,6 +112,21 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
         return "a register cap"
     if lat_q * cell_count >= 2 ** 32:
         return f"{lat_q} x {cell_count} populations need 64-bit offsets"
+    return None
+
+
+def pairs_unsupported(cfg: K.StepConfig, cell_count: int, ranged: bool = False) -> str | None:
+    """Why two cells per thread cannot run ``cfg`` on ``cell_count`` cells, or None when they can:
+    an odd cell count, a ranged step (its first cell may be odd), or per-cell omega or force (the
+    kernel reads one omega and one force per thread)."""
+    if cell_count % 2:
+        return f"an odd cell count ({cell_count})"
+    if ranged:
+        return "a ranged step"
+    if cfg.omega_field:
+        return "a per-cell omega"
+    if cfg.force == K.FORCE_FIELD:
+        return "a per-cell force"
     return None
 
 
@@ -171,7 +204,7 @@ def _signed_sum(terms: list, zero: str) -> str:
     return out or zero
 
 
-def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str) -> None:
+def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_outputs: list | None = None) -> None:
     """C++ shared by the native cell bodies: the cell's coordinates, its code (read only where one
     can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
     (Q, cells)), and the wrapped element offsets along each axis (``sxm`` is the offset of x - 1)."""
@@ -198,9 +231,14 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str) -> None:
     a("unsigned int cell = 0u;")
     a("if (coded) cell = code.data[idx];")
     a(f"if ((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u) {{")
-    a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
-    a("    return;")
-    a("}")
+    if solid_outputs is None:
+        a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
+        a("    return;")
+        a("}")
+    else:  # a cell of a pair: the copy goes to its output variables; the caller closes the else
+        for q, out in enumerate(solid_outputs):
+            a(f"    {out} = fi[{q}u * un + ui];")
+        a("} else {")
     # element offsets of neighbours along each axis, wrapped periodically
     a("const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;")
     a("const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;")
@@ -309,10 +347,14 @@ def _open_boundary(cfg: K.StepConfig, a, moments: bool) -> None:
     a("}")
 
 
-def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
+def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None, split: bool = False) -> str:
     """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
     boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
-    float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function."""
+    float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function.
+
+    ``pair=h``: the body of cell h (0 or 1) of a pair (:func:`pair_body`), which leaves population
+    i in the variable ``o{i}_{h}`` instead of storing it. ``split``: a cell without boundary links
+    loads its populations without the per-link choice of offset (same values, fewer instructions)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     arith = "float"  # float32 arithmetic for float32 and float16 storage
@@ -322,13 +364,23 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
     axis = _SOURCE
     lines = []
     a = lines.append
-    _prologue(cfg, a, "f_in", "f_out", stor)
+    _prologue(cfg, a, "f_in", "f_out", stor,
+              solid_outputs=None if pair is None else [f"o{q}_{pair}" for q in range(Q)])
     a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
+    offsets = {i: " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0) for i in range(1, Q)}
+    if split:
+        a(f"{arith} " + ", ".join(f"f{i}" for i in range(1, Q)) + ";")
+        a(f"if ((cell & {K.LINK_MASK}u) == 0u) {{")
+        for i in range(1, Q):
+            a(f"    f{i} = static_cast<{arith}>(fi[{i}u * un + ui + (unsigned int)({offsets[i]})]);")
+        a("} else {")
     for i in range(1, Q):
-        d = " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0)
         # one load per direction, no branch between the loads: a boundary link's choice is an offset
-        a(f"{arith} f{i} = static_cast<{arith}>(fi[((cell >> {i}u) & 1u) ? ({OPP[i]}u * un + ui)"
-          f" : ({i}u * un + ui + (unsigned int)({d}))]);")
+        load = (f"static_cast<{arith}>(fi[((cell >> {i}u) & 1u) ? ({OPP[i]}u * un + ui)"
+                f" : ({i}u * un + ui + (unsigned int)({offsets[i]}))])")
+        a(f"    f{i} = {load};" if split else f"{arith} f{i} = {load};")
+    if split:
+        a("}")
     if cfg.moving_walls:
         a(f"if (cell & {K.LINK_MASK}u) {{")
         a("    const int ws = wall_slot.data[idx];")
@@ -399,14 +451,40 @@ def cell_body(cfg: K.StepConfig, moments: bool = False) -> str:
             a(f"    const {arith} cf = {cf};")
             a(f"    val = val + {lit(W[i])} * (guo_odd * {lit(3.0)} * cf"
               f" + guo_even * (cu * {lit(3.0)} * cf - {lit(3.0)} * uF));")
-        a(f"    fo[{i}u * un + ui] = {stor}({store});")
+        if pair is None:
+            a(f"    fo[{i}u * un + ui] = {stor}({store});")
+        else:
+            a(f"    o{i}_{pair} = {stor}({store});")
         a("}")
+    if pair is not None:
+        a("}")  # the else of the solid-cell test
+    return "\n".join(lines)
+
+
+def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False) -> str:
+    """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
+    :func:`cell_body`, then every population of the two stored as one 4-byte (float16) or 8-byte
+    (float32) word (one store instruction per population and pair instead of two)."""
+    Q = K.physics(cfg.lattice, cfg.precision)["Q"]
+    stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
+    size = {"float16": 2, "float32": 4}[cfg.precision]
+    lines = [f"{stor} " + ", ".join(f"o{i}_0, o{i}_1" for i in range(Q)) + ";",
+             "const int idx_pair = idx;"]
+    for h in (0, 1):
+        lines += ["{", f"const int idx = idx_pair + {h};"]
+        lines += cell_body(cfg, moments, pair=h, split=split).splitlines()
+        lines.append("}")
+    lines += [f"struct alignas({2 * size}) stor_pair {{ {stor} lo, hi; }};",
+              f"{stor}* __restrict__ fo_pair = f_out.data;",
+              "const unsigned int un_pair = (unsigned int)(nx * ny * nz);"]
+    for i in range(Q):
+        lines.append(f"*(stor_pair*)(fo_pair + {i}u * un_pair + (unsigned int)idx_pair) = stor_pair{{o{i}_0, o{i}_1}};")
     return "\n".join(lines)
 
 
 @lru_cache(maxsize=None)
 def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = False,
-                       max_registers: int | None = None):
+                       max_registers: int | None = None, form: str = "one"):
     """The forward step kernel for ``cfg`` with a native per-cell body; ``moments=True`` also stores
     each fluid cell's (rho, u_x, u_y, u_z) into rows 0-3 of ``mom`` (as ``step_kernel(cfg,
     backward=False, moments=True)``: the gradient's moments replay); ``ranged=True`` updates cells
@@ -416,16 +494,28 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     Its inputs are those of ``step_kernel(cfg, backward=False)`` followed by :func:`extra_inputs`
     (the magic numbers of nz and ny, the coded box); without ``ranged`` the launch covers every
     cell. ``max_registers`` caps CUDA registers per thread (benchmarks only; the library launches the
-    uncapped kernel). Raises ValueError when :func:`native_step_unsupported` gives a reason.
+    uncapped kernel). ``form``: ``"one"`` cell per thread, ``"split"`` (cells without links load
+    without the per-link offset choice), ``"pairs"`` / ``"pairs_split"`` (two cells per thread,
+    :func:`pair_body`: launch ``cells / 2`` threads; see :func:`pairs_unsupported`); every form
+    stores the same bits. Raises ValueError when :func:`native_step_unsupported` gives a reason.
     """
     reason = native_step_unsupported(cfg, 0)
     if reason is not None:
         raise ValueError(f"the native step does not support this configuration: {reason}")
+    if form not in FORMS:
+        raise ValueError(f"form={form!r}: allowed values are {', '.join(map(repr, FORMS))}")
+    pairs = form.startswith("pairs")
+    if pairs:
+        reason = pairs_unsupported(cfg, 2, ranged)
+        if reason is not None:
+            raise ValueError(f"form={form!r} does not support this configuration: {reason}")
+    body = (pair_body(cfg, moments, split=form.endswith("split")) if pairs
+            else cell_body(cfg, moments, split=form == "split"))
     dtype = K.wp_dtype(cfg.precision)
     sdtype = K.storage_dtype(cfg.precision)
     vec3 = K.physics(cfg.lattice, cfg.precision)["vec3"]
 
-    @wp.func_native(cell_body(cfg, moments))
+    @wp.func_native(body)
     def lbm_cell_update(f_in: wp.array2d(dtype=sdtype), f_out: wp.array2d(dtype=sdtype),
                         code: wp.array(dtype=wp.uint32), wall_slot: wp.array(dtype=wp.int32),
                         wall_term: wp.array2d(dtype=dtype), omega: dtype, force: vec3, mom: wp.array2d(dtype=dtype),
@@ -471,6 +561,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         idx = wp.tid()
         if wp.static(ranged):
             idx = idx + base
+        if wp.static(pairs):
+            idx = idx * 2
         omega = omega_arr[0]
         if wp.static(cfg.omega_field):
             omega = omega_arr[idx]
@@ -485,6 +577,7 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
 
     lbm_step_native.difflbm_native = True
     lbm_step_native.difflbm_variant = dict(moments=moments, ranged=ranged)
+    lbm_step_native.difflbm_cells_per_thread = 2 if pairs else 1
     return lbm_step_native
 
 

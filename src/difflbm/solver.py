@@ -31,6 +31,10 @@ class Solver:
         # the Warp-generated kernel, faster; difflbm.native), else the Warp-generated kernel
         self.native_step = (N.native_step_enabled()
                             and N.native_step_unsupported(problem.config, problem.cell_count) is None)
+        # the native step's form (two cells per thread, link-free loads) over all cells and over ranges,
+        # fixed at construction (DIFFLBM_NATIVE_FORM, difflbm.native.native_form)
+        self._forms = ({r: N.native_form(problem.config, problem.cell_count, r) for r in (False, True)}
+                       if self.native_step else None)
         self._variants = {}  # forward kernels by (stores moments, ranged), built on first use
         self.forward_kernel = self._forward_variant(False, False)
         self._check = K.finite_check_kernel(problem.precision)
@@ -46,8 +50,10 @@ class Solver:
         key = (moments, ranged)
         if key not in self._variants:
             cfg = self.problem.config
-            self._variants[key] = (N.native_step_kernel(cfg, moments=moments, ranged=ranged) if self.native_step
-                                   else K.step_kernel(cfg, backward=False, moments=moments, ranged=ranged))
+            self._variants[key] = (
+                N.native_step_kernel(cfg, moments=moments, ranged=ranged,
+                                     form=self._forms[ranged])
+                if self.native_step else K.step_kernel(cfg, backward=False, moments=moments, ranged=ranged))
         return self._variants[key]
 
     def update_wall_term(self, params: Parameters):
@@ -132,7 +138,9 @@ class Solver:
                 block_dim = N.NATIVE_BLOCK_DIM
             else:  # strided views: the generated kernel, which follows the strides
                 kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
-        wp.launch(kernel, dim=self.problem.cell_count if count is None else count, inputs=args,
+        threads = self.problem.cell_count if count is None else count
+        threads //= getattr(kernel, "difflbm_cells_per_thread", 1)  # two cells per thread: even counts only
+        wp.launch(kernel, dim=threads, inputs=args,
                   device=self.problem.device, block_dim=K.BLOCK_DIM if block_dim is None else block_dim)
 
     def check_finite(self, state: State, step: int):

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Tenth session (2026-12-01), one H200. Usage: bash benchmarks/gpu_session10.sh PART [PART ...]
+source "$(dirname "$0")/_gpu_header.sh"
+for part in "$@"; do
+echo "== $part"
+case "$part" in
+lab)
+  # issue #6: float16 with one, two or four cells per thread (pull alone and pull + BGK), 256^3
+  timeout 300 python3 benchmarks/fp16_pairs_lab.py 3 > $OUT/lab.txt 2>$OUT/lab.err; echo "rc $?"
+  values lab; tail -3 $OUT/lab.err
+  ;;
+caps)
+  # register caps of the native step (ptxas: D3Q19 fp32 56 without spills)
+  timeout 250 python3 benchmarks/native_bench.py 3 "D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q27:256:float32" caps > $OUT/caps.txt 2>$OUT/caps.err; echo "rc $?"
+  values caps; tail -3 $OUT/caps.err
+  ;;
+ball)
+  # the native step with a solid ball in the cavity (solid cells, links on a sphere), bit for bit
+  timeout 150 python3 benchmarks/native_bench.py 3 "D3Q19:256:float32:ball,D3Q19:256:float16:ball" > $OUT/ball.txt 2>$OUT/ball.err; echo "rc $?"
+  values ball; grep mismatch $OUT/ball.txt; tail -3 $OUT/ball.err
+  ;;
+forms)
+  # the native step's forms: one cell per thread, link-free loads, two cells per thread (paired stores)
+  timeout 420 python3 benchmarks/native_bench.py 3 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q27:256:float32,D3Q27:256:float16,D2Q9:4096:float32,D2Q9:4096:float16,D3Q19:256:float32:channel,D3Q19:256:float16:ball" forms > $OUT/forms.txt 2>$OUT/forms.err; echo "rc $?"
+  values forms; grep mismatch $OUT/forms.txt | grep -v '"mismatches_after_4_steps": 0' ; tail -3 $OUT/forms.err
+  ;;
+formtests)
+  timeout 200 python3 -m pytest -q tests/test_native.py -k "cuda and (forms or equals_warp)" 2>&1 | tail -3
+  ;;
+tests)
+  timeout 300 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
+  timeout 150 python3 -m pytest -q tests/test_gradients.py tests/test_bridges.py -k cuda 2>&1 | tail -3
+  ;;
+bench)
+  # the issue's commands with the tenth session's defaults (native open boundaries and adjoint)
+  for a in "--size 256" "--size 256 --precision fp16" "--size 512" "--size 64" "--size 128"; do
+    timeout 60 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-600
+  done
+  for a in "" "--precision fp16"; do
+    timeout 120 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient $a --json 2>/dev/null | tail -1 | cut -c1-900
+  done
+  ;;
+*)
+  echo "unknown part $part"; exit 2
+  ;;
+esac
+done
