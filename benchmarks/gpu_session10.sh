@@ -24,7 +24,21 @@ forms)
   timeout 420 python3 benchmarks/native_bench.py 3 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q27:256:float32,D3Q27:256:float16,D2Q9:4096:float32,D2Q9:4096:float16,D3Q19:256:float32:channel,D3Q19:256:float16:ball" forms > $OUT/forms.txt 2>$OUT/forms.err; echo "rc $?"
   values forms; grep mismatch $OUT/forms.txt | grep -v '"mismatches_after_4_steps": 0' ; tail -3 $OUT/forms.err
   ;;
-formtests)
+formfinal)
+  # the commands with the per-lattice default forms, then the gradient with the default form
+  # and with one cell per thread, then the native identity tests on CUDA
+  for a in "--size 256" "--size 512" "--size 256 --precision fp16" "--lattice D3Q27 --size 256" "--lattice D3Q27 --size 256 --precision fp16" "--lattice D2Q9 --size 4096"; do
+    timeout 60 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-600
+  done
+  for f in default one default; do
+    echo "form $f"
+    if [ $f = default ]; then unset DIFFLBM_NATIVE_FORM; else export DIFFLBM_NATIVE_FORM=$f; fi
+    timeout 100 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+  done
+  unset DIFFLBM_NATIVE_FORM
+  timeout 200 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
+  ;;
+tests)
   timeout 200 python3 -m pytest -q tests/test_native.py -k "cuda and (forms or equals_warp)" 2>&1 | tail -3
   ;;
 tests)

@@ -518,3 +518,17 @@ def test_pairs_fall_back_where_they_cannot_run(monkeypatch):
     monkeypatch.setenv("DIFFLBM_NATIVE_FORM", "twos")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_FORM='twos'"):
         Solver(even)
+
+
+@pytest.mark.parametrize("lattice, precision", [("D3Q19", "float32"), ("D3Q19", "float16"), ("D3Q27", "float16"),
+                                                ("D2Q9", "float32")])
+def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
+    """Without DIFFLBM_NATIVE_FORM the Solver steps with the form of N.DEFAULT_FORMS (two cells per
+    thread where it was faster), to the generated step's bits."""
+    monkeypatch.delenv("DIFFLBM_NATIVE_FORM", raising=False)
+    p = _problem(lattice, precision, shape=(7, 6) if lattice == "D2Q9" else None)
+    form = N.DEFAULT_FORMS[(lattice, precision)]
+    assert N.native_form(p.config, p.cell_count) == form
+    assert Solver(p).forward_kernel.difflbm_cells_per_thread == (2 if form.startswith("pairs") else 1)
+    out = _native_and_generated(p, monkeypatch, steps=2)
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))

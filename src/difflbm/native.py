@@ -41,7 +41,7 @@ from . import kernels as K
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
-           "native_form"]
+           "native_form", "DEFAULT_FORMS"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -51,7 +51,18 @@ NATIVE_BLOCK_DIM = 64
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, and two
 # cells per thread with paired stores
 FORMS = ("one", "split", "pairs", "pairs_split")
-DEFAULT_FORM = "one"
+# the default form per (lattice, precision), from the H200 timings of every form (tenth session,
+# benchmarks/native_bench.py forms, MLUPS one / split / pairs / pairs_split, lid cavity unless named):
+#   D3Q19 fp32 256^3 23,770 / 23,715 / 23,760 / 23,080; 512^3 24,620 / 24,406 / 25,187 / 24,734;
+#              256^3 channel 24,330 / 24,073 / 25,223 / 25,097
+#   D3Q19 fp16 256^3 33,316 / 33,168 / 29,367 / 28,870 (the pairs need 96 registers); 512^3 33,756 /
+#              34,255 / 32,498 / 32,476; 256^3 with a ball 32,810 / 32,661 / 28,938 / 28,396
+#   D3Q27 fp32 256^3 15,764 / 16,050 / 16,675 / 16,736; fp16 19,932 / 22,790 / 22,252 / 23,147
+#   D2Q9 fp32 4096^2 53,936 / 54,060 / 54,440 / 55,356; fp16 57,803 / 57,681 / 63,559 / 68,007
+# other combinations (float64 has no native step) use "one"
+DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
+                 ("D3Q27", "float32"): "pairs_split", ("D3Q27", "float16"): "pairs_split",
+                 ("D2Q9", "float32"): "pairs_split", ("D2Q9", "float16"): "pairs_split"}
 
 
 def native_adjoint_enabled() -> bool:
@@ -84,10 +95,10 @@ def native_step_enabled() -> bool:
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False) -> str:
-    """The native step's form for ``cfg`` (:data:`FORMS`): ``DIFFLBM_NATIVE_FORM`` if set, else
-    the default; a pairs form falls back to its one-cell counterpart where
-    :func:`pairs_unsupported` gives a reason."""
-    value = os.environ.get("DIFFLBM_NATIVE_FORM", DEFAULT_FORM)
+    """The native step's form for ``cfg`` (:data:`FORMS`): ``DIFFLBM_NATIVE_FORM`` if set, else the
+    fastest measured for its lattice and precision (:data:`DEFAULT_FORMS`); a pairs form falls back
+    to its one-cell counterpart where :func:`pairs_unsupported` gives a reason."""
+    value = os.environ.get("DIFFLBM_NATIVE_FORM", DEFAULT_FORMS.get((cfg.lattice, cfg.precision), "one"))
     if value not in FORMS:
         raise ValueError(f"DIFFLBM_NATIVE_FORM={value!r}: allowed values are {', '.join(map(repr, FORMS))}")
     if value.startswith("pairs") and pairs_unsupported(cfg, cell_count, ranged) is not None:
