@@ -38,6 +38,22 @@ formfinal)
   unset DIFFLBM_NATIVE_FORM
   timeout 200 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
   ;;
+last)
+  # the grid and coded box as compile-time constants (+c) next to the forms, then the gradient with
+  # the default form and with one cell per thread, two bench commands, the native CUDA tests
+  NATIVE_BENCH_FORMS="one,pairs,pairs_split,one+c,pairs+c,pairs_split+c" timeout 260 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q27:256:float32" forms > $OUT/last.txt 2>$OUT/last.err; echo "rc $?"
+  values last; grep mismatch $OUT/last.txt | grep -v '"mismatches_after_4_steps": 0' ; tail -3 $OUT/last.err
+  for f in default one; do
+    echo "form $f"
+    if [ $f = default ]; then unset DIFFLBM_NATIVE_FORM; else export DIFFLBM_NATIVE_FORM=$f; fi
+    timeout 80 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+  done
+  unset DIFFLBM_NATIVE_FORM
+  for a in "--size 256" "--size 256 --precision fp16"; do
+    timeout 40 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-600
+  done
+  timeout 120 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
+  ;;
 tests)
   timeout 200 python3 -m pytest -q tests/test_native.py -k "cuda and (forms or equals_warp)" 2>&1 | tail -3
   ;;

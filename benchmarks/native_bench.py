@@ -13,6 +13,7 @@ MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads
 MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
 MODE ``forms``: the native step's forms (difflbm.native.FORMS: one cell per thread, link-free loads, two
     cells per thread; each checked bit for bit against the generated step first), alternating;
+    NATIVE_BENCH_FORMS lists them (a suffix "+c": the grid and coded box compiled in as constants);
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
 import os
@@ -29,6 +30,9 @@ from difflbm.native import FORMS, native_step_kernel  # noqa: E402
 from difflbm.solver import Solver  # noqa: E402
 
 wp.config.quiet = True
+# the forms timed by MODE forms: difflbm.native.FORMS, "+c" for the grid and box as constants
+# (DIFFLBM_NATIVE_CONSTANTS=1); NATIVE_BENCH_FORMS="one,pairs+c" picks some
+FORM_LIST = os.environ.get("NATIVE_BENCH_FORMS", ",".join(FORMS)).split(",")
 CASES = ("D3Q19:256:float32:ball,D3Q19:256:float32,D3Q19:256:float16,D3Q19:512:float32,D3Q19:512:float16,D3Q27:256:float32,"
          "D3Q27:256:float16,D2Q9:4096:float32,D3Q19:256:float64,D3Q19:128:float32,D3Q19:64:float32")
 
@@ -95,14 +99,16 @@ def main():
         builders = {"ball": obstacle_problem, "channel": channel_problem}
         p = builders[shape[0]](lat, size, prec) if shape else cavity_problem(lat, size, prec, DEVICE)
         natives = {}
-        for form in (FORMS if mode == "forms" else (None,)):
+        for form in (FORM_LIST if mode == "forms" else (None,)):
             if form is not None:
-                os.environ["DIFFLBM_NATIVE_FORM"] = form
+                os.environ["DIFFLBM_NATIVE_FORM"] = form.split("+")[0]
+                os.environ["DIFFLBM_NATIVE_CONSTANTS"] = "1" if form.endswith("+c") else "0"
             try:
                 natives[form] = Solver(p)
             finally:
                 os.environ.pop("DIFFLBM_NATIVE_FORM", None)
-        native = natives[None] if mode != "forms" else natives["one"]
+                os.environ.pop("DIFFLBM_NATIVE_CONSTANTS", None)
+        native = natives[None] if mode != "forms" else natives[FORM_LIST[0]]
         os.environ["DIFFLBM_NATIVE_STEP"] = "0"
         try:
             generated = Solver(p)

@@ -532,3 +532,36 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     assert Solver(p).forward_kernel.difflbm_cells_per_thread == (2 if form.startswith("pairs") else 1)
     out = _native_and_generated(p, monkeypatch, steps=2)
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("form", ["one", "pairs_split"])
+@pytest.mark.parametrize("lattice, precision, case", [("D3Q19", "float16", "walls"), ("D2Q9", "float32", "channel"),
+                                                      ("D3Q27", "float32", "walls")])
+def test_native_constants_equal_generated(lattice, precision, case, form, device, monkeypatch):
+    """DIFFLBM_NATIVE_CONSTANTS=1: the step compiled with the grid and the coded box as constants
+    stores the generated step's bits; the kernel launched is the one for this problem's constants."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
+    p = (_channel(lattice, precision, "pressure", device) if case == "channel"
+         else _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None))
+    launched = []
+    original = N.native_step_kernel
+    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
+    out = _native_and_generated(p, monkeypatch, steps=3)
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+    assert N.grid_constants(p) in launched
+    assert N.grid_constants(p)[:3] == tuple(p.grid3)
+
+
+def test_native_constants_refuse_bad_values(monkeypatch):
+    """Constants of the wrong count or sign, and a bad DIFFLBM_NATIVE_CONSTANTS, are refused, naming them."""
+    p = _problem("D3Q19", "float32")
+    good = N.grid_constants(p)
+    with pytest.raises(ValueError, match="constants="):
+        N.native_step_kernel(p.config, constants=good[:-1])
+    with pytest.raises(ValueError, match="constants="):
+        N.native_step_kernel(p.config, constants=(-1,) + good[1:])
+    monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "yes")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_CONSTANTS='yes'"):
+        Solver(p)

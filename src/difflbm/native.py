@@ -41,7 +41,8 @@ from . import kernels as K
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
-           "native_form", "DEFAULT_FORMS"]
+           "native_form", "DEFAULT_FORMS", "grid_constants",
+           "native_constants_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -124,6 +125,21 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
     if lat_q * cell_count >= 2 ** 32:
         return f"{lat_q} x {cell_count} populations need 64-bit offsets"
     return None
+
+
+def grid_constants(problem) -> tuple:
+    """``(nx, ny, nz)`` and :func:`extra_inputs` of ``problem`` as plain integers: the ``constants``
+    of :func:`native_step_kernel` for its grid and current coded box."""
+    return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem))
+
+
+def native_constants_enabled() -> bool:
+    """True when ``DIFFLBM_NATIVE_CONSTANTS`` is ``1``: the native step is compiled for each grid and
+    coded box, with them as constants (:func:`grid_constants`)."""
+    value = os.environ.get("DIFFLBM_NATIVE_CONSTANTS", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"DIFFLBM_NATIVE_CONSTANTS={value!r}: allowed values are '0' and '1' (a kernel per grid)")
+    return value == "1"
 
 
 def pairs_unsupported(cfg: K.StepConfig, cell_count: int, ranged: bool = False) -> str | None:
@@ -495,7 +511,7 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False) -> 
 
 @lru_cache(maxsize=None)
 def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = False,
-                       max_registers: int | None = None, form: str = "one"):
+                       max_registers: int | None = None, form: str = "one", constants: tuple | None = None):
     """The forward step kernel for ``cfg`` with a native per-cell body; ``moments=True`` also stores
     each fluid cell's (rho, u_x, u_y, u_z) into rows 0-3 of ``mom`` (as ``step_kernel(cfg,
     backward=False, moments=True)``: the gradient's moments replay); ``ranged=True`` updates cells
@@ -508,7 +524,10 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     uncapped kernel). ``form``: ``"one"`` cell per thread, ``"split"`` (cells without links load
     without the per-link offset choice), ``"pairs"`` / ``"pairs_split"`` (two cells per thread,
     :func:`pair_body`: launch ``cells / 2`` threads; see :func:`pairs_unsupported`); every form
-    stores the same bits. Raises ValueError when :func:`native_step_unsupported` gives a reason.
+    stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
+    the body then uses them as compile-time constants instead of the launch's (a kernel per grid
+    and coded box: :func:`grid_constants`). Raises ValueError when :func:`native_step_unsupported`
+    gives a reason.
     """
     reason = native_step_unsupported(cfg, 0)
     if reason is not None:
@@ -522,6 +541,15 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
     body = (pair_body(cfg, moments, split=form.endswith("split")) if pairs
             else cell_body(cfg, moments, split=form == "split"))
+    if constants is not None:
+        # the same names as the arguments, declared in a block around the body (which shadows them)
+        names = ("nx", "ny", "nz", "magic_z", "shift_z", "magic_y", "shift_y",
+                 "box_x0", "box_nx", "box_y0", "box_ny", "box_z0", "box_nz")
+        if len(constants) != len(names) or not all(isinstance(v, int) and v >= 0 for v in constants):
+            raise ValueError(f"constants={constants!r}: {len(names)} non-negative integers ({', '.join(names)})")
+        decl = [f"const unsigned int {n} = {v}u;" if n.startswith("magic") else f"const int {n} = {v};"
+                for n, v in zip(names, constants)]
+        body = "{\n" + "\n".join(decl) + "\n" + body + "\n}"
     dtype = K.wp_dtype(cfg.precision)
     sdtype = K.storage_dtype(cfg.precision)
     vec3 = K.physics(cfg.lattice, cfg.precision)["vec3"]
@@ -589,6 +617,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     lbm_step_native.difflbm_native = True
     lbm_step_native.difflbm_variant = dict(moments=moments, ranged=ranged)
     lbm_step_native.difflbm_cells_per_thread = 2 if pairs else 1
+    lbm_step_native.difflbm_form = form
+    lbm_step_native.difflbm_constants = constants
     return lbm_step_native
 
 

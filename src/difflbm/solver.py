@@ -35,6 +35,8 @@ class Solver:
         # fixed at construction (DIFFLBM_NATIVE_FORM, difflbm.native.native_form)
         self._forms = ({r: N.native_form(problem.config, problem.cell_count, r) for r in (False, True)}
                        if self.native_step else None)
+        # the grid and coded box as compile-time constants of the native step (DIFFLBM_NATIVE_CONSTANTS)
+        self._constants = self.native_step and N.native_constants_enabled()
         self._variants = {}  # forward kernels by (stores moments, ranged), built on first use
         self.forward_kernel = self._forward_variant(False, False)
         self._check = K.finite_check_kernel(problem.precision)
@@ -136,6 +138,9 @@ class Solver:
                     args[8].is_contiguous and args[9].is_contiguous):  # inlet velocities, outlet densities
                 args += N.extra_inputs(p)
                 block_dim = N.NATIVE_BLOCK_DIM
+                if self._constants:  # the kernel for this grid and the problem's current coded box
+                    kernel = N.native_step_kernel(p.config, form=kernel.difflbm_form, constants=N.grid_constants(p),
+                                                  **kernel.difflbm_variant)
             else:  # strided views: the generated kernel, which follows the strides
                 kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
         threads = self.problem.cell_count if count is None else count
