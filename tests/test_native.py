@@ -527,9 +527,18 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     thread where it was faster), to the generated step's bits."""
     monkeypatch.delenv("DIFFLBM_NATIVE_FORM", raising=False)
     p = _problem(lattice, precision, shape=(7, 6) if lattice == "D2Q9" else None)
+    monkeypatch.delenv("DIFFLBM_NATIVE_CONSTANTS", raising=False)
+    assert not N.native_constants_enabled("cpu")  # constants are the CUDA default only
     form = N.DEFAULT_FORMS[(lattice, precision)]
     assert N.native_form(p.config, p.cell_count) == form
-    assert Solver(p).forward_kernel.difflbm_cells_per_thread == (2 if form.startswith("pairs") else 1)
+    solver = Solver(p)
+    assert solver.forward_kernel.difflbm_cells_per_thread == (2 if form.startswith("pairs") else 1)
+    assert solver.forward_kernel.difflbm_constants is None
+    # the moments replay steps one cell per thread (measured faster for the gradient)
+    assert solver._forward_variant(True, False).difflbm_cells_per_thread == 1
+    assert N.native_form(p.config, p.cell_count, moments=True) == ("split" if form.endswith("split") else "one")
+    with_constants = N.DEFAULT_FORMS_WITH_CONSTANTS.get((lattice, precision), form)
+    assert N.native_form(p.config, p.cell_count, constants=True) == with_constants
     out = _native_and_generated(p, monkeypatch, steps=2)
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
 
@@ -552,6 +561,23 @@ def test_native_constants_equal_generated(lattice, precision, case, form, device
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
     assert N.grid_constants(p) in launched
     assert N.grid_constants(p)[:3] == tuple(p.grid3)
+    # the ranged steps (slabs' overlap) and the moments replay with constants: the same bits
+    from difflbm import kernels as K
+    native, generated, prm = _solver_pair(p, monkeypatch)
+    start = _perturbed(p, seed=9)
+    rows = K.moment_rows(p.config)
+    results = []
+    for solver, pieces in ((native, [0, p.cell_count // 3 + 1, 2 * p.cell_count // 3, p.cell_count]), (generated, None)):
+        b = p.state()
+        mom = wp.full((rows, p.cell_count), 7.0, dtype=wp.float32, device=device)
+        if pieces is None:
+            solver.step_moments(start, b, mom, prm)
+        else:
+            for first, last in zip(pieces[:-1], pieces[1:]):
+                solver.step_cells(start, b, prm, first, last - first, moments=mom)
+        results.append((b.f.numpy(), mom.numpy()))
+    assert np.array_equal(results[0][0].view(np.uint8), results[1][0].view(np.uint8))
+    assert np.array_equal(results[0][1].view(np.uint8), results[1][1].view(np.uint8))
 
 
 def test_native_constants_refuse_bad_values(monkeypatch):

@@ -41,7 +41,7 @@ from . import kernels as K
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
-           "native_form", "DEFAULT_FORMS", "grid_constants",
+           "native_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "grid_constants",
            "native_constants_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
@@ -64,6 +64,15 @@ FORMS = ("one", "split", "pairs", "pairs_split")
 DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
                  ("D3Q27", "float32"): "pairs_split", ("D3Q27", "float16"): "pairs_split",
                  ("D2Q9", "float32"): "pairs_split", ("D2Q9", "float16"): "pairs_split"}
+# where the grid and coded box are compile-time constants (native_constants_enabled; CUDA by default),
+# the forms measured again with them ("+c"; same run, tenth session, MLUPS one / pairs / pairs_split /
+# one+c / pairs+c / pairs_split+c):
+#   D3Q19 fp16 256^3 33,208 / 29,389 / 28,803 / 33,091 / 35,118 / 32,850 (pairs fit 72 registers)
+#   D3Q19 fp32 256^3 23,651 / 23,894 / 23,093 / 23,729 / 24,487 / 24,455; 512^3 24,614 / 25,182 /
+#              24,743 / 24,606 / 25,334 / 24,492
+#   D3Q27 fp32 256^3 15,841 / 16,694 / 16,705 / 16,368 / 16,688 / 16,978
+# the combinations not measured with constants keep DEFAULT_FORMS
+DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs"}
 
 
 def native_adjoint_enabled() -> bool:
@@ -95,11 +104,19 @@ def native_step_enabled() -> bool:
     return value == "1"
 
 
-def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False) -> str:
+def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
+                constants: bool = False) -> str:
     """The native step's form for ``cfg`` (:data:`FORMS`): ``DIFFLBM_NATIVE_FORM`` if set, else the
-    fastest measured for its lattice and precision (:data:`DEFAULT_FORMS`); a pairs form falls back
-    to its one-cell counterpart where :func:`pairs_unsupported` gives a reason."""
-    value = os.environ.get("DIFFLBM_NATIVE_FORM", DEFAULT_FORMS.get((cfg.lattice, cfg.precision), "one"))
+    fastest measured for its lattice and precision (:data:`DEFAULT_FORMS`, or
+    :data:`DEFAULT_FORMS_WITH_CONSTANTS` where ``constants``), with one cell per thread for the
+    moments-storing step (the gradient's replay: 7,047 MLUPS-equivalent with it vs 6,922 with
+    pairs, H200, D3Q19 fp32 256^3, tenth session); a pairs form falls back to its one-cell
+    counterpart where :func:`pairs_unsupported` gives a reason."""
+    key = (cfg.lattice, cfg.precision)
+    default = (DEFAULT_FORMS_WITH_CONSTANTS.get(key) if constants else None) or DEFAULT_FORMS.get(key, "one")
+    if moments:
+        default = "split" if default.endswith("split") else "one"
+    value = os.environ.get("DIFFLBM_NATIVE_FORM", default)
     if value not in FORMS:
         raise ValueError(f"DIFFLBM_NATIVE_FORM={value!r}: allowed values are {', '.join(map(repr, FORMS))}")
     if value.startswith("pairs") and pairs_unsupported(cfg, cell_count, ranged) is not None:
@@ -133,10 +150,15 @@ def grid_constants(problem) -> tuple:
     return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem))
 
 
-def native_constants_enabled() -> bool:
-    """True when ``DIFFLBM_NATIVE_CONSTANTS`` is ``1``: the native step is compiled for each grid and
-    coded box, with them as constants (:func:`grid_constants`)."""
-    value = os.environ.get("DIFFLBM_NATIVE_CONSTANTS", "0")
+def native_constants_enabled(device) -> bool:
+    """Whether the native step on ``device`` is compiled for each grid and coded box, with them as
+    constants (:func:`grid_constants`): ``DIFFLBM_NATIVE_CONSTANTS`` (``0`` or ``1``) if set, else on
+    CUDA devices only (H200, tenth session: D3Q19 fp32 256^3 24,487 vs 23,894 MLUPS with two cells
+    per thread; a CUDA compile per grid takes about a second, a CPU compile much longer, and the
+    CPU gain was not measured)."""
+    value = os.environ.get("DIFFLBM_NATIVE_CONSTANTS")
+    if value is None:
+        return wp.get_device(device).is_cuda
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_CONSTANTS={value!r}: allowed values are '0' and '1' (a kernel per grid)")
     return value == "1"

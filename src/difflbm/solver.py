@@ -31,12 +31,13 @@ class Solver:
         # the Warp-generated kernel, faster; difflbm.native), else the Warp-generated kernel
         self.native_step = (N.native_step_enabled()
                             and N.native_step_unsupported(problem.config, problem.cell_count) is None)
-        # the native step's form (two cells per thread, link-free loads) over all cells and over ranges,
-        # fixed at construction (DIFFLBM_NATIVE_FORM, difflbm.native.native_form)
-        self._forms = ({r: N.native_form(problem.config, problem.cell_count, r) for r in (False, True)}
-                       if self.native_step else None)
-        # the grid and coded box as compile-time constants of the native step (DIFFLBM_NATIVE_CONSTANTS)
-        self._constants = self.native_step and N.native_constants_enabled()
+        # the grid and coded box as compile-time constants of the native step (CUDA by default), and
+        # its form (two cells per thread, link-free loads) by (stores moments, ranged), fixed here
+        # (DIFFLBM_NATIVE_CONSTANTS, DIFFLBM_NATIVE_FORM; difflbm.native.native_form)
+        self._constants = self.native_step and N.native_constants_enabled(problem.device)
+        self._forms = ({(m, r): N.native_form(problem.config, problem.cell_count, ranged=r, moments=m,
+                                              constants=self._constants)
+                        for m in (False, True) for r in (False, True)} if self.native_step else None)
         self._variants = {}  # forward kernels by (stores moments, ranged), built on first use
         self.forward_kernel = self._forward_variant(False, False)
         self._check = K.finite_check_kernel(problem.precision)
@@ -54,7 +55,7 @@ class Solver:
             cfg = self.problem.config
             self._variants[key] = (
                 N.native_step_kernel(cfg, moments=moments, ranged=ranged,
-                                     form=self._forms[ranged])
+                                     form=self._forms[key])
                 if self.native_step else K.step_kernel(cfg, backward=False, moments=moments, ranged=ranged))
         return self._variants[key]
 
