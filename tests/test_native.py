@@ -528,7 +528,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     monkeypatch.delenv("DIFFLBM_NATIVE_FORM", raising=False)
     p = _problem(lattice, precision, shape=(7, 6) if lattice == "D2Q9" else None)
     monkeypatch.delenv("DIFFLBM_NATIVE_CONSTANTS", raising=False)
-    assert not N.native_constants_enabled("cpu")  # constants are the CUDA default only
+    assert not N.native_constants_enabled("cpu", p.config)  # constants are a CUDA default only
     form = N.DEFAULT_FORMS[(lattice, precision)]
     assert N.native_form(p.config, p.cell_count) == form
     solver = Solver(p)

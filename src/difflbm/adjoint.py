@@ -642,7 +642,6 @@ def _unset_state(problem: Problem, arithmetic: bool = False) -> State:
 def _moments_replay(problem: Problem, replay: str, fused: bool, want_omega: bool, terms, steps: int) -> bool:
     """Whether a gradient's leaf replay keeps (rho, u) per step instead of whole states; raises when
     ``replay="moments"`` is asked for where it cannot be exact."""
-    cfg = problem.config
     reasons = []
     if not fused:
         reasons.append("the step adjoint is Warp's, not the fused kernel")

@@ -41,7 +41,7 @@ from . import kernels as K
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
-           "native_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "grid_constants",
+           "native_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "CONSTANTS_MEASURED", "grid_constants",
            "native_constants_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
@@ -71,8 +71,9 @@ DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
 #   D3Q19 fp32 256^3 23,651 / 23,894 / 23,093 / 23,729 / 24,487 / 24,455; 512^3 24,614 / 25,182 /
 #              24,743 / 24,606 / 25,334 / 24,492
 #   D3Q27 fp32 256^3 15,841 / 16,694 / 16,705 / 16,368 / 16,688 / 16,978
-# the combinations not measured with constants keep DEFAULT_FORMS
 DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs"}
+# constants are the CUDA default where they were measured (above); elsewhere opt-in
+CONSTANTS_MEASURED = {("D3Q19", "float32"), ("D3Q19", "float16"), ("D3Q27", "float32")}
 
 
 def native_adjoint_enabled() -> bool:
@@ -150,15 +151,16 @@ def grid_constants(problem) -> tuple:
     return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem))
 
 
-def native_constants_enabled(device) -> bool:
-    """Whether the native step on ``device`` is compiled for each grid and coded box, with them as
-    constants (:func:`grid_constants`): ``DIFFLBM_NATIVE_CONSTANTS`` (``0`` or ``1``) if set, else on
-    CUDA devices only (H200, tenth session: D3Q19 fp32 256^3 24,487 vs 23,894 MLUPS with two cells
-    per thread; a CUDA compile per grid takes about a second, a CPU compile much longer, and the
-    CPU gain was not measured)."""
+def native_constants_enabled(device, cfg: K.StepConfig | None = None) -> bool:
+    """Whether the native step of ``cfg`` on ``device`` is compiled for each grid and coded box, with
+    them as constants (:func:`grid_constants`): ``DIFFLBM_NATIVE_CONSTANTS`` (``0`` or ``1``) if set,
+    else on CUDA devices for the lattices and precisions where it was measured faster
+    (:data:`CONSTANTS_MEASURED`; H200, tenth session: D3Q19 fp32 256^3 24,487 vs 23,894 MLUPS with two
+    cells per thread). A CUDA compile per grid takes about a second, a CPU compile much longer, and
+    the CPU gain was not measured."""
     value = os.environ.get("DIFFLBM_NATIVE_CONSTANTS")
     if value is None:
-        return wp.get_device(device).is_cuda
+        return wp.get_device(device).is_cuda and cfg is not None and (cfg.lattice, cfg.precision) in CONSTANTS_MEASURED
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_CONSTANTS={value!r}: allowed values are '0' and '1' (a kernel per grid)")
     return value == "1"

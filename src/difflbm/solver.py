@@ -31,10 +31,10 @@ class Solver:
         # the Warp-generated kernel, faster; difflbm.native), else the Warp-generated kernel
         self.native_step = (N.native_step_enabled()
                             and N.native_step_unsupported(problem.config, problem.cell_count) is None)
-        # the grid and coded box as compile-time constants of the native step (CUDA by default), and
+        # the grid and coded box as compile-time constants of the native step (CUDA, where measured), and
         # its form (two cells per thread, link-free loads) by (stores moments, ranged), fixed here
         # (DIFFLBM_NATIVE_CONSTANTS, DIFFLBM_NATIVE_FORM; difflbm.native.native_form)
-        self._constants = self.native_step and N.native_constants_enabled(problem.device)
+        self._constants = self.native_step and N.native_constants_enabled(problem.device, problem.config)
         self._forms = ({(m, r): N.native_form(problem.config, problem.cell_count, ranged=r, moments=m,
                                               constants=self._constants)
                         for m in (False, True) for r in (False, True)} if self.native_step else None)
