@@ -591,3 +591,29 @@ def test_native_constants_refuse_bad_values(monkeypatch):
     monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "yes")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_CONSTANTS='yes'"):
         Solver(p)
+
+
+def test_pairs_fall_back_for_an_offset_output_buffer(monkeypatch):
+    """An output view that starts between two pairs' words (a buffer offset by one population) is
+    stepped one cell per thread (a paired word store would be misaligned on a GPU), to the same bits."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", "pairs")
+    p = _problem("D3Q19", "float32")
+    q, n = p.lattice.q, p.cell_count
+    native, generated, prm = _solver_pair(p, monkeypatch)
+    assert native.forward_kernel.difflbm_cells_per_thread == 2
+    backing = wp.zeros(q * n + 1, dtype=wp.float32, device="cpu")
+    shifted = wp.array(ptr=backing.ptr + 4, shape=(q, n), dtype=wp.float32, device="cpu")
+    assert shifted.ptr % 8 == 4 and shifted.is_contiguous
+    start = _perturbed(p, seed=12)
+    forms = []
+    original = N.native_step_kernel
+    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: forms.append(k.get("form")) or original(*a, **k))
+    out = []
+    for solver in (native, generated):
+        target = p.state()
+        target.f = shifted
+        solver.step(start, target, prm)
+        out.append(shifted.numpy().copy())
+    assert forms == ["one"]
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+    assert backing.numpy()[0] == 0.0  # the element before the view is not written
