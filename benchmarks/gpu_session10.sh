@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Tenth session (2026-12-01), one H200. Usage: bash benchmarks/gpu_session10.sh PART [PART ...]
+# Ran this session: lab caps ball, tests bench, forms formtests, last. Prepared for the next: final, gap.
 source "$(dirname "$0")/_gpu_header.sh"
 for part in "$@"; do
 echo "== $part"
@@ -53,6 +54,14 @@ last)
     timeout 40 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-600
   done
   timeout 120 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
+  ;;
+gap)
+  # the float16 gap: the lab's kernels with the side at run time, the library's step on the lab's
+  # periodic box and on the cavity (tree after a1f3937)
+  timeout 300 python3 benchmarks/fp16_pairs_lab.py 3 > $OUT/gap.txt 2>$OUT/gap.err; echo "rc $?"
+  values gap; tail -3 $OUT/gap.err
+  NATIVE_BENCH_FORMS="one,pairs+c,one+c" timeout 200 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16:periodic,D3Q19:256:float32:periodic" forms > $OUT/gapp.txt 2>$OUT/gapp.err; echo "rc $?"
+  values gapp; grep mismatch $OUT/gapp.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/gapp.err
   ;;
 tests)
   timeout 200 python3 -m pytest -q tests/test_native.py -k "cuda and (forms or equals_warp)" 2>&1 | tail -3

@@ -8,7 +8,7 @@ roofline at 2 Q itemsize + 4 bytes per cell (the cell code).
 Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES] [MODE]`` with CASES like
 ``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below; a fourth field ``ball`` puts a solid
 ball of diameter size / 4 in the cavity's centre, ``channel`` makes it a channel with a velocity inlet
-and a pressure outlet); BENCH_DEVICE=cpu smoke-runs it.
+and a pressure outlet, ``periodic`` a periodic box without boundaries); BENCH_DEVICE=cpu smoke-runs it.
 MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
 MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
 MODE ``forms``: the native step's forms (difflbm.native.FORMS: one cell per thread, link-free loads, two
@@ -74,6 +74,13 @@ def channel_problem(lattice, size, precision):
                                            lbm.PressureOutlet(face="x+", density=1.0)])
 
 
+def periodic_problem(lattice, size, precision):
+    """A fully periodic box (no boundaries, every cell code 0): the step without walls, to compare with
+    the float16 lab's periodic kernels (benchmarks/fp16_pairs_lab.py)."""
+    dim = 2 if lattice == "D2Q9" else 3
+    return lbm.Problem((size,) * dim, lattice, "bgk", omega=1.0, precision=precision, device=DEVICE)
+
+
 def obstacle_problem(lattice, size, precision):
     """The lid cavity with a solid ball (disc in 2D) of diameter size / 4 at its centre: a non-empty coded box."""
     import numpy as np
@@ -96,7 +103,7 @@ def main():
     for case in cases:
         lat, size, prec, *shape = case.split(":")
         size = int(size) if cuda else (64 if lat == "D2Q9" else 12)
-        builders = {"ball": obstacle_problem, "channel": channel_problem}
+        builders = {"ball": obstacle_problem, "channel": channel_problem, "periodic": periodic_problem}
         p = builders[shape[0]](lat, size, prec) if shape else cavity_problem(lat, size, prec, DEVICE)
         natives = {}
         for form in (FORM_LIST if mode == "forms" else (None,)):
