@@ -39,6 +39,10 @@ if N.native_step_unsupported(cfg, 8 ** 3) is None:
                 ("native forward, link-free loads", N.native_step_kernel(cfg, form="split")),
                 ("native forward, two cells per thread", N.native_step_kernel(cfg, form="pairs")),
                 ("native forward, two cells, link-free loads", N.native_step_kernel(cfg, form="pairs_split")),
+                ("native forward, two cells, joint loads", N.native_step_kernel(cfg, form="pairs_joint")),
+                ("native forward, two cells, joint loads, constants",
+                 N.native_step_kernel(cfg, form="pairs_joint", constants=N.grid_constants(cavity_problem(
+                     args.lattice, 256, args.precision, "cpu")))),
                 ("native ranged forward", N.native_step_kernel(cfg, ranged=True))]
 for name, kern in kernels:
     print(name, "|", ptxas_info(kern, ptxas))

@@ -464,10 +464,11 @@ def test_native_open_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form", ["split", "pairs", "pairs_split"])
+@pytest.mark.parametrize("form", ["split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split"])
 @pytest.mark.parametrize("lattice, precision, case", [
     ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
-    ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force")])
+    ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force"),
+    ("D3Q19", "float16", "odd_nz")])
 def test_native_forms_equal_generated(lattice, precision, case, form, device, monkeypatch):
     """Every form of the native step (link-free loads, two cells per thread) stores the generated
     step's bits, the moments rows included: walls, a moving lid, solids, wraps, open boundaries,
@@ -477,6 +478,8 @@ def test_native_forms_equal_generated(lattice, precision, case, form, device, mo
         p = _channel(lattice, precision, "pressure", device)
     elif case == "trt_force":
         p = _problem(lattice, precision, device, collision="trt", force=(2e-5, -1e-5, 3e-5))
+    elif case == "odd_nz":  # an even cell count with an odd nz: a pair can span two rows
+        p = _problem(lattice, precision, device, shape=(6, 7, 5))
     else:
         p = _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None)
     assert p.cell_count % 2 == 0
@@ -544,9 +547,9 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form", ["one", "pairs_split"])
+@pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint"])
 @pytest.mark.parametrize("lattice, precision, case", [("D3Q19", "float16", "walls"), ("D2Q9", "float32", "channel"),
-                                                      ("D3Q27", "float32", "walls")])
+                                                      ("D3Q27", "float32", "walls"), ("D3Q19", "float32", "walls")])
 def test_native_constants_equal_generated(lattice, precision, case, form, device, monkeypatch):
     """DIFFLBM_NATIVE_CONSTANTS=1: the step compiled with the grid and the coded box as constants
     stores the generated step's bits; the kernel launched is the one for this problem's constants."""
@@ -593,27 +596,67 @@ def test_native_constants_refuse_bad_values(monkeypatch):
         Solver(p)
 
 
-def test_pairs_fall_back_for_an_offset_output_buffer(monkeypatch):
-    """An output view that starts between two pairs' words (a buffer offset by one population) is
-    stepped one cell per thread (a paired word store would be misaligned on a GPU), to the same bits."""
-    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", "pairs")
-    p = _problem("D3Q19", "float32")
+@pytest.mark.parametrize("precision, form, which", [("float32", "pairs", "out"), ("float16", "pairs_split", "out"),
+                                                     ("float16", "pairs_joint", "in"), ("float32", "pairs_joint", "out")])
+def test_pairs_fall_back_for_an_offset_buffer(precision, form, which, monkeypatch):
+    """A view that starts between two pairs' words (a buffer offset by one population; the output, or
+    the input of joint loads) is stepped one cell per thread (a word access would be misaligned on a
+    GPU), to the same bits, writing nothing outside the view."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
+    p = _problem("D3Q19", precision)
     q, n = p.lattice.q, p.cell_count
     native, generated, prm = _solver_pair(p, monkeypatch)
     assert native.forward_kernel.difflbm_cells_per_thread == 2
-    backing = wp.zeros(q * n + 1, dtype=wp.float32, device="cpu")
-    shifted = wp.array(ptr=backing.ptr + 4, shape=(q, n), dtype=wp.float32, device="cpu")
-    assert shifted.ptr % 8 == 4 and shifted.is_contiguous
+    sd = K_storage(precision)
+    size = 2 if precision == "float16" else 4
+    backing = wp.zeros(q * n + 2, dtype=sd, device="cpu")
+    shifted = wp.array(ptr=backing.ptr + size, shape=(q, n), dtype=sd, device="cpu")
+    assert shifted.ptr % (2 * size) == size and shifted.is_contiguous
     start = _perturbed(p, seed=12)
+    if which == "in":
+        shifted.assign(start.f)
+        start = p.state()
+        start.f = shifted
     forms = []
     original = N.native_step_kernel
     monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: forms.append(k.get("form")) or original(*a, **k))
     out = []
     for solver in (native, generated):
         target = p.state()
-        target.f = shifted
+        if which == "out":
+            target.f = shifted
         solver.step(start, target, prm)
-        out.append(shifted.numpy().copy())
-    assert forms == ["one"]
+        out.append(target.f.numpy().copy())
+    assert forms == ["split" if form.endswith("split") else "one"]
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
-    assert backing.numpy()[0] == 0.0  # the element before the view is not written
+    raw = backing.numpy()
+    if which == "out":  # the elements before and after the view are not written
+        assert raw[0] == 0 and raw[-1] == 0
+
+
+def K_storage(precision):
+    from difflbm import kernels as K
+    return K.storage_dtype(precision)
+
+
+def test_register_cap_survives_constants(monkeypatch):
+    """A capped native kernel set as the Solver's forward kernel keeps its cap when the launch swaps in
+    the kernel for the grid's constants (the benchmarks' caps mode)."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
+    p = _problem("D3Q19", "float32")
+    solver = Solver(p)
+    solver.forward_kernel = N.native_step_kernel(p.config, max_registers=48)
+    caps = []
+    original = N.native_step_kernel
+    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: caps.append(k.get("max_registers")) or original(*a, **k))
+    a, b = _perturbed(p), p.state()
+    solver.step(a, b, p.parameters())
+    assert caps == [48]
+
+
+def test_native_adjoint_body_refuses_trt_and_force():
+    """The native adjoint body itself refuses what it does not cover (not only the kernel builder)."""
+    for kw, name in ((dict(collision="trt"), "collision=.trt"), (dict(force=(1e-5, 0.0, 0.0)), "force=1")):
+        p = _problem("D3Q19", "float32", **kw)
+        with pytest.raises(ValueError, match=name):
+            N.adjoint_body(p.config, True)

@@ -51,7 +51,7 @@ NATIVE_BLOCK_DIM = 64
 
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, and two
 # cells per thread with paired stores
-FORMS = ("one", "split", "pairs", "pairs_split")
+FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
 # benchmarks/native_bench.py forms, MLUPS one / split / pairs / pairs_split, lid cavity unless named):
 #   D3Q19 fp32 256^3 23,770 / 23,715 / 23,760 / 23,080; 512^3 24,620 / 24,406 / 25,187 / 24,734;
@@ -255,6 +255,18 @@ def _signed_sum(terms: list, zero: str) -> str:
     return out or zero
 
 
+def _coded_test(cfg: K.StepConfig, x: str, y: str, z: str) -> str:
+    """C++ test of whether the cell at (x, y, z) can have a non-zero code: on a face of a non-periodic
+    axis or inside the box of the other coded cells (:func:`coded_box`)."""
+    coords = dict(zip("xyz", (x, y, z)))
+    inside = " & ".join(f"((unsigned int)({coords[c]} - box_{c}0) < (unsigned int)box_n{c})" for c in "xyz")
+    tests = [f"({inside})"]
+    for c, n, periodic in zip("xyz", ("nx", "ny", "nz"), cfg.periodic):
+        if not periodic:
+            tests.append(f"({coords[c]} == 0) | ({coords[c]} == {n} - 1)")
+    return " | ".join(tests)
+
+
 def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_outputs: list | None = None) -> None:
     """C++ shared by the native cell bodies: the cell's coordinates, its code (read only where one
     can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
@@ -273,12 +285,7 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_output
     # Only cells on a face of a non-periodic axis or inside the box of the other coded cells can have
     # a non-zero code (coded_box); the rest skip the load, so their pulls wait for no load (H200:
     # float32 +1.4 %, float16 +10 %, docs/PERF_NOTES.md, ninth session).
-    inside = " & ".join(f"((unsigned int)({c} - box_{c}0) < (unsigned int)box_n{c})" for c in "xyz")
-    tests = [f"({inside})"]
-    for c, n, periodic in zip("xyz", ("nx", "ny", "nz"), cfg.periodic):
-        if not periodic:
-            tests.append(f"({c} == 0) | ({c} == {n} - 1)")
-    a("const bool coded = " + " | ".join(tests) + ";")
+    a("const bool coded = " + _coded_test(cfg, "x", "y", "z") + ";")
     a("unsigned int cell = 0u;")
     a("if (coded) cell = code.data[idx];")
     a(f"if ((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u) {{")
@@ -398,14 +405,17 @@ def _open_boundary(cfg: K.StepConfig, a, moments: bool) -> None:
     a("}")
 
 
-def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None, split: bool = False) -> str:
+def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None, split: bool = False,
+              preloaded: frozenset = frozenset()) -> str:
     """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
     boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
     float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function.
 
     ``pair=h``: the body of cell h (0 or 1) of a pair (:func:`pair_body`), which leaves population
     i in the variable ``o{i}_{h}`` instead of storing it. ``split``: a cell without boundary links
-    loads its populations without the per-link choice of offset (same values, fewer instructions)."""
+    loads its populations without the per-link choice of offset (same values, fewer instructions).
+    ``preloaded``: directions whose population the pair loaded already (``pre{i}_{h}``, valid where
+    ``pair_row``: :func:`pair_body` with joint loads)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     arith = "float"  # float32 arithmetic for float32 and float16 storage
@@ -419,16 +429,19 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
               solid_outputs=None if pair is None else [f"o{q}_{pair}" for q in range(Q)])
     a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
     offsets = {i: " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0) for i in range(1, Q)}
+    def given(i, load):  # a preloaded population where the pair loaded it, else the load
+        return f"(pair_row ? static_cast<{arith}>(pre{i}_{pair}) : {load})" if i in preloaded else load
+
     if split:
         a(f"{arith} " + ", ".join(f"f{i}" for i in range(1, Q)) + ";")
         a(f"if ((cell & {K.LINK_MASK}u) == 0u) {{")
         for i in range(1, Q):
-            a(f"    f{i} = static_cast<{arith}>(fi[{i}u * un + ui + (unsigned int)({offsets[i]})]);")
+            a(f"    f{i} = " + given(i, f"static_cast<{arith}>(fi[{i}u * un + ui + (unsigned int)({offsets[i]})])") + ";")
         a("} else {")
     for i in range(1, Q):
         # one load per direction, no branch between the loads: a boundary link's choice is an offset
-        load = (f"static_cast<{arith}>(fi[((cell >> {i}u) & 1u) ? ({OPP[i]}u * un + ui)"
-                f" : ({i}u * un + ui + (unsigned int)({offsets[i]}))])")
+        load = given(i, f"static_cast<{arith}>(fi[((cell >> {i}u) & 1u) ? ({OPP[i]}u * un + ui)"
+                        f" : ({i}u * un + ui + (unsigned int)({offsets[i]}))])")
         a(f"    f{i} = {load};" if split else f"{arith} f{i} = {load};")
     if split:
         a("}")
@@ -512,21 +525,59 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     return "\n".join(lines)
 
 
-def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False) -> str:
+def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False) -> str:
     """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
     :func:`cell_body`, then every population of the two stored as one 4-byte (float16) or 8-byte
-    (float32) word (one store instruction per population and pair instead of two)."""
-    Q = K.physics(cfg.lattice, cfg.precision)["Q"]
+    (float32) word (one store instruction per population and pair instead of two).
+
+    ``joint``: where nz is even (the two cells then share x and y), the populations with c_z = 0 of
+    both cells are loaded first, as one word where neither cell has that link (the same values as
+    the cells' own loads); with an odd nz each cell loads its own."""
+    ph = K.physics(cfg.lattice, cfg.precision)
+    Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
     size = {"float16": 2, "float32": 4}[cfg.precision]
-    lines = [f"{stor} " + ", ".join(f"o{i}_0, o{i}_1" for i in range(Q)) + ";",
+    lines = [f"struct alignas({2 * size}) stor_pair {{ {stor} lo, hi; }};",
+             f"{stor} " + ", ".join(f"o{i}_0, o{i}_1" for i in range(Q)) + ";",
              "const int idx_pair = idx;"]
+    preloaded = frozenset(i for i in range(1, Q) if C[i][2] == 0) if joint else frozenset()
+    if joint:
+        a = lines.append
+        a(f"{stor} " + ", ".join(f"pre{i}_0, pre{i}_1" for i in sorted(preloaded)) + ";")
+        a("const bool pair_row = (nz & 1) == 0;")
+        a("if (pair_row) {")
+        a("    const int nyz = ny * nz;")
+        a("    const unsigned int un = (unsigned int)(nx * nyz);")
+        a("    const unsigned int ui = (unsigned int)idx_pair;")
+        a("    const int q1 = (int)(((unsigned long long)ui * (unsigned long long)magic_z) >> shift_z);")
+        a("    const int x = (int)(((unsigned long long)(unsigned int)q1 * (unsigned long long)magic_y) >> shift_y);")
+        a("    const int z = idx_pair - q1 * nz;")
+        a("    const int y = q1 - x * ny;")
+        a(f"    const {stor}* __restrict__ fi = f_in.data;")
+        a("    unsigned int cell0 = 0u, cell1 = 0u;")
+        a(f"    if ({_coded_test(cfg, 'x', 'y', 'z')}) cell0 = code.data[idx_pair];")
+        a(f"    if ({_coded_test(cfg, 'x', 'y', '(z + 1)')}) cell1 = code.data[idx_pair + 1];")
+        a("    const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;")
+        a("    const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;")
+        a("    const int sym = (y == 0) ? (ny - 1) * nz : -nz;")
+        a("    const int syp = (y == ny - 1) ? -(ny - 1) * nz : nz;")
+        for i in sorted(preloaded):
+            d = " + ".join(_SOURCE[(k, C[i][k])] for k in range(2) if C[i][k] != 0)
+            a(f"    if ((((cell0 | cell1) >> {i}u) & 1u) == 0u) {{")
+            # the element offset summed in 32 bits first (the wrapped neighbour offsets are negative)
+            a(f"        const stor_pair w = *(const stor_pair*)(fi + ({i}u * un + ui + (unsigned int)({d})));")
+            a(f"        pre{i}_0 = w.lo; pre{i}_1 = w.hi;")
+            a("    } else {")
+            for h in (0, 1):
+                a(f"        pre{i}_{h} = fi[((cell{h} >> {i}u) & 1u) ? ({OPP[i]}u * un + ui + {h}u)"
+                  f" : ({i}u * un + ui + {h}u + (unsigned int)({d}))];")
+            a("    }")
+        a("}")
     for h in (0, 1):
         lines += ["{", f"const int idx = idx_pair + {h};"]
-        lines += cell_body(cfg, moments, pair=h, split=split).splitlines()
+        lines += cell_body(cfg, moments, pair=h, split=split, preloaded=preloaded).splitlines()
         lines.append("}")
-    lines += [f"struct alignas({2 * size}) stor_pair {{ {stor} lo, hi; }};",
-              f"{stor}* __restrict__ fo_pair = f_out.data;",
+    lines += [f"{stor}* __restrict__ fo_pair = f_out.data;",
               "const unsigned int un_pair = (unsigned int)(nx * ny * nz);"]
     for i in range(Q):
         lines.append(f"*(stor_pair*)(fo_pair + {i}u * un_pair + (unsigned int)idx_pair) = stor_pair{{o{i}_0, o{i}_1}};")
@@ -547,8 +598,9 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     cell. ``max_registers`` caps CUDA registers per thread (benchmarks only; the library launches the
     uncapped kernel). ``form``: ``"one"`` cell per thread, ``"split"`` (cells without links load
     without the per-link offset choice), ``"pairs"`` / ``"pairs_split"`` (two cells per thread,
-    :func:`pair_body`: launch ``cells / 2`` threads; see :func:`pairs_unsupported`); every form
-    stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
+    :func:`pair_body`: launch ``cells / 2`` threads; see :func:`pairs_unsupported`), and
+    ``"pairs_joint"`` / ``"pairs_joint_split"`` (pairs that load the c_z = 0 populations of both cells
+    as one word; the input must then be aligned to a pair's word too); every form stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
     the body then uses them as compile-time constants instead of the launch's (a kernel per grid
     and coded box: :func:`grid_constants`). Raises ValueError when :func:`native_step_unsupported`
     gives a reason.
@@ -563,7 +615,7 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         reason = pairs_unsupported(cfg, 2, ranged)
         if reason is not None:
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
-    body = (pair_body(cfg, moments, split=form.endswith("split")) if pairs
+    body = (pair_body(cfg, moments, split=form.endswith("split"), joint="joint" in form) if pairs
             else cell_body(cfg, moments, split=form == "split"))
     if constants is not None:
         # the same names as the arguments, declared in a block around the body (which shadows them)
@@ -643,6 +695,7 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     lbm_step_native.difflbm_cells_per_thread = 2 if pairs else 1
     lbm_step_native.difflbm_form = form
     lbm_step_native.difflbm_constants = constants
+    lbm_step_native.difflbm_max_registers = max_registers
     return lbm_step_native
 
 
@@ -676,6 +729,9 @@ def adjoint_body(cfg: K.StepConfig, pull_in: bool) -> str:
     """C++ of one cell of the moments adjoint that writes the gathered form: the operations of
     ``step_adjoint_kernel(cfg, omega_grad=False, force_grad=False, moments=True, pull_in=pull_in,
     push_out=False)`` in its order (BGK, walls, moving walls; no force)."""
+    if cfg.collision != K.COLLISION_BGK or cfg.force != K.FORCE_NONE:
+        raise ValueError(f"the native adjoint body is BGK without a body force, not collision={cfg.collision!r}, "
+                         f"force={cfg.force!r}")
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     arith = "float"

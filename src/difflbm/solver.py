@@ -141,13 +141,15 @@ class Solver:
                 block_dim = N.NATIVE_BLOCK_DIM
                 form = kernel.difflbm_form
                 pair_bytes = 2 * wp.types.type_size_in_bytes(state_out.f.dtype)
-                if kernel.difflbm_cells_per_thread == 2 and state_out.f.ptr % pair_bytes:
+                if kernel.difflbm_cells_per_thread == 2 and (
+                        state_out.f.ptr % pair_bytes or ("joint" in form and state_in.f.ptr % pair_bytes)):
                     # a view that starts between two pairs' words (an offset buffer): one cell per thread
                     form = "split" if form.endswith("split") else "one"
                 if self._constants or form != kernel.difflbm_form:
                     # the kernel for this form, grid and the problem's current coded box
                     kernel = N.native_step_kernel(p.config, form=form,
                                                   constants=N.grid_constants(p) if self._constants else None,
+                                                  max_registers=kernel.difflbm_max_registers,
                                                   **kernel.difflbm_variant)
             else:  # strided views: the generated kernel, which follows the strides
                 kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
