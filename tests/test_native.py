@@ -526,22 +526,27 @@ def test_pairs_fall_back_where_they_cannot_run(monkeypatch):
 @pytest.mark.parametrize("lattice, precision", [("D3Q19", "float32"), ("D3Q19", "float16"), ("D3Q27", "float16"),
                                                 ("D2Q9", "float32")])
 def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
-    """Without DIFFLBM_NATIVE_FORM the Solver steps with the form of N.DEFAULT_FORMS (two cells per
-    thread where it was faster), to the generated step's bits."""
+    """Without DIFFLBM_NATIVE_FORM the Solver steps with the measured form: N.DEFAULT_FORMS on CUDA
+    (N.DEFAULT_FORMS_WITH_CONSTANTS where constants are on), N.DEFAULT_FORMS_CPU on the CPU; the
+    moments replay one cell per thread; the same bits as the generated step."""
     monkeypatch.delenv("DIFFLBM_NATIVE_FORM", raising=False)
-    p = _problem(lattice, precision, shape=(7, 6) if lattice == "D2Q9" else None)
     monkeypatch.delenv("DIFFLBM_NATIVE_CONSTANTS", raising=False)
+    p = _problem(lattice, precision, shape=(7, 6) if lattice == "D2Q9" else None)
+    key = (lattice, precision)
     assert not N.native_constants_enabled("cpu", p.config)  # constants are a CUDA default only
-    form = N.DEFAULT_FORMS[(lattice, precision)]
-    assert N.native_form(p.config, p.cell_count) == form
+    cuda_form = N.DEFAULT_FORMS[key]
+    assert N.native_form(p.config, p.cell_count) == cuda_form
+    assert N.native_form(p.config, p.cell_count, constants=True) == N.DEFAULT_FORMS_WITH_CONSTANTS.get(key, cuda_form)
+    form = N.DEFAULT_FORMS_CPU.get(key, cuda_form)  # this test runs on the CPU
+    assert N.native_form(p.config, p.cell_count, cuda=False) == form
+    one_cell = "split" if form.endswith("split") else "one"
+    assert N.native_form(p.config, p.cell_count, moments=True, cuda=False) == one_cell
     solver = Solver(p)
+    assert solver.forward_kernel.difflbm_form == form
     assert solver.forward_kernel.difflbm_cells_per_thread == (2 if form.startswith("pairs") else 1)
     assert solver.forward_kernel.difflbm_constants is None
     # the moments replay steps one cell per thread (measured faster for the gradient)
-    assert solver._forward_variant(True, False).difflbm_cells_per_thread == 1
-    assert N.native_form(p.config, p.cell_count, moments=True) == ("split" if form.endswith("split") else "one")
-    with_constants = N.DEFAULT_FORMS_WITH_CONSTANTS.get((lattice, precision), form)
-    assert N.native_form(p.config, p.cell_count, constants=True) == with_constants
+    assert solver._forward_variant(True, False).difflbm_form == one_cell
     out = _native_and_generated(p, monkeypatch, steps=2)
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
 

@@ -41,7 +41,7 @@ from . import kernels as K
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
-           "native_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "CONSTANTS_MEASURED", "grid_constants",
+           "native_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "DEFAULT_FORMS_CPU", "CONSTANTS_MEASURED", "grid_constants",
            "native_constants_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
@@ -72,6 +72,14 @@ DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
 #              24,743 / 24,606 / 25,334 / 24,492
 #   D3Q27 fp32 256^3 15,841 / 16,694 / 16,705 / 16,368 / 16,688 / 16,978
 DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs"}
+# on the CPU (Warp runs a CPU kernel on one thread), from `difflbm bench --device cpu --steps 40
+# --repeats 3` with DIFFLBM_NATIVE_FORM set, two alternating runs each (2-core x86 machine, tenth
+# session; MLUPS one / pairs / split / pairs_split): D3Q19 fp32 48^3 7.51, 7.60 / 7.55, 7.33 /
+# 8.56, 8.96 / 9.42, 9.13; fp16 7.23, 7.09 / 7.58, 7.36 / 8.14, 8.09 / 7.84, 9.07; D3Q27 fp32 40^3
+# 5.88, 6.68 / 5.73, 5.25 / 7.14, 6.89 / 7.03, 6.34; D2Q9 fp32 384^2 17.0, 17.8 / 17.3, 22.1 /
+# 19.5, 19.9 / 21.1, 24.7. Combinations not measured there use DEFAULT_FORMS.
+DEFAULT_FORMS_CPU = {("D3Q19", "float32"): "pairs_split", ("D3Q19", "float16"): "split",
+                     ("D3Q27", "float32"): "split", ("D2Q9", "float32"): "pairs_split"}
 # constants are the CUDA default where they were measured (above); elsewhere opt-in
 CONSTANTS_MEASURED = {("D3Q19", "float32"), ("D3Q19", "float16"), ("D3Q27", "float32")}
 
@@ -106,15 +114,17 @@ def native_step_enabled() -> bool:
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
-                constants: bool = False) -> str:
+                constants: bool = False, cuda: bool = True) -> str:
     """The native step's form for ``cfg`` (:data:`FORMS`): ``DIFFLBM_NATIVE_FORM`` if set, else the
     fastest measured for its lattice and precision (:data:`DEFAULT_FORMS`, or
-    :data:`DEFAULT_FORMS_WITH_CONSTANTS` where ``constants``), with one cell per thread for the
+    :data:`DEFAULT_FORMS_WITH_CONSTANTS` where ``constants``, or :data:`DEFAULT_FORMS_CPU` where not
+    ``cuda``), with one cell per thread for the
     moments-storing step (the gradient's replay: 7,047 MLUPS-equivalent with it vs 6,922 with
     pairs, H200, D3Q19 fp32 256^3, tenth session); a pairs form falls back to its one-cell
     counterpart where :func:`pairs_unsupported` gives a reason."""
     key = (cfg.lattice, cfg.precision)
-    default = (DEFAULT_FORMS_WITH_CONSTANTS.get(key) if constants else None) or DEFAULT_FORMS.get(key, "one")
+    default = ((DEFAULT_FORMS_WITH_CONSTANTS.get(key) if constants else None)
+               or (None if cuda else DEFAULT_FORMS_CPU.get(key)) or DEFAULT_FORMS.get(key, "one"))
     if moments:
         default = "split" if default.endswith("split") else "one"
     value = os.environ.get("DIFFLBM_NATIVE_FORM", default)

@@ -35,8 +35,9 @@ class Solver:
         # its form (two cells per thread, link-free loads) by (stores moments, ranged), fixed here
         # (DIFFLBM_NATIVE_CONSTANTS, DIFFLBM_NATIVE_FORM; difflbm.native.native_form)
         self._constants = self.native_step and N.native_constants_enabled(problem.device, problem.config)
+        cuda = wp.get_device(problem.device).is_cuda
         self._forms = ({(m, r): N.native_form(problem.config, problem.cell_count, ranged=r, moments=m,
-                                              constants=self._constants)
+                                              constants=self._constants, cuda=cuda)
                         for m in (False, True) for r in (False, True)} if self.native_step else None)
         self._variants = {}  # forward kernels by (stores moments, ranged), built on first use
         self.forward_kernel = self._forward_variant(False, False)
