@@ -665,3 +665,14 @@ def test_native_adjoint_body_refuses_trt_and_force():
         p = _problem("D3Q19", "float32", **kw)
         with pytest.raises(ValueError, match=name):
             N.adjoint_body(p.config, True)
+
+
+def test_bench_reports_the_native_form():
+    """`difflbm bench` names the native step's form and whether constants were compiled in."""
+    from difflbm.bench import run_bench
+
+    out = run_bench(lattice="D2Q9", precision="fp32", size=16, steps=2, repeats=1, device="cpu")
+    assert out["native_step"] is True
+    assert out["native_form"] == N.DEFAULT_FORMS_CPU[("D2Q9", "float32")]
+    assert out["native_constants"] is False
+    assert out["forward_mlups"] > 0

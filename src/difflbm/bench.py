@@ -103,7 +103,8 @@ def run_bench(lattice="D3Q19", precision="fp32", size=None, steps=None, gradient
         "device": str(dev.name if cuda else "cpu"), "warp": wp.__version__, "lattice": p.lattice.name,
         "ensemble_members": int(ensemble),
         "precision": p.precision, "size": size, "cells": cells, "steps": steps, "repeats": repeats,
-        "cuda_graph": use_graph, "native_step": solver.native_step, "forward_s_median": med, "forward_mlups": cells * steps / med / 1e6,
+        "cuda_graph": use_graph, "native_step": solver.native_step, "native_form": solver.native_form,
+        "native_constants": solver.native_constants, "forward_s_median": med, "forward_mlups": cells * steps / med / 1e6,
         "bytes_per_cell_update": bytes_per_cell,
     }
     if cuda:

@@ -48,6 +48,16 @@ class Solver:
                                   device=problem.device)
         self._wall_kernel = K.wall_term_kernel(problem.lattice.name, problem.precision)
 
+    @property
+    def native_form(self) -> str | None:
+        """The native step's form over all cells (difflbm.native.FORMS), None without the native step."""
+        return self._forms[(False, False)] if self.native_step else None
+
+    @property
+    def native_constants(self) -> bool:
+        """Whether the native step is compiled with the grid and coded box as constants."""
+        return bool(self._constants)
+
     def _forward_variant(self, moments: bool, ranged: bool):
         """The forward step kernel storing moments or not, over all cells or a range: native where
         :attr:`native_step`, else Warp-generated (the moments replay, :meth:`step_cells`)."""
