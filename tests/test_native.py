@@ -402,9 +402,20 @@ def test_native_adjoint_switch(monkeypatch):
         N.native_adjoint_enabled()
 
 
+def _mixed_pairs_problem(lattice, precision, device):
+    """Even nz, periodic along z, solid cells on odd z only and a moving wall: many pairs (z, z + 1)
+    whose two cells differ in a link with c_z = 0 (the joint loads' per-cell branch)."""
+    shape = (7, 6, 8)
+    mask = np.zeros(shape, dtype=bool)
+    mask[2:5, 2:4, 1::2] = True
+    return lbm.Problem(shape, lattice, "bgk", omega=1.6, precision=precision, device=device,
+                       boundaries=[lbm.Wall(face="x-", velocity=(0.0, 0.03, 0.0)), lbm.Wall(face="y+"),
+                                   lbm.Wall(mask=mask)])
+
+
 def _channel(lattice, precision, outlet, device="cpu", **kw):
     """A channel along x: velocity inlet (x-), pressure outlet or outflow (x+), walls on y, an obstacle."""
-    shape = (9, 6) if lattice == "D2Q9" else (9, 6, 5)
+    shape = kw.pop("shape", None) or ((9, 6) if lattice == "D2Q9" else (9, 6, 5))
     dim = len(shape)
     mask = np.zeros(shape, dtype=bool)
     mask[4:6, 2:4] = True
@@ -468,7 +479,8 @@ def test_native_open_switch(monkeypatch):
 @pytest.mark.parametrize("lattice, precision, case", [
     ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
     ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force"),
-    ("D3Q19", "float16", "odd_nz")])
+    ("D3Q19", "float16", "odd_nz"), ("D3Q19", "float32", "mixed_pairs"), ("D3Q27", "float16", "mixed_pairs"),
+    ("D3Q19", "float16", "channel_even_nz")])
 def test_native_forms_equal_generated(lattice, precision, case, form, device, monkeypatch):
     """Every form of the native step (link-free loads, two cells per thread) stores the generated
     step's bits, the moments rows included: walls, a moving lid, solids, wraps, open boundaries,
@@ -480,6 +492,10 @@ def test_native_forms_equal_generated(lattice, precision, case, form, device, mo
         p = _problem(lattice, precision, device, collision="trt", force=(2e-5, -1e-5, 3e-5))
     elif case == "odd_nz":  # an even cell count with an odd nz: a pair can span two rows
         p = _problem(lattice, precision, device, shape=(6, 7, 5))
+    elif case == "mixed_pairs":  # even nz, solids on odd z only: pairs whose cells differ in their links
+        p = _mixed_pairs_problem(lattice, precision, device)
+    elif case == "channel_even_nz":
+        p = _channel(lattice, precision, "pressure", device, shape=(9, 6, 6))
     else:
         p = _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None)
     assert p.cell_count % 2 == 0
@@ -539,6 +555,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     assert N.native_form(p.config, p.cell_count, constants=True) == N.DEFAULT_FORMS_WITH_CONSTANTS.get(key, cuda_form)
     form = N.DEFAULT_FORMS_CPU.get(key, cuda_form)  # this test runs on the CPU
     assert N.native_form(p.config, p.cell_count, cuda=False) == form
+    assert N.native_form(p.config, p.cell_count, constants=True, cuda=False) == form  # CPU timings win on the CPU
     one_cell = "split" if form.endswith("split") else "one"
     assert N.native_form(p.config, p.cell_count, moments=True, cuda=False) == one_cell
     solver = Solver(p)

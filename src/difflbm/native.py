@@ -123,8 +123,9 @@ def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moment
     pairs, H200, D3Q19 fp32 256^3, tenth session); a pairs form falls back to its one-cell
     counterpart where :func:`pairs_unsupported` gives a reason."""
     key = (cfg.lattice, cfg.precision)
-    default = ((DEFAULT_FORMS_WITH_CONSTANTS.get(key) if constants else None)
-               or (None if cuda else DEFAULT_FORMS_CPU.get(key)) or DEFAULT_FORMS.get(key, "one"))
+    # each device kind's own measurements first (the constants' table was measured on CUDA only)
+    measured = (DEFAULT_FORMS_WITH_CONSTANTS.get(key) if constants else None) if cuda else DEFAULT_FORMS_CPU.get(key)
+    default = measured or DEFAULT_FORMS.get(key, "one")
     if moments:
         default = "split" if default.endswith("split") else "one"
     value = os.environ.get("DIFFLBM_NATIVE_FORM", default)

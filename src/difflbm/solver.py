@@ -50,7 +50,8 @@ class Solver:
 
     @property
     def native_form(self) -> str | None:
-        """The native step's form over all cells (difflbm.native.FORMS), None without the native step."""
+        """The native step's form over all cells (difflbm.native.FORMS), None without the native step;
+        a launch whose state starts between two pairs' words steps one cell per thread instead."""
         return self._forms[(False, False)] if self.native_step else None
 
     @property
