@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tenth session (2026-12-01), one H200. Usage: bash benchmarks/gpu_session10.sh PART [PART ...]
-# Ran this session: lab caps ball, tests bench, forms formtests, last. Prepared for the next: final, gap.
+# Ran this session: lab caps ball, tests bench, forms formtests, last. Prepared for the next: final, gap,
+# tests (each its own call: a call may run 600 s).
 source "$(dirname "$0")/_gpu_header.sh"
 for part in "$@"; do
 echo "== $part"
@@ -25,19 +26,18 @@ forms)
   timeout 420 python3 benchmarks/native_bench.py 3 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q27:256:float32,D3Q27:256:float16,D2Q9:4096:float32,D2Q9:4096:float16,D3Q19:256:float32:channel,D3Q19:256:float16:ball" forms > $OUT/forms.txt 2>$OUT/forms.err; echo "rc $?"
   values forms; grep mismatch $OUT/forms.txt | grep -v '"mismatches_after_4_steps": 0' ; tail -3 $OUT/forms.err
   ;;
-formfinal)
+final)
   # the issue's commands with the per-lattice default forms, then the gradient with the default form
-  # and with one cell per thread, then the native identity tests on CUDA
+  # and with one cell per thread (the CUDA tests: part tests, in its own call)
   for a in "--size 256" "--size 512" "--size 256 --precision fp16" "--lattice D3Q27 --size 256" "--lattice D3Q27 --size 256 --precision fp16" "--lattice D2Q9 --size 4096"; do
     timeout 60 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-600
   done
-  for f in default one default; do
+  for f in default one; do
     echo "form $f"
     if [ $f = default ]; then unset DIFFLBM_NATIVE_FORM; else export DIFFLBM_NATIVE_FORM=$f; fi
-    timeout 100 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+    timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
   done
   unset DIFFLBM_NATIVE_FORM
-  timeout 200 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
   ;;
 last)
   # the grid and coded box as compile-time constants (+c) next to the forms, then the gradient with
@@ -63,11 +63,11 @@ gap)
   NATIVE_BENCH_FORMS="one,pairs+c,pairs_joint+c,pairs_joint_split+c,one+c" timeout 300 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16:periodic,D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q27:256:float16" forms > $OUT/gapp.txt 2>$OUT/gapp.err; echo "rc $?"
   values gapp; grep mismatch $OUT/gapp.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/gapp.err
   ;;
-tests)
+formtests)
   timeout 200 python3 -m pytest -q tests/test_native.py -k "cuda and (forms or equals_warp)" 2>&1 | tail -3
   ;;
 tests)
-  timeout 300 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
+  timeout 420 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
   timeout 150 python3 -m pytest -q tests/test_gradients.py tests/test_bridges.py -k cuda 2>&1 | tail -3
   ;;
 bench)
