@@ -556,7 +556,8 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     form = N.DEFAULT_FORMS_CPU.get(key, cuda_form)  # this test runs on the CPU
     assert N.native_form(p.config, p.cell_count, cuda=False) == form
     assert N.native_form(p.config, p.cell_count, constants=True, cuda=False) == form  # CPU timings win on the CPU
-    one_cell = "split" if form.endswith("split") else "one"
+    one_cell = N.one_cell_form(form)
+    assert one_cell == ("split" if form.endswith("split") else "one")
     assert N.native_form(p.config, p.cell_count, moments=True, cuda=False) == one_cell
     solver = Solver(p)
     assert solver.forward_kernel.difflbm_form == form
@@ -586,6 +587,14 @@ def test_native_constants_equal_generated(lattice, precision, case, form, device
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
     assert N.grid_constants(p) in launched
     assert N.grid_constants(p)[:3] == tuple(p.grid3)
+    # the constants' kernel is looked up once per Solver and code array, not at every launch
+    solver = Solver(p)
+    launched.clear()
+    a, b = _perturbed(p), p.state()
+    for _ in range(3):
+        solver.step(a, b, p.parameters())
+        a, b = b, a
+    assert launched == [N.grid_constants(p)]
     # the ranged steps (slabs' overlap) and the moments replay with constants: the same bits
     from difflbm import kernels as K
     native, generated, prm = _solver_pair(p, monkeypatch)
@@ -629,7 +638,8 @@ def test_pairs_fall_back_for_an_offset_buffer(precision, form, which, monkeypatc
     q, n = p.lattice.q, p.cell_count
     native, generated, prm = _solver_pair(p, monkeypatch)
     assert native.forward_kernel.difflbm_cells_per_thread == 2
-    sd = K_storage(precision)
+    from difflbm import kernels as K
+    sd = K.storage_dtype(precision)
     size = 2 if precision == "float16" else 4
     backing = wp.zeros(q * n + 2, dtype=sd, device="cpu")
     shifted = wp.array(ptr=backing.ptr + size, shape=(q, n), dtype=sd, device="cpu")
@@ -654,11 +664,6 @@ def test_pairs_fall_back_for_an_offset_buffer(precision, form, which, monkeypatc
     raw = backing.numpy()
     if which == "out":  # the elements before and after the view are not written
         assert raw[0] == 0 and raw[-1] == 0
-
-
-def K_storage(precision):
-    from difflbm import kernels as K
-    return K.storage_dtype(precision)
 
 
 def test_register_cap_survives_constants(monkeypatch):

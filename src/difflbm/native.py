@@ -41,7 +41,7 @@ from . import kernels as K
 __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "native_step_enabled", "coded_box",
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
-           "native_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "DEFAULT_FORMS_CPU", "CONSTANTS_MEASURED", "grid_constants",
+           "native_form", "one_cell_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "DEFAULT_FORMS_CPU", "CONSTANTS_MEASURED", "grid_constants",
            "native_constants_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
@@ -113,6 +113,11 @@ def native_step_enabled() -> bool:
     return value == "1"
 
 
+def one_cell_form(form: str) -> str:
+    """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms, else ``"one"``."""
+    return "split" if form.endswith("split") else "one"
+
+
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
                 constants: bool = False, cuda: bool = True) -> str:
     """The native step's form for ``cfg`` (:data:`FORMS`): ``DIFFLBM_NATIVE_FORM`` if set, else the
@@ -127,12 +132,12 @@ def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moment
     measured = (DEFAULT_FORMS_WITH_CONSTANTS.get(key) if constants else None) if cuda else DEFAULT_FORMS_CPU.get(key)
     default = measured or DEFAULT_FORMS.get(key, "one")
     if moments:
-        default = "split" if default.endswith("split") else "one"
+        default = one_cell_form(default)
     value = os.environ.get("DIFFLBM_NATIVE_FORM", default)
     if value not in FORMS:
         raise ValueError(f"DIFFLBM_NATIVE_FORM={value!r}: allowed values are {', '.join(map(repr, FORMS))}")
     if value.startswith("pairs") and pairs_unsupported(cfg, cell_count, ranged) is not None:
-        value = "split" if value.endswith("split") else "one"
+        value = one_cell_form(value)
     return value
 
 
@@ -283,14 +288,7 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_output
     can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
     (Q, cells)), and the wrapped element offsets along each axis (``sxm`` is the offset of x - 1)."""
     Q = K.physics(cfg.lattice, cfg.precision)["Q"]
-    a("const int nyz = ny * nz;")
-    a("const unsigned int un = (unsigned int)(nx * nyz);")
-    a("const unsigned int ui = (unsigned int)idx;")
-    # idx = (x ny + y) nz + z; the two quotients by multiply-shift (exact for idx < 2^31)
-    a("const int q1 = (int)(((unsigned long long)ui * (unsigned long long)magic_z) >> shift_z);")
-    a("const int x = (int)(((unsigned long long)(unsigned int)q1 * (unsigned long long)magic_y) >> shift_y);")
-    a("const int z = idx - q1 * nz;")
-    a("const int y = q1 - x * ny;")
+    _coordinates(a, "idx")
     a(f"const {ctype}* __restrict__ fi = {src}.data;")
     a(f"{ctype}* __restrict__ fo = {dst}.data;")
     # Only cells on a face of a non-periodic axis or inside the box of the other coded cells can have
@@ -308,13 +306,33 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_output
         for q, out in enumerate(solid_outputs):
             a(f"    {out} = fi[{q}u * un + ui];")
         a("} else {")
-    # element offsets of neighbours along each axis, wrapped periodically
-    a("const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;")
-    a("const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;")
-    a("const int sym = (y == 0) ? (ny - 1) * nz : -nz;")
-    a("const int syp = (y == ny - 1) ? -(ny - 1) * nz : nz;")
-    a("const int szm = (z == 0) ? nz - 1 : -1;")
-    a("const int szp = (z == nz - 1) ? -(nz - 1) : 1;")
+    _neighbour_offsets(a)
+
+
+def _coordinates(a, idx: str, pad: str = "") -> None:
+    """C++ of ``nyz``, ``un`` (cells), ``ui`` and the coordinates x, y, z of the cell ``idx``."""
+    a(f"{pad}const int nyz = ny * nz;")
+    a(f"{pad}const unsigned int un = (unsigned int)(nx * nyz);")
+    a(f"{pad}const unsigned int ui = (unsigned int){idx};")
+    # idx = (x ny + y) nz + z; the two quotients by multiply-shift (exact for idx < 2^31)
+    a(f"{pad}const int q1 = (int)(((unsigned long long)ui * (unsigned long long)magic_z) >> shift_z);")
+    a(f"{pad}const int x = (int)(((unsigned long long)(unsigned int)q1 * (unsigned long long)magic_y) >> shift_y);")
+    a(f"{pad}const int z = {idx} - q1 * nz;")
+    a(f"{pad}const int y = q1 - x * ny;")
+
+
+def _neighbour_offsets(a, axes: str = "xyz", pad: str = "") -> None:
+    """C++ of the element offsets of the neighbours along ``axes``, wrapped periodically (``sxm``:
+    the offset of x - 1)."""
+    lines = {"x": ("const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;",
+                   "const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;"),
+             "y": ("const int sym = (y == 0) ? (ny - 1) * nz : -nz;",
+                   "const int syp = (y == ny - 1) ? -(ny - 1) * nz : nz;"),
+             "z": ("const int szm = (z == 0) ? nz - 1 : -1;",
+                   "const int szp = (z == nz - 1) ? -(nz - 1) : 1;")}
+    for c in axes:
+        for line in lines[c]:
+            a(pad + line)
 
 
 # the offset name of the neighbour x - c along axis k for c = (k, c_k): what the forward pull reads
@@ -557,21 +575,12 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         a(f"{stor} " + ", ".join(f"pre{i}_0, pre{i}_1" for i in sorted(preloaded)) + ";")
         a("const bool pair_row = (nz & 1) == 0;")
         a("if (pair_row) {")
-        a("    const int nyz = ny * nz;")
-        a("    const unsigned int un = (unsigned int)(nx * nyz);")
-        a("    const unsigned int ui = (unsigned int)idx_pair;")
-        a("    const int q1 = (int)(((unsigned long long)ui * (unsigned long long)magic_z) >> shift_z);")
-        a("    const int x = (int)(((unsigned long long)(unsigned int)q1 * (unsigned long long)magic_y) >> shift_y);")
-        a("    const int z = idx_pair - q1 * nz;")
-        a("    const int y = q1 - x * ny;")
+        _coordinates(a, "idx_pair", pad="    ")
         a(f"    const {stor}* __restrict__ fi = f_in.data;")
         a("    unsigned int cell0 = 0u, cell1 = 0u;")
         a(f"    if ({_coded_test(cfg, 'x', 'y', 'z')}) cell0 = code.data[idx_pair];")
         a(f"    if ({_coded_test(cfg, 'x', 'y', '(z + 1)')}) cell1 = code.data[idx_pair + 1];")
-        a("    const int sxm = (x == 0) ? (nx - 1) * nyz : -nyz;")
-        a("    const int sxp = (x == nx - 1) ? -(nx - 1) * nyz : nyz;")
-        a("    const int sym = (y == 0) ? (ny - 1) * nz : -nz;")
-        a("    const int syp = (y == ny - 1) ? -(ny - 1) * nz : nz;")
+        _neighbour_offsets(a, "xy", pad="    ")
         for i in sorted(preloaded):
             d = " + ".join(_SOURCE[(k, C[i][k])] for k in range(2) if C[i][k] != 0)
             a(f"    if ((((cell0 | cell1) >> {i}u) & 1u) == 0u) {{")

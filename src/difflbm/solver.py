@@ -40,6 +40,7 @@ class Solver:
                                               constants=self._constants, cuda=cuda)
                         for m in (False, True) for r in (False, True)} if self.native_step else None)
         self._variants = {}  # forward kernels by (stores moments, ranged), built on first use
+        self._swapped = {}  # (kernel, form) -> (code array, the kernel _launch runs instead)
         self.forward_kernel = self._forward_variant(False, False)
         self._check = K.finite_check_kernel(problem.precision)
         self._first = wp.zeros(1, dtype=wp.int64, device=problem.device)
@@ -152,17 +153,21 @@ class Solver:
                 args += N.extra_inputs(p)
                 block_dim = N.NATIVE_BLOCK_DIM
                 form = kernel.difflbm_form
-                pair_bytes = 2 * wp.types.type_size_in_bytes(state_out.f.dtype)
-                if kernel.difflbm_cells_per_thread == 2 and (
-                        state_out.f.ptr % pair_bytes or ("joint" in form and state_in.f.ptr % pair_bytes)):
-                    # a view that starts between two pairs' words (an offset buffer): one cell per thread
-                    form = "split" if form.endswith("split") else "one"
+                if kernel.difflbm_cells_per_thread == 2:
+                    pair_bytes = 2 * wp.types.type_size_in_bytes(state_out.f.dtype)
+                    if state_out.f.ptr % pair_bytes or ("joint" in form and state_in.f.ptr % pair_bytes):
+                        # a view that starts between two pairs' words (an offset buffer): one cell per thread
+                        form = N.one_cell_form(form)
                 if self._constants or form != kernel.difflbm_form:
-                    # the kernel for this form, grid and the problem's current coded box
-                    kernel = N.native_step_kernel(p.config, form=form,
-                                                  constants=N.grid_constants(p) if self._constants else None,
-                                                  max_registers=kernel.difflbm_max_registers,
-                                                  **kernel.difflbm_variant)
+                    # the kernel for this form, grid and the problem's current coded box, looked up once
+                    # per code array (as N.extra_inputs: a replaced code array gets its own)
+                    hit = self._swapped.get((kernel, form))
+                    if hit is None or hit[0] is not p.code:
+                        hit = (p.code, N.native_step_kernel(
+                            p.config, form=form, constants=N.grid_constants(p) if self._constants else None,
+                            max_registers=kernel.difflbm_max_registers, **kernel.difflbm_variant))
+                        self._swapped[(kernel, form)] = hit
+                    kernel = hit[1]
             else:  # strided views: the generated kernel, which follows the strides
                 kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
         threads = self.problem.cell_count if count is None else count
