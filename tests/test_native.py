@@ -475,7 +475,8 @@ def test_native_open_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form", ["split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split"])
+@pytest.mark.parametrize("form", ["split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch",
+                                  "pairs_patch", "pairs_joint_patch"])
 @pytest.mark.parametrize("lattice, precision, case", [
     ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
     ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force"),
@@ -557,7 +558,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     assert N.native_form(p.config, p.cell_count, cuda=False) == form
     assert N.native_form(p.config, p.cell_count, constants=True, cuda=False) == form  # CPU timings win on the CPU
     one_cell = N.one_cell_form(form)
-    assert one_cell == ("split" if form.endswith("split") else "one")
+    assert one_cell == ("split" if form.endswith("split") else "patch" if form.endswith("patch") else "one")
     assert N.native_form(p.config, p.cell_count, moments=True, cuda=False) == one_cell
     solver = Solver(p)
     assert solver.forward_kernel.difflbm_form == form
@@ -570,7 +571,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint"])
+@pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint", "pairs_patch", "pairs_joint_patch"])
 @pytest.mark.parametrize("lattice, precision, case", [("D3Q19", "float16", "walls"), ("D2Q9", "float32", "channel"),
                                                       ("D3Q27", "float32", "walls"), ("D3Q19", "float32", "walls")])
 def test_native_constants_equal_generated(lattice, precision, case, form, device, monkeypatch):
@@ -628,7 +629,8 @@ def test_native_constants_refuse_bad_values(monkeypatch):
 
 
 @pytest.mark.parametrize("precision, form, which", [("float32", "pairs", "out"), ("float16", "pairs_split", "out"),
-                                                     ("float16", "pairs_joint", "in"), ("float32", "pairs_joint", "out")])
+                                                     ("float16", "pairs_joint", "in"), ("float32", "pairs_joint", "out"),
+                                                     ("float16", "pairs_joint_patch", "in")])
 def test_pairs_fall_back_for_an_offset_buffer(precision, form, which, monkeypatch):
     """A view that starts between two pairs' words (a buffer offset by one population; the output, or
     the input of joint loads) is stepped one cell per thread (a word access would be misaligned on a
@@ -659,7 +661,7 @@ def test_pairs_fall_back_for_an_offset_buffer(precision, form, which, monkeypatc
             target.f = shifted
         solver.step(start, target, prm)
         out.append(target.f.numpy().copy())
-    assert forms == ["split" if form.endswith("split") else "one"]
+    assert forms == [N.one_cell_form(form)]
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
     raw = backing.numpy()
     if which == "out":  # the elements before and after the view are not written

@@ -51,7 +51,8 @@ NATIVE_BLOCK_DIM = 64
 
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, and two
 # cells per thread with paired stores
-FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split")
+FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch", "pairs_patch",
+         "pairs_joint_patch")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
 # benchmarks/native_bench.py forms, MLUPS one / split / pairs / pairs_split, lid cavity unless named):
 #   D3Q19 fp32 256^3 23,770 / 23,715 / 23,760 / 23,080; 512^3 24,620 / 24,406 / 25,187 / 24,734;
@@ -114,8 +115,9 @@ def native_step_enabled() -> bool:
 
 
 def one_cell_form(form: str) -> str:
-    """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms, else ``"one"``."""
-    return "split" if form.endswith("split") else "one"
+    """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms,
+    ``"patch"`` for the patched loads, else ``"one"``."""
+    return "split" if form.endswith("split") else "patch" if form.endswith("patch") else "one"
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
@@ -283,11 +285,12 @@ def _coded_test(cfg: K.StepConfig, x: str, y: str, z: str) -> str:
     return " | ".join(tests)
 
 
-def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_outputs: list | None = None) -> None:
+def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_outputs: list | None = None,
+              solid_check: bool = True) -> None:
     """C++ shared by the native cell bodies: the cell's coordinates, its code (read only where one
     can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
-    (Q, cells)), and the wrapped element offsets along each axis (``sxm`` is the offset of x - 1)."""
-    Q = K.physics(cfg.lattice, cfg.precision)["Q"]
+    (Q, cells); :func:`_solid_check`, left to the caller where not ``solid_check``), and the wrapped
+    element offsets along each axis (``sxm`` is the offset of x - 1)."""
     _coordinates(a, "idx")
     a(f"const {ctype}* __restrict__ fi = {src}.data;")
     a(f"{ctype}* __restrict__ fo = {dst}.data;")
@@ -297,16 +300,24 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_output
     a("const bool coded = " + _coded_test(cfg, "x", "y", "z") + ";")
     a("unsigned int cell = 0u;")
     a("if (coded) cell = code.data[idx];")
+    if solid_check:
+        _solid_check(cfg, a, solid_outputs)
+    _neighbour_offsets(a)
+
+
+def _solid_check(cfg: K.StepConfig, a, solid_outputs: list | None = None) -> None:
+    """C++ of a solid cell's update: a copy of its own populations, stored (one cell per thread, then
+    ``return``) or left in ``solid_outputs`` (a cell of a pair; the caller closes the ``else``)."""
+    Q = K.physics(cfg.lattice, cfg.precision)["Q"]
     a(f"if ((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u) {{")
     if solid_outputs is None:
         a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
         a("    return;")
         a("}")
-    else:  # a cell of a pair: the copy goes to its output variables; the caller closes the else
+    else:
         for q, out in enumerate(solid_outputs):
             a(f"    {out} = fi[{q}u * un + ui];")
         a("} else {")
-    _neighbour_offsets(a)
 
 
 def _coordinates(a, idx: str, pad: str = "") -> None:
@@ -435,7 +446,7 @@ def _open_boundary(cfg: K.StepConfig, a, moments: bool) -> None:
 
 
 def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None, split: bool = False,
-              preloaded: frozenset = frozenset()) -> str:
+              preloaded: frozenset = frozenset(), patch: bool = False) -> str:
     """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
     boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
     float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function.
@@ -444,7 +455,12 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     i in the variable ``o{i}_{h}`` instead of storing it. ``split``: a cell without boundary links
     loads its populations without the per-link choice of offset (same values, fewer instructions).
     ``preloaded``: directions whose population the pair loaded already (``pre{i}_{h}``, valid where
-    ``pair_row``: :func:`pair_body` with joint loads)."""
+    ``pair_row``: :func:`pair_body` with joint loads). ``patch``: every population is loaded from its
+    (wrapped) neighbour without waiting for the cell's code, then the solid test, then a cell with
+    boundary links loads its own opposite population for each link (the same values: the select
+    form's loads wait for the code where a warp holds a coded cell, as on the z faces of a box)."""
+    if patch and split:
+        raise ValueError("patch=True and split=True: the two load paths exclude each other")
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     arith = "float"  # float32 arithmetic for float32 and float16 storage
@@ -454,26 +470,39 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     axis = _SOURCE
     lines = []
     a = lines.append
-    _prologue(cfg, a, "f_in", "f_out", stor,
-              solid_outputs=None if pair is None else [f"o{q}_{pair}" for q in range(Q)])
+    solid_outputs = None if pair is None else [f"o{q}_{pair}" for q in range(Q)]
+    _prologue(cfg, a, "f_in", "f_out", stor, solid_outputs=solid_outputs, solid_check=not patch)
     a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
     offsets = {i: " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0) for i in range(1, Q)}
     def given(i, load):  # a preloaded population where the pair loaded it, else the load
         return f"(pair_row ? static_cast<{arith}>(pre{i}_{pair}) : {load})" if i in preloaded else load
 
-    if split:
-        a(f"{arith} " + ", ".join(f"f{i}" for i in range(1, Q)) + ";")
-        a(f"if ((cell & {K.LINK_MASK}u) == 0u) {{")
+    pulled = {i: given(i, f"static_cast<{arith}>(fi[{i}u * un + ui + (unsigned int)({offsets[i]})])")
+              for i in range(1, Q)}
+    if patch:
         for i in range(1, Q):
-            a(f"    f{i} = " + given(i, f"static_cast<{arith}>(fi[{i}u * un + ui + (unsigned int)({offsets[i]})])") + ";")
-        a("} else {")
-    for i in range(1, Q):
-        # one load per direction, no branch between the loads: a boundary link's choice is an offset
-        load = given(i, f"static_cast<{arith}>(fi[((cell >> {i}u) & 1u) ? ({OPP[i]}u * un + ui)"
-                        f" : ({i}u * un + ui + (unsigned int)({offsets[i]}))])")
-        a(f"    f{i} = {load};" if split else f"{arith} f{i} = {load};")
-    if split:
+            a(f"{arith} f{i} = {pulled[i]};")
+        # a solid cell stores its own populations (a select at each store below, not a branch here:
+        # a branch over the loads kept 22 more registers live, ptxas sm_90)
+        a(f"const bool solid = (cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u;")
+        a(f"if (cell & {K.LINK_MASK}u) {{")
+        for i in range(1, Q):
+            a(f"    if ((cell >> {i}u) & 1u) f{i} = static_cast<{arith}>(fi[{OPP[i]}u * un + ui]);")
         a("}")
+    else:
+        if split:
+            a(f"{arith} " + ", ".join(f"f{i}" for i in range(1, Q)) + ";")
+            a(f"if ((cell & {K.LINK_MASK}u) == 0u) {{")
+            for i in range(1, Q):
+                a(f"    f{i} = {pulled[i]};")
+            a("} else {")
+        for i in range(1, Q):
+            # one load per direction, no branch between the loads: a boundary link's choice is an offset
+            load = given(i, f"static_cast<{arith}>(fi[((cell >> {i}u) & 1u) ? ({OPP[i]}u * un + ui)"
+                            f" : ({i}u * un + ui + (unsigned int)({offsets[i]}))])")
+            a(f"    f{i} = {load};" if split else f"{arith} f{i} = {load};")
+        if split:
+            a("}")
     if cfg.moving_walls:
         a(f"if (cell & {K.LINK_MASK}u) {{")
         a("    const int ws = wall_slot.data[idx];")
@@ -513,13 +542,20 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     else:
         a(f"const {arith} omega_m = omega;")
     if moments:
-        # rho and u as the collision sees them, rows 0-3 of mom (step_kernel(moments=True))
+        # rho and u as the collision sees them, rows 0-3 of mom (step_kernel(moments=True)); not
+        # for a solid cell (the patched loads reach here for every cell)
         a(f"{arith}* mrow = mom.data;")
         a(f"const size_t mstride = (size_t)mom.strides[0] / sizeof({arith});")
-        a("mrow[ui] = rho;")
-        a("mrow[mstride + ui] = ux;")
-        a("mrow[2 * mstride + ui] = uy;")
-        a("mrow[3 * mstride + ui] = uz;")
+        pad = ""
+        if patch:
+            a("if (!solid) {")
+            pad = "    "
+        a(f"{pad}mrow[ui] = rho;")
+        a(f"{pad}mrow[mstride + ui] = ux;")
+        a(f"{pad}mrow[2 * mstride + ui] = uy;")
+        a(f"{pad}mrow[3 * mstride + ui] = uz;")
+        if patch:
+            a("}")
     a(f"const {arith} usq = {lit(1.5)} * (ux * ux + uy * uy + uz * uz);")
     if forced:
         a(f"const {arith} guo_even = {lit(1.0)} - {lit(0.5)} * omega;")
@@ -544,24 +580,29 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
             a(f"    const {arith} cf = {cf};")
             a(f"    val = val + {lit(W[i])} * (guo_odd * {lit(3.0)} * cf"
               f" + guo_even * (cu * {lit(3.0)} * cf - {lit(3.0)} * uF));")
+        value = f"{stor}({store})"
+        if patch:
+            value = f"(solid ? fi[{i}u * un + ui] : {value})"
         if pair is None:
-            a(f"    fo[{i}u * un + ui] = {stor}({store});")
+            a(f"    fo[{i}u * un + ui] = {value};")
         else:
-            a(f"    o{i}_{pair} = {stor}({store});")
+            a(f"    o{i}_{pair} = {value};")
         a("}")
-    if pair is not None:
+    if pair is not None and not patch:
         a("}")  # the else of the solid-cell test
     return "\n".join(lines)
 
 
-def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False) -> str:
+def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False,
+              patch: bool = False) -> str:
     """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
     :func:`cell_body`, then every population of the two stored as one 4-byte (float16) or 8-byte
     (float32) word (one store instruction per population and pair instead of two).
 
     ``joint``: where nz is even (the two cells then share x and y), the populations with c_z = 0 of
     both cells are loaded first, as one word where neither cell has that link (the same values as
-    the cells' own loads); with an odd nz each cell loads its own."""
+    the cells' own loads); with an odd nz each cell loads its own. ``patch``: each cell's loads as
+    :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
@@ -577,12 +618,17 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         a("if (pair_row) {")
         _coordinates(a, "idx_pair", pad="    ")
         a(f"    const {stor}* __restrict__ fi = f_in.data;")
-        a("    unsigned int cell0 = 0u, cell1 = 0u;")
-        a(f"    if ({_coded_test(cfg, 'x', 'y', 'z')}) cell0 = code.data[idx_pair];")
-        a(f"    if ({_coded_test(cfg, 'x', 'y', '(z + 1)')}) cell1 = code.data[idx_pair + 1];")
+        if not patch:
+            a("    unsigned int cell0 = 0u, cell1 = 0u;")
+            a(f"    if ({_coded_test(cfg, 'x', 'y', 'z')}) cell0 = code.data[idx_pair];")
+            a(f"    if ({_coded_test(cfg, 'x', 'y', '(z + 1)')}) cell1 = code.data[idx_pair + 1];")
         _neighbour_offsets(a, "xy", pad="    ")
         for i in sorted(preloaded):
             d = " + ".join(_SOURCE[(k, C[i][k])] for k in range(2) if C[i][k] != 0)
+            if patch:  # the cells patch their links themselves
+                a(f"    {{ const stor_pair w = *(const stor_pair*)(fi + ({i}u * un + ui + (unsigned int)({d})));")
+                a(f"      pre{i}_0 = w.lo; pre{i}_1 = w.hi; }}")
+                continue
             a(f"    if ((((cell0 | cell1) >> {i}u) & 1u) == 0u) {{")
             # the element offset summed in 32 bits first (the wrapped neighbour offsets are negative)
             a(f"        const stor_pair w = *(const stor_pair*)(fi + ({i}u * un + ui + (unsigned int)({d})));")
@@ -595,7 +641,7 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         a("}")
     for h in (0, 1):
         lines += ["{", f"const int idx = idx_pair + {h};"]
-        lines += cell_body(cfg, moments, pair=h, split=split, preloaded=preloaded).splitlines()
+        lines += cell_body(cfg, moments, pair=h, split=split, preloaded=preloaded, patch=patch).splitlines()
         lines.append("}")
     lines += [f"{stor}* __restrict__ fo_pair = f_out.data;",
               "const unsigned int un_pair = (unsigned int)(nx * ny * nz);"]
@@ -635,8 +681,9 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         reason = pairs_unsupported(cfg, 2, ranged)
         if reason is not None:
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
-    body = (pair_body(cfg, moments, split=form.endswith("split"), joint="joint" in form) if pairs
-            else cell_body(cfg, moments, split=form == "split"))
+    split, patch = form.endswith("split"), form.endswith("patch")
+    body = (pair_body(cfg, moments, split=split, joint="joint" in form, patch=patch) if pairs
+            else cell_body(cfg, moments, split=split, patch=patch))
     if constants is not None:
         # the same names as the arguments, declared in a block around the body (which shadows them)
         names = ("nx", "ny", "nz", "magic_z", "shift_z", "magic_y", "shift_y",

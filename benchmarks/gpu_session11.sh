@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Eleventh session (2026-12-02), one H200. Usage: bash benchmarks/gpu_session11.sh PART [PART ...]
+# Each part fits one 600 s call. The tree each part ran is in BENCHMARKS.md ("H200, eleventh session").
+source "$(dirname "$0")/_gpu_header.sh"
+for part in "$@"; do
+echo "== $part"
+case "$part" in
+patch)
+  # issue #6: the patched loads (populations loaded without waiting for the cell code, links patched
+  # after) next to the forms of the tenth session, all with the grid and coded box as constants
+  NATIVE_BENCH_FORMS="one+c,pairs+c,pairs_split+c,pairs_joint+c,patch+c,pairs_patch+c,pairs_joint_patch+c" timeout 560 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q19:256:float16:ball,D3Q19:256:float32:channel,D3Q27:256:float16,D3Q27:256:float32" forms > $OUT/patch.txt 2>$OUT/patch.err; echo "rc $?"
+  values patch; grep mismatch $OUT/patch.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/patch.err
+  ;;
+cli)
+  # the issue's bench command with candidate forms (DIFFLBM_NATIVE_FORM), then the gradient with the
+  # default form (replay: one cell per thread) and with the patched pair form (replay: patch)
+  for f in pairs_joint pairs_patch pairs_joint_patch; do
+    for a in "--size 256" "--size 512" "--size 256 --precision fp16"; do
+      echo "form $f $a"; DIFFLBM_NATIVE_FORM=$f timeout 60 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-600
+    done
+  done
+  for f in default pairs_joint_patch; do
+    echo "gradient form $f"
+    if [ $f = default ]; then unset DIFFLBM_NATIVE_FORM; else export DIFFLBM_NATIVE_FORM=$f; fi
+    timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+  done
+  unset DIFFLBM_NATIVE_FORM
+  ;;
+tests)
+  timeout 420 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
+  timeout 150 python3 -m pytest -q tests/test_gradients.py tests/test_bridges.py -k cuda 2>&1 | tail -3
+  ;;
+*)
+  echo "unknown part $part"; exit 2
+  ;;
+esac
+done
