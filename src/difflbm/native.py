@@ -49,8 +49,8 @@ __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "n
 # D3Q27 fp32 1.090 / 1.127 / 1.298 ms, D2Q9 4096^2 within 0.5 % of 128; benchmarks/native_bench.py blocks)
 NATIVE_BLOCK_DIM = 64
 
-# the native step's forms (native_step_kernel): one cell per thread, the link-free load path, and two
-# cells per thread with paired stores
+# the native step's forms (native_step_kernel): one cell per thread, the link-free load path, two
+# cells per thread with paired stores (and joint loads), and the patched loads
 FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch", "pairs_patch",
          "pairs_joint_patch")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
@@ -72,7 +72,21 @@ DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
 #   D3Q19 fp32 256^3 23,651 / 23,894 / 23,093 / 23,729 / 24,487 / 24,455; 512^3 24,614 / 25,182 /
 #              24,743 / 24,606 / 25,334 / 24,492
 #   D3Q27 fp32 256^3 15,841 / 16,694 / 16,705 / 16,368 / 16,688 / 16,978
-DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs"}
+# and with the joint loads and the patched loads (eleventh session, benchmarks/gpu_session11.sh part
+# patch, 3cbf86a, MLUPS one+c / pairs+c / pairs_split+c / pairs_joint+c / patch+c / pairs_patch+c /
+# pairs_joint_patch+c, the better of two rounds):
+#   D3Q19 fp32 256^3 23,750 / 24,530 / 24,464 / 24,966 / 24,105 / 24,627 / 24,689; 512^3 24,613 /
+#              25,342 / 24,495 / 25,428 / 24,842 / 25,537 / 25,697; channel 24,423 / 25,568 /
+#              25,547 / 25,869 / 24,645 / 25,497 / 25,494
+#   D3Q19 fp16 256^3 33,099 / 35,212 / 32,875 / 33,259 / 33,716 / 34,078 / 34,187; 512^3 33,921 /
+#              37,370 / 36,674 / 35,448 / 34,281 / 37,348 / 37,544; ball 32,377 / 34,579 / 32,146 /
+#              32,668 / 33,395 / 33,140 / 33,118
+#   D3Q27 fp32 256^3 16,416 / 16,808 / 17,101 / 17,221 / 16,671 / 16,945 / 16,901
+#   D3Q27 fp16 256^3 24,147 / 22,915 / 24,388 / 20,120 / 23,796 / 22,475 / 23,006
+# (D3Q19 fp32 at 512^3 favours pairs_joint_patch by 1 %; at 256^3, the size whose target is unmet,
+# pairs_joint wins by 1 %: pairs_joint is the default)
+DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs", ("D3Q19", "float32"): "pairs_joint",
+                                ("D3Q27", "float32"): "pairs_joint", ("D3Q27", "float16"): "pairs_split"}
 # on the CPU (Warp runs a CPU kernel on one thread), from `difflbm bench --device cpu --steps 40
 # --repeats 3` with DIFFLBM_NATIVE_FORM set, two alternating runs each (2-core x86 machine, tenth
 # session; MLUPS one / pairs / split / pairs_split): D3Q19 fp32 48^3 7.51, 7.60 / 7.55, 7.33 /
@@ -82,7 +96,7 @@ DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs"}
 DEFAULT_FORMS_CPU = {("D3Q19", "float32"): "pairs_split", ("D3Q19", "float16"): "split",
                      ("D3Q27", "float32"): "split", ("D2Q9", "float32"): "pairs_split"}
 # constants are the CUDA default where they were measured (above); elsewhere opt-in
-CONSTANTS_MEASURED = {("D3Q19", "float32"), ("D3Q19", "float16"), ("D3Q27", "float32")}
+CONSTANTS_MEASURED = {("D3Q19", "float32"), ("D3Q19", "float16"), ("D3Q27", "float32"), ("D3Q27", "float16")}
 
 
 def native_adjoint_enabled() -> bool:
@@ -666,7 +680,10 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     without the per-link offset choice), ``"pairs"`` / ``"pairs_split"`` (two cells per thread,
     :func:`pair_body`: launch ``cells / 2`` threads; see :func:`pairs_unsupported`), and
     ``"pairs_joint"`` / ``"pairs_joint_split"`` (pairs that load the c_z = 0 populations of both cells
-    as one word; the input must then be aligned to a pair's word too); every form stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
+    as one word; the input must then be aligned to a pair's word too), and ``"patch"`` /
+    ``"pairs_patch"`` / ``"pairs_joint_patch"`` (every population loaded from its neighbour before
+    the cell code is known, the links patched after: :func:`cell_body`'s ``patch``); every form
+    stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
     the body then uses them as compile-time constants instead of the launch's (a kernel per grid
     and coded box: :func:`grid_constants`). Raises ValueError when :func:`native_step_unsupported`
     gives a reason.
