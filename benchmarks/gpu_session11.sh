@@ -26,6 +26,20 @@ cli)
   done
   unset DIFFLBM_NATIVE_FORM
   ;;
+walls)
+  # where the walls cost float16 its speed: still walls on all faces, on the z faces (with and without
+  # the lid), on the x faces, none; the patched loads with the moving-wall slot read next to the code,
+  # and with the own opposite populations loaded speculatively (spec)
+  NATIVE_BENCH_FORMS="pairs+c,pairs_patch+c,pairs_spec+c,spec+c,one+c" timeout 400 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float16:box,D3Q19:256:float16:zwalls,D3Q19:256:float16:zlid,D3Q19:256:float16:xwalls,D3Q19:256:float16:periodic,D3Q19:256:float32" forms > $OUT/walls.txt 2>$OUT/walls.err; echo "rc $?"
+  values walls; grep mismatch $OUT/walls.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/walls.err
+  ;;
+final)
+  # the commands with this session's defaults (f2ce2e5), the gradient with the default form
+  for a in "--size 256" "--size 512" "--lattice D3Q27 --size 256" "--lattice D3Q27 --size 256 --precision fp16"; do
+    timeout 60 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-600
+  done
+  timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
+  ;;
 tests)
   timeout 420 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
   timeout 150 python3 -m pytest -q tests/test_gradients.py tests/test_bridges.py -k cuda 2>&1 | tail -3

@@ -8,7 +8,8 @@ roofline at 2 Q itemsize + 4 bytes per cell (the cell code).
 Usage: ``python3 benchmarks/native_bench.py [rounds] [CASES] [MODE]`` with CASES like
 ``D3Q19:256:float32,D3Q27:256:float32`` (default: the list below; a fourth field ``ball`` puts a solid
 ball of diameter size / 4 in the cavity's centre, ``channel`` makes it a channel with a velocity inlet
-and a pressure outlet, ``periodic`` a periodic box without boundaries); BENCH_DEVICE=cpu smoke-runs it.
+and a pressure outlet, ``periodic`` a periodic box without boundaries, ``box`` / ``zwalls`` / ``zlid`` /
+``xwalls`` still walls on all faces / on the z faces / z faces with the lid on z+ / the x faces); BENCH_DEVICE=cpu smoke-runs it.
 MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads (alternating);
 MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
 MODE ``forms``: the native step's forms (difflbm.native.FORMS: one cell per thread, link-free loads, two
@@ -81,6 +82,20 @@ def periodic_problem(lattice, size, precision):
     return lbm.Problem((size,) * dim, lattice, "bgk", omega=1.0, precision=precision, device=DEVICE)
 
 
+def walls_problem(faces, lid=None):
+    """A builder of a box with still walls on ``faces`` (and a lid moving at 0.05 in x on face
+    ``lid``); the other axes periodic. To split the cost of the walls: all faces ("box"), the z
+    faces only ("zwalls", "zlid"), the x faces only ("xwalls")."""
+    def build(lattice, size, precision):
+        dim = 2 if lattice == "D2Q9" else 3
+        walls = [lbm.Wall(face=f) for f in faces if f != lid]
+        if lid is not None:
+            walls.append(lbm.Wall(face=lid, velocity=(0.05,) + (0.0,) * (dim - 1)))
+        return lbm.Problem((size,) * dim, lattice, "bgk", omega=1.0, precision=precision, device=DEVICE,
+                           boundaries=walls)
+    return build
+
+
 def obstacle_problem(lattice, size, precision):
     """The lid cavity with a solid ball (disc in 2D) of diameter size / 4 at its centre: a non-empty coded box."""
     import numpy as np
@@ -103,7 +118,10 @@ def main():
     for case in cases:
         lat, size, prec, *shape = case.split(":")
         size = int(size) if cuda else (64 if lat == "D2Q9" else 12)
-        builders = {"ball": obstacle_problem, "channel": channel_problem, "periodic": periodic_problem}
+        builders = {"ball": obstacle_problem, "channel": channel_problem, "periodic": periodic_problem,
+                    "box": walls_problem(("x-", "x+", "y-", "y+", "z-", "z+")),
+                    "zwalls": walls_problem(("z-", "z+")), "zlid": walls_problem(("z-", "z+"), lid="z+"),
+                    "xwalls": walls_problem(("x-", "x+"))}
         p = builders[shape[0]](lat, size, prec) if shape else cavity_problem(lat, size, prec, DEVICE)
         natives = {}
         for form in (FORM_LIST if mode == "forms" else (None,)):
