@@ -29,7 +29,8 @@ cli)
 walls)
   # where the walls cost float16 its speed: still walls on all faces, on the z faces (with and without
   # the lid), on the x faces, none; the patched loads with the moving-wall slot read next to the code,
-  # and with the own opposite populations loaded speculatively (spec)
+  # and with the own opposite populations loaded speculatively (spec, pairs_spec: forms of 9dcaa18, the
+  # tree this part ran; removed after it, being slower in every case)
   NATIVE_BENCH_FORMS="pairs+c,pairs_patch+c,pairs_spec+c,spec+c,one+c" timeout 400 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float16:box,D3Q19:256:float16:zwalls,D3Q19:256:float16:zlid,D3Q19:256:float16:xwalls,D3Q19:256:float16:periodic,D3Q19:256:float32" forms > $OUT/walls.txt 2>$OUT/walls.err; echo "rc $?"
   values walls; grep mismatch $OUT/walls.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/walls.err
   ;;

@@ -52,7 +52,7 @@ NATIVE_BLOCK_DIM = 64
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, two
 # cells per thread with paired stores (and joint loads), and the patched loads
 FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch", "pairs_patch",
-         "pairs_joint_patch", "spec", "pairs_spec")
+         "pairs_joint_patch")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
 # benchmarks/native_bench.py forms, MLUPS one / split / pairs / pairs_split, lid cavity unless named):
 #   D3Q19 fp32 256^3 23,770 / 23,715 / 23,760 / 23,080; 512^3 24,620 / 24,406 / 25,187 / 24,734;
@@ -130,8 +130,8 @@ def native_step_enabled() -> bool:
 
 def one_cell_form(form: str) -> str:
     """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms,
-    ``"patch"`` / ``"spec"`` for the patched loads, else ``"one"``."""
-    return "split" if form.endswith("split") else "one" if form in ("one", "pairs", "pairs_joint") else form.split("_")[-1]
+    ``"patch"`` for the patched loads, else ``"one"``."""
+    return "split" if form.endswith("split") else "patch" if form.endswith("patch") else "one"
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
@@ -465,7 +465,7 @@ def _open_boundary(cfg: K.StepConfig, a, moments: bool) -> None:
 
 
 def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None, split: bool = False,
-              preloaded: frozenset = frozenset(), patch: bool = False, speculate: bool = False) -> str:
+              preloaded: frozenset = frozenset(), patch: bool = False) -> str:
     """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
     boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
     float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function.
@@ -478,13 +478,11 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     (wrapped) neighbour without waiting for the cell's code, then the solid test, then a cell with
     boundary links loads its own opposite population for each link (the same values: the select
     form's loads wait for the code where a warp holds a coded cell, as on the z faces of a box); a
-    moving wall's slot is read next to the code. ``speculate`` (with ``patch``): a cell that can be
-    coded also loads its own opposite populations before its code is known, and each link takes
-    its value by a select (no load waits for the code)."""
+    moving wall's slot is read next to the code. (Loading a coded cell's own opposite populations
+    before its code too, a link taking its value by a select, measured slower on an H200 in every
+    case: float16 256^3 cavity 30,000-31,742 vs 35,066-35,069 MLUPS, eleventh session.)"""
     if patch and split:
         raise ValueError("patch=True and split=True: the two load paths exclude each other")
-    if speculate and not patch:
-        raise ValueError("speculate=True needs patch=True")
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     arith = "float"  # float32 arithmetic for float32 and float16 storage
@@ -510,21 +508,10 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
         # a solid cell stores its own populations (a select at each store below, not a branch here:
         # a branch over the loads kept 22 more registers live, ptxas sm_90)
         a(f"const bool solid = (cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u;")
-        if speculate:
-            a(f"{arith} " + ", ".join(f"g{i} = {_literal(0.0, arith)}" for i in range(1, Q)) + ";")
-            a("if (coded) {")
-            for i in range(1, Q):
-                a(f"    g{i} = static_cast<{arith}>(fi[{OPP[i]}u * un + ui]);")
-            a("}")
-            a(f"if (cell & {K.LINK_MASK}u) {{")
-            for i in range(1, Q):
-                a(f"    f{i} = ((cell >> {i}u) & 1u) ? g{i} : f{i};")
-            a("}")
-        else:
-            a(f"if (cell & {K.LINK_MASK}u) {{")
-            for i in range(1, Q):
-                a(f"    if ((cell >> {i}u) & 1u) f{i} = static_cast<{arith}>(fi[{OPP[i]}u * un + ui]);")
-            a("}")
+        a(f"if (cell & {K.LINK_MASK}u) {{")
+        for i in range(1, Q):
+            a(f"    if ((cell >> {i}u) & 1u) f{i} = static_cast<{arith}>(fi[{OPP[i]}u * un + ui]);")
+        a("}")
     else:
         if split:
             a(f"{arith} " + ", ".join(f"f{i}" for i in range(1, Q)) + ";")
@@ -631,7 +618,7 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
 
 
 def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False,
-              patch: bool = False, speculate: bool = False) -> str:
+              patch: bool = False) -> str:
     """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
     :func:`cell_body`, then every population of the two stored as one 4-byte (float16) or 8-byte
     (float32) word (one store instruction per population and pair instead of two).
@@ -639,8 +626,7 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
     ``joint``: where nz is even (the two cells then share x and y), the populations with c_z = 0 of
     both cells are loaded first, as one word where neither cell has that link (the same values as
     the cells' own loads); with an odd nz each cell loads its own. ``patch``: each cell's loads as
-    :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links) and
-    ``speculate``."""
+    :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
@@ -679,8 +665,7 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         a("}")
     for h in (0, 1):
         lines += ["{", f"const int idx = idx_pair + {h};"]
-        lines += cell_body(cfg, moments, pair=h, split=split, preloaded=preloaded, patch=patch,
-                           speculate=speculate).splitlines()
+        lines += cell_body(cfg, moments, pair=h, split=split, preloaded=preloaded, patch=patch).splitlines()
         lines.append("}")
     lines += [f"{stor}* __restrict__ fo_pair = f_out.data;",
               "const unsigned int un_pair = (unsigned int)(nx * ny * nz);"]
@@ -707,9 +692,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     ``"pairs_joint"`` / ``"pairs_joint_split"`` (pairs that load the c_z = 0 populations of both cells
     as one word; the input must then be aligned to a pair's word too), and ``"patch"`` /
     ``"pairs_patch"`` / ``"pairs_joint_patch"`` (every population loaded from its neighbour before
-    the cell code is known, the links patched after: :func:`cell_body`'s ``patch``), ``"spec"`` /
-    ``"pairs_spec"`` (the patched loads, with a coded cell's own opposite populations loaded before
-    its code too: ``speculate``); every form stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
+    the cell code is known, the links patched after: :func:`cell_body`'s ``patch``); every form
+    stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
     the body then uses them as compile-time constants instead of the launch's (a kernel per grid
     and coded box: :func:`grid_constants`). Raises ValueError when :func:`native_step_unsupported`
     gives a reason.
@@ -724,10 +708,9 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         reason = pairs_unsupported(cfg, 2, ranged)
         if reason is not None:
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
-    split, speculate = form.endswith("split"), form.endswith("spec")
-    patch = speculate or form.endswith("patch")
-    body = (pair_body(cfg, moments, split=split, joint="joint" in form, patch=patch, speculate=speculate) if pairs
-            else cell_body(cfg, moments, split=split, patch=patch, speculate=speculate))
+    split, patch = form.endswith("split"), form.endswith("patch")
+    body = (pair_body(cfg, moments, split=split, joint="joint" in form, patch=patch) if pairs
+            else cell_body(cfg, moments, split=split, patch=patch))
     if constants is not None:
         # the same names as the arguments, declared in a block around the body (which shadows them)
         names = ("nx", "ny", "nz", "magic_z", "shift_z", "magic_y", "shift_y",
