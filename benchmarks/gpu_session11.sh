@@ -41,6 +41,11 @@ final)
   done
   timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
   ;;
+lean)
+  # the lean path: a warp none of whose cells can have a code runs the body compiled for code 0
+  NATIVE_BENCH_FORMS="pairs+c,pairs_lean+c,pairs_joint+c,pairs_joint_lean+c,lean+c" timeout 200 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float16:xwalls,D3Q19:256:float32,D3Q19:512:float32" forms > $OUT/lean.txt 2>$OUT/lean.err; echo "rc $?"
+  values lean; grep mismatch $OUT/lean.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/lean.err
+  ;;
 tests)
   timeout 420 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3
   timeout 150 python3 -m pytest -q tests/test_gradients.py tests/test_bridges.py -k cuda 2>&1 | tail -3

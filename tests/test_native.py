@@ -476,7 +476,7 @@ def test_native_open_switch(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch",
-                                  "pairs_patch", "pairs_joint_patch"])
+                                  "pairs_patch", "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean"])
 @pytest.mark.parametrize("lattice, precision, case", [
     ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
     ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force"),
@@ -558,7 +558,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     assert N.native_form(p.config, p.cell_count, cuda=False) == form
     assert N.native_form(p.config, p.cell_count, constants=True, cuda=False) == form  # CPU timings win on the CPU
     one_cell = N.one_cell_form(form)
-    assert one_cell == ("split" if form.endswith("split") else "patch" if form.endswith("patch") else "one")
+    assert one_cell == next((s for s in ("split", "patch", "lean") if form.endswith(s)), "one")
     assert N.native_form(p.config, p.cell_count, moments=True, cuda=False) == one_cell
     solver = Solver(p)
     assert solver.forward_kernel.difflbm_form == form
@@ -571,7 +571,8 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint", "pairs_patch", "pairs_joint_patch"])
+@pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint", "pairs_patch", "pairs_joint_patch",
+                                  "pairs_lean", "pairs_joint_lean"])
 @pytest.mark.parametrize("lattice, precision, case", [("D3Q19", "float16", "walls"), ("D2Q9", "float32", "channel"),
                                                       ("D3Q27", "float32", "walls"), ("D3Q19", "float32", "walls")])
 def test_native_constants_equal_generated(lattice, precision, case, form, device, monkeypatch):

@@ -52,7 +52,7 @@ NATIVE_BLOCK_DIM = 64
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, two
 # cells per thread with paired stores (and joint loads), and the patched loads
 FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch", "pairs_patch",
-         "pairs_joint_patch")
+         "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
 # benchmarks/native_bench.py forms, MLUPS one / split / pairs / pairs_split, lid cavity unless named):
 #   D3Q19 fp32 256^3 23,770 / 23,715 / 23,760 / 23,080; 512^3 24,620 / 24,406 / 25,187 / 24,734;
@@ -130,8 +130,11 @@ def native_step_enabled() -> bool:
 
 def one_cell_form(form: str) -> str:
     """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms,
-    ``"patch"`` for the patched loads, else ``"one"``."""
-    return "split" if form.endswith("split") else "patch" if form.endswith("patch") else "one"
+    ``"patch"`` for the patched loads, ``"lean"`` for the lean path, else ``"one"``."""
+    for suffix in ("split", "patch", "lean"):
+        if form.endswith(suffix):
+            return suffix
+    return "one"
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
@@ -300,19 +303,20 @@ def _coded_test(cfg: K.StepConfig, x: str, y: str, z: str) -> str:
 
 
 def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_outputs: list | None = None,
-              solid_check: bool = True, slot_with_code: bool = False) -> None:
+              solid_check: bool = True, slot_with_code: bool = False, lean: bool = False) -> None:
     """C++ shared by the native cell bodies: the cell's coordinates, its code (read only where one
     can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
     (Q, cells); :func:`_solid_check`, left to the caller where not ``solid_check``), and the wrapped
     element offsets along each axis (``sxm`` is the offset of x - 1). ``slot_with_code``: a coded
-    cell's moving-wall slot ``ws`` is read next to its code (-1 elsewhere), not after it."""
+    cell's moving-wall slot ``ws`` is read next to its code (-1 elsewhere), not after it. ``lean``:
+    the caller knows the cell has no code (:func:`lean_wrap`), which the compiler folds."""
     _coordinates(a, "idx")
     a(f"const {ctype}* __restrict__ fi = {src}.data;")
     a(f"{ctype}* __restrict__ fo = {dst}.data;")
     # Only cells on a face of a non-periodic axis or inside the box of the other coded cells can have
     # a non-zero code (coded_box); the rest skip the load, so their pulls wait for no load (H200:
     # float32 +1.4 %, float16 +10 %, docs/PERF_NOTES.md, ninth session).
-    a("const bool coded = " + _coded_test(cfg, "x", "y", "z") + ";")
+    a("const bool coded = " + ("false" if lean else _coded_test(cfg, "x", "y", "z")) + ";")
     a("unsigned int cell = 0u;")
     if slot_with_code:
         a("int ws = -1;")
@@ -465,7 +469,7 @@ def _open_boundary(cfg: K.StepConfig, a, moments: bool) -> None:
 
 
 def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None, split: bool = False,
-              preloaded: frozenset = frozenset(), patch: bool = False) -> str:
+              preloaded: frozenset = frozenset(), patch: bool = False, lean: bool = False) -> str:
     """C++ of one cell's forward update for ``cfg``: pull streaming with half-way bounce-back on
     boundary links (the link reads the cell's own opposite population) and moving-wall terms, the
     float16 shift, BGK collision, store. Arguments as in :func:`native_step_kernel`'s function.
@@ -480,7 +484,8 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     form's loads wait for the code where a warp holds a coded cell, as on the z faces of a box); a
     moving wall's slot is read next to the code. (Loading a coded cell's own opposite populations
     before its code too, a link taking its value by a select, measured slower on an H200 in every
-    case: float16 256^3 cavity 30,000-31,742 vs 35,066-35,069 MLUPS, eleventh session.)"""
+    case: float16 256^3 cavity 30,000-31,742 vs 35,066-35,069 MLUPS, eleventh session.) ``lean``:
+    the body of a cell known to have code 0 (:func:`lean_wrap`)."""
     if patch and split:
         raise ValueError("patch=True and split=True: the two load paths exclude each other")
     ph = K.physics(cfg.lattice, cfg.precision)
@@ -494,7 +499,7 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     a = lines.append
     solid_outputs = None if pair is None else [f"o{q}_{pair}" for q in range(Q)]
     _prologue(cfg, a, "f_in", "f_out", stor, solid_outputs=solid_outputs, solid_check=not patch,
-              slot_with_code=patch and cfg.moving_walls)
+              slot_with_code=patch and cfg.moving_walls, lean=lean)
     a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
     offsets = {i: " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0) for i in range(1, Q)}
     def given(i, load):  # a preloaded population where the pair loaded it, else the load
@@ -617,8 +622,33 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     return "\n".join(lines)
 
 
+def lean_wrap(cfg: K.StepConfig, body, cells: int) -> str:
+    """C++ that runs ``body(True)`` (compiled for cells with code 0: no code read, no link choice, no
+    solid or moving-wall test) where no cell of the thread can have a code (:func:`_coded_test`) and
+    ``body(False)`` elsewhere. On CUDA the choice is one per warp (a vote over the active lanes), so a
+    warp runs one of the two bodies, never both; ``cells``: the thread's cells, from ``idx``."""
+    lines = ["bool lean_cells = true;"]
+    a = lines.append
+    for h in range(cells):
+        a("{")
+        _coordinates(a, f"(idx + {h})", pad="    ")
+        a(f"    lean_cells = lean_cells && !({_coded_test(cfg, 'x', 'y', 'z')});")
+        a("}")
+    a("#if defined(__CUDA_ARCH__)")
+    a("const bool lean_warp = __all_sync(__activemask(), lean_cells);")
+    a("#else")
+    a("const bool lean_warp = lean_cells;")
+    a("#endif")
+    a("if (lean_warp) {")
+    lines += body(True).splitlines()
+    a("} else {")
+    lines += body(False).splitlines()
+    a("}")
+    return "\n".join(lines)
+
+
 def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False,
-              patch: bool = False) -> str:
+              patch: bool = False, lean: bool = False) -> str:
     """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
     :func:`cell_body`, then every population of the two stored as one 4-byte (float16) or 8-byte
     (float32) word (one store instruction per population and pair instead of two).
@@ -626,7 +656,8 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
     ``joint``: where nz is even (the two cells then share x and y), the populations with c_z = 0 of
     both cells are loaded first, as one word where neither cell has that link (the same values as
     the cells' own loads); with an odd nz each cell loads its own. ``patch``: each cell's loads as
-    :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links)."""
+    :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links).
+    ``lean``: two cells known to have code 0 (:func:`lean_wrap`)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
@@ -644,8 +675,9 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         a(f"    const {stor}* __restrict__ fi = f_in.data;")
         if not patch:
             a("    unsigned int cell0 = 0u, cell1 = 0u;")
-            a(f"    if ({_coded_test(cfg, 'x', 'y', 'z')}) cell0 = code.data[idx_pair];")
-            a(f"    if ({_coded_test(cfg, 'x', 'y', '(z + 1)')}) cell1 = code.data[idx_pair + 1];")
+            if not lean:
+                a(f"    if ({_coded_test(cfg, 'x', 'y', 'z')}) cell0 = code.data[idx_pair];")
+                a(f"    if ({_coded_test(cfg, 'x', 'y', '(z + 1)')}) cell1 = code.data[idx_pair + 1];")
         _neighbour_offsets(a, "xy", pad="    ")
         for i in sorted(preloaded):
             d = " + ".join(_SOURCE[(k, C[i][k])] for k in range(2) if C[i][k] != 0)
@@ -665,7 +697,8 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         a("}")
     for h in (0, 1):
         lines += ["{", f"const int idx = idx_pair + {h};"]
-        lines += cell_body(cfg, moments, pair=h, split=split, preloaded=preloaded, patch=patch).splitlines()
+        lines += cell_body(cfg, moments, pair=h, split=split, preloaded=preloaded, patch=patch,
+                           lean=lean).splitlines()
         lines.append("}")
     lines += [f"{stor}* __restrict__ fo_pair = f_out.data;",
               "const unsigned int un_pair = (unsigned int)(nx * ny * nz);"]
@@ -692,8 +725,9 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     ``"pairs_joint"`` / ``"pairs_joint_split"`` (pairs that load the c_z = 0 populations of both cells
     as one word; the input must then be aligned to a pair's word too), and ``"patch"`` /
     ``"pairs_patch"`` / ``"pairs_joint_patch"`` (every population loaded from its neighbour before
-    the cell code is known, the links patched after: :func:`cell_body`'s ``patch``); every form
-    stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
+    the cell code is known, the links patched after: :func:`cell_body`'s ``patch``), ``"lean"`` /
+    ``"pairs_lean"`` / ``"pairs_joint_lean"`` (a warp none of whose cells can have a code runs the
+    body compiled for code 0: :func:`lean_wrap`); every form stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
     the body then uses them as compile-time constants instead of the launch's (a kernel per grid
     and coded box: :func:`grid_constants`). Raises ValueError when :func:`native_step_unsupported`
     gives a reason.
@@ -709,8 +743,12 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         if reason is not None:
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
     split, patch = form.endswith("split"), form.endswith("patch")
-    body = (pair_body(cfg, moments, split=split, joint="joint" in form, patch=patch) if pairs
-            else cell_body(cfg, moments, split=split, patch=patch))
+    if form.endswith("lean"):
+        body = lean_wrap(cfg, lambda lean: (pair_body(cfg, moments, joint="joint" in form, lean=lean) if pairs
+                                            else cell_body(cfg, moments, lean=lean)), 2 if pairs else 1)
+    else:
+        body = (pair_body(cfg, moments, split=split, joint="joint" in form, patch=patch) if pairs
+                else cell_body(cfg, moments, split=split, patch=patch))
     if constants is not None:
         # the same names as the arguments, declared in a block around the body (which shadows them)
         names = ("nx", "ny", "nz", "magic_z", "shift_z", "magic_y", "shift_y",
