@@ -476,12 +476,13 @@ def test_native_open_switch(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch",
-                                  "pairs_patch", "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean"])
+                                  "pairs_patch", "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean",
+                                  "pairs_shell", "pairs_joint_shell"])
 @pytest.mark.parametrize("lattice, precision, case", [
     ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
     ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force"),
     ("D3Q19", "float16", "odd_nz"), ("D3Q19", "float32", "mixed_pairs"), ("D3Q27", "float16", "mixed_pairs"),
-    ("D3Q19", "float16", "channel_even_nz")])
+    ("D3Q19", "float16", "channel_even_nz"), ("D3Q19", "float32", "nz4")])
 def test_native_forms_equal_generated(lattice, precision, case, form, device, monkeypatch):
     """Every form of the native step (link-free loads, two cells per thread) stores the generated
     step's bits, the moments rows included: walls, a moving lid, solids, wraps, open boundaries,
@@ -497,6 +498,8 @@ def test_native_forms_equal_generated(lattice, precision, case, form, device, mo
         p = _mixed_pairs_problem(lattice, precision, device)
     elif case == "channel_even_nz":
         p = _channel(lattice, precision, "pressure", device, shape=(9, 6, 6))
+    elif case == "nz4":  # every pair of a row touches a z face (shell order: no interior threads)
+        p = _problem(lattice, precision, device, shape=(5, 6, 4))
     else:
         p = _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None)
     assert p.cell_count % 2 == 0
@@ -558,7 +561,8 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     assert N.native_form(p.config, p.cell_count, cuda=False) == form
     assert N.native_form(p.config, p.cell_count, constants=True, cuda=False) == form  # CPU timings win on the CPU
     one_cell = N.one_cell_form(form)
-    assert one_cell == next((s for s in ("split", "patch", "lean") if form.endswith(s)), "one")
+    assert one_cell == next((s for s in ("split", "patch", "lean") if form.endswith(s)),
+                            "lean" if form.endswith("shell") else "one")
     assert N.native_form(p.config, p.cell_count, moments=True, cuda=False) == one_cell
     solver = Solver(p)
     assert solver.forward_kernel.difflbm_form == form
@@ -572,7 +576,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint", "pairs_patch", "pairs_joint_patch",
-                                  "pairs_lean", "pairs_joint_lean"])
+                                  "pairs_lean", "pairs_joint_lean", "pairs_joint_shell"])
 @pytest.mark.parametrize("lattice, precision, case", [("D3Q19", "float16", "walls"), ("D2Q9", "float32", "channel"),
                                                       ("D3Q27", "float32", "walls"), ("D3Q19", "float32", "walls")])
 def test_native_constants_equal_generated(lattice, precision, case, form, device, monkeypatch):

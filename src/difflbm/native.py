@@ -52,7 +52,7 @@ NATIVE_BLOCK_DIM = 64
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, two
 # cells per thread with paired stores (and joint loads), and the patched loads
 FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch", "pairs_patch",
-         "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean")
+         "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean", "pairs_shell", "pairs_joint_shell")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
 # benchmarks/native_bench.py forms, MLUPS one / split / pairs / pairs_split, lid cavity unless named):
 #   D3Q19 fp32 256^3 23,770 / 23,715 / 23,760 / 23,080; 512^3 24,620 / 24,406 / 25,187 / 24,734;
@@ -130,11 +130,12 @@ def native_step_enabled() -> bool:
 
 def one_cell_form(form: str) -> str:
     """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms,
-    ``"patch"`` for the patched loads, ``"lean"`` for the lean path, else ``"one"``."""
+    ``"patch"`` for the patched loads, ``"lean"`` for the lean path (and the shell order), else
+    ``"one"``."""
     for suffix in ("split", "patch", "lean"):
         if form.endswith(suffix):
             return suffix
-    return "one"
+    return "lean" if form.endswith("shell") else "one"
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
@@ -622,16 +623,16 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     return "\n".join(lines)
 
 
-def lean_wrap(cfg: K.StepConfig, body, cells: int) -> str:
+def lean_wrap(cfg: K.StepConfig, body, cells: int, first: str = "idx") -> str:
     """C++ that runs ``body(True)`` (compiled for cells with code 0: no code read, no link choice, no
     solid or moving-wall test) where no cell of the thread can have a code (:func:`_coded_test`) and
     ``body(False)`` elsewhere. On CUDA the choice is one per warp (a vote over the active lanes), so a
-    warp runs one of the two bodies, never both; ``cells``: the thread's cells, from ``idx``."""
+    warp runs one of the two bodies, never both; ``cells``: the thread's cells, from ``first``."""
     lines = ["bool lean_cells = true;"]
     a = lines.append
     for h in range(cells):
         a("{")
-        _coordinates(a, f"(idx + {h})", pad="    ")
+        _coordinates(a, f"({first} + {h})", pad="    ")
         a(f"    lean_cells = lean_cells && !({_coded_test(cfg, 'x', 'y', 'z')});")
         a("}")
     a("#if defined(__CUDA_ARCH__)")
@@ -647,8 +648,30 @@ def lean_wrap(cfg: K.StepConfig, body, cells: int) -> str:
     return "\n".join(lines)
 
 
+def shell_order(a) -> None:
+    """C++ of ``idx_shell``, the first cell of the thread's pair (the thread's ``idx`` is twice its
+    number t), with the threads in shell order where nz is even and at least 4: threads 0 ..
+    2 nx ny - 1 take the two z-face pairs of each (x, y) row (cells z = 0, 1 and nz - 2, nz - 1; 32
+    rows' face pairs per warp), the rest the interior pairs of each row in turn. On a box with z
+    walls no interior warp then holds a face cell, and :func:`lean_wrap` sends it down the lean body.
+    Elsewhere the order is the plain one (``idx``). Every pair is stepped once either way."""
+    a("int idx_shell = idx;")
+    a("if ((nz & 1) == 0 && nz >= 4) {")
+    a("    const int t = idx >> 1;")
+    a("    const int rows = nx * ny;")
+    a("    if (t < 2 * rows) {")
+    a("        idx_shell = (t >> 1) * nz + ((t & 1) ? nz - 2 : 0);")
+    a("    } else {")
+    a("        const int u = t - 2 * rows;")
+    a("        const int per = (nz >> 1) - 2;")  # > 0 here: with nz = 4 every thread is a face thread
+    a("        const int row = u / per;")
+    a("        idx_shell = row * nz + 2 * (u - row * per + 1);")
+    a("    }")
+    a("}")
+
+
 def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False,
-              patch: bool = False, lean: bool = False) -> str:
+              patch: bool = False, lean: bool = False, first: str = "idx") -> str:
     """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
     :func:`cell_body`, then every population of the two stored as one 4-byte (float16) or 8-byte
     (float32) word (one store instruction per population and pair instead of two).
@@ -657,14 +680,15 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
     both cells are loaded first, as one word where neither cell has that link (the same values as
     the cells' own loads); with an odd nz each cell loads its own. ``patch``: each cell's loads as
     :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links).
-    ``lean``: two cells known to have code 0 (:func:`lean_wrap`)."""
+    ``lean``: two cells known to have code 0 (:func:`lean_wrap`). ``first``: the C++ name of the
+    pair's first cell (``idx``, or ``idx_shell`` after :func:`shell_order`)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
     size = {"float16": 2, "float32": 4}[cfg.precision]
     lines = [f"struct alignas({2 * size}) stor_pair {{ {stor} lo, hi; }};",
              f"{stor} " + ", ".join(f"o{i}_0, o{i}_1" for i in range(Q)) + ";",
-             "const int idx_pair = idx;"]
+             f"const int idx_pair = {first};"]
     preloaded = frozenset(i for i in range(1, Q) if C[i][2] == 0) if joint else frozenset()
     if joint:
         a = lines.append
@@ -727,7 +751,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     ``"pairs_patch"`` / ``"pairs_joint_patch"`` (every population loaded from its neighbour before
     the cell code is known, the links patched after: :func:`cell_body`'s ``patch``), ``"lean"`` /
     ``"pairs_lean"`` / ``"pairs_joint_lean"`` (a warp none of whose cells can have a code runs the
-    body compiled for code 0: :func:`lean_wrap`); every form stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
+    body compiled for code 0: :func:`lean_wrap`), ``"pairs_shell"`` / ``"pairs_joint_shell"`` (the
+    lean path with the threads in :func:`shell_order`); every form stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
     the body then uses them as compile-time constants instead of the launch's (a kernel per grid
     and coded box: :func:`grid_constants`). Raises ValueError when :func:`native_step_unsupported`
     gives a reason.
@@ -743,9 +768,15 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         if reason is not None:
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
     split, patch = form.endswith("split"), form.endswith("patch")
-    if form.endswith("lean"):
-        body = lean_wrap(cfg, lambda lean: (pair_body(cfg, moments, joint="joint" in form, lean=lean) if pairs
-                                            else cell_body(cfg, moments, lean=lean)), 2 if pairs else 1)
+    if form.endswith("lean") or form.endswith("shell"):
+        order = []
+        first = "idx"
+        if form.endswith("shell"):
+            shell_order(order.append)
+            first = "idx_shell"
+        body = "\n".join(order + [lean_wrap(
+            cfg, lambda lean: (pair_body(cfg, moments, joint="joint" in form, lean=lean, first=first) if pairs
+                               else cell_body(cfg, moments, lean=lean)), 2 if pairs else 1, first=first)])
     else:
         body = (pair_body(cfg, moments, split=split, joint="joint" in form, patch=patch) if pairs
                 else cell_body(cfg, moments, split=split, patch=patch))
