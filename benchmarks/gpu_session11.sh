@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Eleventh session (2026-12-02), one H200. Usage: bash benchmarks/gpu_session11.sh PART [PART ...]
 # Each part fits one 600 s call. The tree each part ran is in BENCHMARKS.md ("H200, eleventh session").
-# Ran: final, gap (gpu_session10.sh), patch, tests, cli, walls, final, lean. Prepared: shell.
+# Ran: final, gap (gpu_session10.sh), patch, tests, cli, walls, final, lean. Prepared: shell, rows, tests.
 source "$(dirname "$0")/_gpu_header.sh"
 for part in "$@"; do
 echo "== $part"
@@ -52,6 +52,12 @@ shell)
   # order (the z-face pairs of 32 rows per warp first), so no interior warp holds a z-face cell
   NATIVE_BENCH_FORMS="pairs+c,pairs_joint+c,pairs_joint_lean+c,pairs_shell+c,pairs_joint_shell+c" timeout 500 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q19:256:float32:channel,D3Q19:256:float16:ball,D3Q27:256:float32,D3Q27:256:float16" forms > $OUT/shell.txt 2>$OUT/shell.err; echo "rc $?"
   values shell; grep mismatch $OUT/shell.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/shell.err
+  ;;
+rows)
+  # prepared for the next session (not run in the eleventh): the moving-wall terms from the table of
+  # distinct rows (+r, DIFFLBM_NATIVE_WALL_ROWS=1) against a row per cell, on the lid cavity and z lid
+  NATIVE_BENCH_FORMS="pairs+c,pairs+c+r,pairs_patch+c,pairs_patch+c+r,pairs_joint+c,pairs_joint+c+r,pairs_joint_shell+c+r" timeout 400 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float16:zlid,D3Q19:256:float32,D3Q19:512:float32" forms > $OUT/rows.txt 2>$OUT/rows.err; echo "rc $?"
+  values rows; grep mismatch $OUT/rows.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/rows.err
   ;;
 tests)
   timeout 420 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3

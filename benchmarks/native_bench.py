@@ -14,7 +14,8 @@ MODE ``blocks``: the native step only, at CUDA blocks of 64, 128 and 256 threads
 MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q27 80 / 72, alternating);
 MODE ``forms``: the native step's forms (difflbm.native.FORMS: one cell per thread, link-free loads, two
     cells per thread; each checked bit for bit against the generated step first), alternating;
-    NATIVE_BENCH_FORMS lists them (a suffix "+c": the grid and coded box compiled in as constants);
+    NATIVE_BENCH_FORMS lists them (a suffix "+c": the grid and coded box compiled in as constants;
+    "+r": the moving-wall terms from the table of distinct rows, DIFFLBM_NATIVE_WALL_ROWS=1; "+c+r");
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
 import os
@@ -126,13 +127,15 @@ def main():
         natives = {}
         for form in (FORM_LIST if mode == "forms" else (None,)):
             if form is not None:
+                flags = form.split("+")[1:]
                 os.environ["DIFFLBM_NATIVE_FORM"] = form.split("+")[0]
-                os.environ["DIFFLBM_NATIVE_CONSTANTS"] = "1" if form.endswith("+c") else "0"
+                os.environ["DIFFLBM_NATIVE_CONSTANTS"] = "1" if "c" in flags else "0"
+                os.environ["DIFFLBM_NATIVE_WALL_ROWS"] = "1" if "r" in flags else "0"
             try:
                 natives[form] = Solver(p)
             finally:
-                os.environ.pop("DIFFLBM_NATIVE_FORM", None)
-                os.environ.pop("DIFFLBM_NATIVE_CONSTANTS", None)
+                for name in ("DIFFLBM_NATIVE_FORM", "DIFFLBM_NATIVE_CONSTANTS", "DIFFLBM_NATIVE_WALL_ROWS"):
+                    os.environ.pop(name, None)
         native = natives[None] if mode != "forms" else natives[FORM_LIST[0]]
         os.environ["DIFFLBM_NATIVE_STEP"] = "0"
         try:

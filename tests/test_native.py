@@ -482,7 +482,7 @@ def test_native_open_switch(monkeypatch):
     ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
     ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force"),
     ("D3Q19", "float16", "odd_nz"), ("D3Q19", "float32", "mixed_pairs"), ("D3Q27", "float16", "mixed_pairs"),
-    ("D3Q19", "float16", "channel_even_nz"), ("D3Q19", "float32", "nz4")])
+    ("D3Q19", "float16", "channel_even_nz"), ("D3Q19", "float32", "nz4"), ("D3Q19", "float32", "nz2")])
 def test_native_forms_equal_generated(lattice, precision, case, form, device, monkeypatch):
     """Every form of the native step (link-free loads, two cells per thread) stores the generated
     step's bits, the moments rows included: walls, a moving lid, solids, wraps, open boundaries,
@@ -500,6 +500,8 @@ def test_native_forms_equal_generated(lattice, precision, case, form, device, mo
         p = _channel(lattice, precision, "pressure", device, shape=(9, 6, 6))
     elif case == "nz4":  # every pair of a row touches a z face (shell order: no interior threads)
         p = _problem(lattice, precision, device, shape=(5, 6, 4))
+    elif case == "nz2":  # one pair per row: the shell order must stay the plain order
+        p = _problem(lattice, precision, device, shape=(5, 6, 2))
     else:
         p = _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None)
     assert p.cell_count % 2 == 0
@@ -578,14 +580,16 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
 @pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint", "pairs_patch", "pairs_joint_patch",
                                   "pairs_lean", "pairs_joint_lean", "pairs_joint_shell"])
 @pytest.mark.parametrize("lattice, precision, case", [("D3Q19", "float16", "walls"), ("D2Q9", "float32", "channel"),
-                                                      ("D3Q27", "float32", "walls"), ("D3Q19", "float32", "walls")])
+                                                      ("D3Q27", "float32", "walls"), ("D3Q19", "float32", "walls"),
+                                                      ("D3Q19", "float32", "nz4")])
 def test_native_constants_equal_generated(lattice, precision, case, form, device, monkeypatch):
     """DIFFLBM_NATIVE_CONSTANTS=1: the step compiled with the grid and the coded box as constants
     stores the generated step's bits; the kernel launched is the one for this problem's constants."""
     monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
     monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
     p = (_channel(lattice, precision, "pressure", device) if case == "channel"
-         else _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None))
+         else _problem(lattice, precision, device, shape=(5, 6, 4) if case == "nz4"
+                       else (7, 6) if lattice == "D2Q9" else None))
     launched = []
     original = N.native_step_kernel
     monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
@@ -707,3 +711,56 @@ def test_bench_reports_the_native_form():
     assert out["forward_mlups"] > 0
     assert out["bytes_per_cell_update"] == 2 * 9 * 4  # issue #6's count: read and write Q populations
     assert "roofline_fraction" not in out  # no copy bandwidth measured on the CPU
+
+
+@pytest.mark.parametrize("lattice, precision, form", [("D3Q19", "float32", "pairs_joint"), ("D3Q19", "float16", "patch"),
+                                                      ("D2Q9", "float32", "one"), ("D3Q27", "float32", "pairs_lean")])
+def test_wall_rows_equal_generated(lattice, precision, form, monkeypatch):
+    """DIFFLBM_NATIVE_WALL_ROWS=1: the native step reads the moving-wall terms from the table of
+    distinct rows (a lid and a moving side wall sharing edge cells), with the generated step's bits,
+    the moments replay and a wall velocity changed between steps included."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_WALL_ROWS", "1")
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
+    shape = (7, 5) if lattice == "D2Q9" else (7, 5, 6)
+    mask = np.zeros(shape, dtype=bool)
+    mask[2:4, 1:3] = True
+    lid = "y+" if lattice == "D2Q9" else "z+"
+    p = lbm.Problem(shape, lattice, "bgk", omega=1.6, precision=precision, device="cpu",
+                    boundaries=[lbm.Wall(face=lid, velocity=(0.04,) + (0.01,) * (len(shape) - 1)),
+                                lbm.Wall(face="y-", velocity=(-0.02,) + (0.015,) * (len(shape) - 1)),
+                                lbm.Wall(mask=mask)])
+    assert p.moving_walls
+    native, generated, prm = _solver_pair(p, monkeypatch)
+    assert native._wall_rows_on and not generated._wall_rows_on
+    rows = native._wall_rows()
+    assert rows[4]  # filled by update_wall_term
+    slots = p.wall_link_group_np.shape[0]
+    assert 1 < rows[2].shape[0] < slots  # distinct rows: far fewer than the cells with a moving link
+    used = []  # per native launch: did it get a per-cell row array and a table of fewer rows than slots?
+    original = wp.launch
+    monkeypatch.setattr(wp, "launch", lambda k, dim, inputs=(), **kw: (
+        used.append(inputs[6].shape == (p.cell_count,) and inputs[7].shape[0] == rows[2].shape[0])
+        if getattr(k, "difflbm_native", False) else None, original(k, dim, inputs=inputs, **kw))[1])
+    out = _native_and_generated(p, monkeypatch, steps=3)
+    assert used and all(used)
+    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+    # a new wall velocity: update_wall_term refills the rows; the step and its moments replay agree
+    from difflbm import kernels as K
+    prm = p.parameters()
+    wv = prm.wall_velocity.numpy()
+    wv[1:] = wv[1:] * 1.7 + 0.003
+    prm.wall_velocity.assign(wv)
+    start = _perturbed(p, seed=5)
+    res = []
+    for solver in (native, generated):
+        solver.update_wall_term(prm)
+        b = p.state()
+        mom = wp.zeros((K.moment_rows(p.config), p.cell_count), dtype=wp.float32, device="cpu")
+        solver.step_moments(start, b, mom, prm)
+        res.append((b.f.numpy(), mom.numpy()))
+    assert np.array_equal(res[0][0].view(np.uint8), res[1][0].view(np.uint8))
+    assert np.array_equal(res[0][1].view(np.uint8), res[1][1].view(np.uint8))
+    assert all(used)
+    monkeypatch.setenv("DIFFLBM_NATIVE_WALL_ROWS", "maybe")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_WALL_ROWS='maybe'"):
+        Solver(p)

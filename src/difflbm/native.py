@@ -42,7 +42,7 @@ __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "n
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
            "native_form", "one_cell_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "DEFAULT_FORMS_CPU", "CONSTANTS_MEASURED", "grid_constants",
-           "native_constants_enabled"]
+           "native_constants_enabled", "native_wall_rows_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -50,7 +50,8 @@ __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "n
 NATIVE_BLOCK_DIM = 64
 
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, two
-# cells per thread with paired stores (and joint loads), and the patched loads
+# cells per thread with paired stores (and joint loads), the patched loads, the lean path and the
+# shell order
 FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch", "pairs_patch",
          "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean", "pairs_shell", "pairs_joint_shell")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
@@ -117,6 +118,17 @@ def native_open_enabled() -> bool:
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_OPEN={value!r}: allowed values are '0' (Warp-generated step for open "
                          "boundaries) and '1'")
+    return value == "1"
+
+
+def native_wall_rows_enabled() -> bool:
+    """True when the environment variable ``DIFFLBM_NATIVE_WALL_ROWS`` is ``1`` (default ``0``, not yet
+    timed): the native step reads each moving-wall cell's bounce-back terms from a table of the
+    distinct rows (a few per wall: cached) instead of one row per cell (:meth:`Solver._wall_rows`);
+    the values are the same, so are the bits."""
+    value = os.environ.get("DIFFLBM_NATIVE_WALL_ROWS", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"DIFFLBM_NATIVE_WALL_ROWS={value!r}: allowed values are '0' (a row per cell) and '1'")
     return value == "1"
 
 
@@ -651,10 +663,12 @@ def lean_wrap(cfg: K.StepConfig, body, cells: int, first: str = "idx") -> str:
 def shell_order(a) -> None:
     """C++ of ``idx_shell``, the first cell of the thread's pair (the thread's ``idx`` is twice its
     number t), with the threads in shell order where nz is even and at least 4: threads 0 ..
-    2 nx ny - 1 take the two z-face pairs of each (x, y) row (cells z = 0, 1 and nz - 2, nz - 1; 32
-    rows' face pairs per warp), the rest the interior pairs of each row in turn. On a box with z
-    walls no interior warp then holds a face cell, and :func:`lean_wrap` sends it down the lean body.
-    Elsewhere the order is the plain one (``idx``). Every pair is stepped once either way."""
+    2 nx ny - 1 take the two z-face pairs of each (x, y) row (cells z = 0, 1 and nz - 2, nz - 1; a
+    warp holds the face pairs of 16 rows), the rest the interior pairs of each row in turn. No
+    interior warp then holds a z-face cell; :func:`lean_wrap` sends the interior warps of rows off
+    the x and y faces down the lean body (all of them where x and y are periodic; in a lid cavity
+    the rows on x or y walls, about 2 % at 256^3, keep the general body). Elsewhere the order is the
+    plain one (``idx``). Every pair is stepped once either way."""
     a("int idx_shell = idx;")
     a("if ((nz & 1) == 0 && nz >= 4) {")
     a("    const int t = idx >> 1;")
@@ -663,8 +677,10 @@ def shell_order(a) -> None:
     a("        idx_shell = (t >> 1) * nz + ((t & 1) ? nz - 2 : 0);")
     a("    } else {")
     a("        const int u = t - 2 * rows;")
-    a("        const int per = (nz >> 1) - 2;")  # > 0 here: with nz = 4 every thread is a face thread
-    a("        const int row = u / per;")
+    # per > 0 whenever this branch runs (with nz = 4 every thread is a face thread); the guard keeps a
+    # compile-time nz = 4 from dividing by a constant zero in the dead branch
+    a("        const int per = (nz >> 1) - 2;")
+    a("        const int row = u / (per > 0 ? per : 1);")
     a("        idx_shell = row * nz + 2 * (u - row * per + 1);")
     a("    }")
     a("}")
@@ -747,7 +763,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     without the per-link offset choice), ``"pairs"`` / ``"pairs_split"`` (two cells per thread,
     :func:`pair_body`: launch ``cells / 2`` threads; see :func:`pairs_unsupported`), and
     ``"pairs_joint"`` / ``"pairs_joint_split"`` (pairs that load the c_z = 0 populations of both cells
-    as one word; the input must then be aligned to a pair's word too), and ``"patch"`` /
+    as one word; the input must then be aligned to a pair's word too, as for every ``pairs_joint_*``
+    form), and ``"patch"`` /
     ``"pairs_patch"`` / ``"pairs_joint_patch"`` (every population loaded from its neighbour before
     the cell code is known, the links patched after: :func:`cell_body`'s ``patch``), ``"lean"`` /
     ``"pairs_lean"`` / ``"pairs_joint_lean"`` (a warp none of whose cells can have a code runs the

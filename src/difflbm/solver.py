@@ -48,6 +48,10 @@ class Solver:
         self.wall_term = wp.zeros(problem.wall_link_group.shape, dtype=K.wp_dtype(problem.precision),
                                   device=problem.device)
         self._wall_kernel = K.wall_term_kernel(problem.lattice.name, problem.precision)
+        # the native step's wall terms as a table of distinct rows (DIFFLBM_NATIVE_WALL_ROWS=1):
+        # (wall-slot array it was built for, per-cell row, distinct group rows, their terms, fresh)
+        self._wall_rows_on = self.native_step and problem.moving_walls and N.native_wall_rows_enabled()
+        self._rows = None
 
     @property
     def native_form(self) -> str | None:
@@ -78,6 +82,27 @@ class Solver:
         if p.moving_walls:
             wp.launch(self._wall_kernel, dim=p.wall_link_group.shape[0], device=p.device,
                       inputs=[p.wall_link_group, params.wall_velocity], outputs=[self.wall_term])
+            if self._wall_rows_on:
+                rows = self._wall_rows()
+                # the same kernel on the distinct group rows: the same values as the per-slot table
+                wp.launch(self._wall_kernel, dim=rows[2].shape[0], device=p.device,
+                          inputs=[rows[2], params.wall_velocity], outputs=[rows[3]])
+                self._rows = rows[:4] + (True,)
+
+    def _wall_rows(self) -> tuple:
+        """``(wall_slot, row, groups, terms, fresh)`` for the problem's current wall table: ``row``
+        per cell (-1 without a moving-wall link) indexes ``groups``, the distinct rows of
+        ``problem.wall_link_group`` (every cell of a wall's face shares one), ``terms`` their
+        bounce-back terms, ``fresh`` whether update_wall_term filled them for this table."""
+        p = self.problem
+        if self._rows is None or self._rows[0] is not p.wall_slot:
+            groups, inverse = np.unique(p.wall_link_group_np, axis=0, return_inverse=True)
+            slot = np.asarray(p.wall_slot_np)
+            row = np.where(slot >= 0, inverse.reshape(-1)[np.maximum(slot, 0)], -1).astype(np.int32)
+            self._rows = (p.wall_slot, wp.array(row, dtype=wp.int32, device=p.device),
+                          wp.array(np.ascontiguousarray(groups, dtype=np.int32), dtype=wp.int32, device=p.device),
+                          wp.zeros(groups.shape, dtype=K.wp_dtype(p.precision), device=p.device), False)
+        return self._rows
 
     def window(self, t: int, steps: int | None = None) -> int:
         """Inlet window used at step t: windows split [0, steps) evenly; one window means constant."""
@@ -152,6 +177,10 @@ class Solver:
                     args[8].is_contiguous and args[9].is_contiguous):  # inlet velocities, outlet densities
                 args += N.extra_inputs(p)
                 block_dim = N.NATIVE_BLOCK_DIM
+                if self._wall_rows_on:
+                    rows = self._wall_rows()
+                    if rows[4]:  # filled by update_wall_term for this wall table; else the per-slot table
+                        args[6], args[7] = rows[1], rows[3]
                 form = kernel.difflbm_form
                 if kernel.difflbm_cells_per_thread == 2:
                     pair_bytes = 2 * wp.types.type_size_in_bytes(state_out.f.dtype)
