@@ -713,9 +713,11 @@ def test_bench_reports_the_native_form():
     assert "roofline_fraction" not in out  # no copy bandwidth measured on the CPU
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lattice, precision, form", [("D3Q19", "float32", "pairs_joint"), ("D3Q19", "float16", "patch"),
-                                                      ("D2Q9", "float32", "one"), ("D3Q27", "float32", "pairs_lean")])
-def test_wall_rows_equal_generated(lattice, precision, form, monkeypatch):
+                                                      ("D2Q9", "float32", "one"), ("D3Q27", "float32", "pairs_lean"),
+                                                      ("D3Q19", "float16", "pairs_joint_shell")])
+def test_wall_rows_equal_generated(lattice, precision, form, device, monkeypatch):
     """DIFFLBM_NATIVE_WALL_ROWS=1: the native step reads the moving-wall terms from the table of
     distinct rows (a lid and a moving side wall sharing edge cells), with the generated step's bits,
     the moments replay and a wall velocity changed between steps included."""
@@ -725,7 +727,7 @@ def test_wall_rows_equal_generated(lattice, precision, form, monkeypatch):
     mask = np.zeros(shape, dtype=bool)
     mask[2:4, 1:3] = True
     lid = "y+" if lattice == "D2Q9" else "z+"
-    p = lbm.Problem(shape, lattice, "bgk", omega=1.6, precision=precision, device="cpu",
+    p = lbm.Problem(shape, lattice, "bgk", omega=1.6, precision=precision, device=device,
                     boundaries=[lbm.Wall(face=lid, velocity=(0.04,) + (0.01,) * (len(shape) - 1)),
                                 lbm.Wall(face="y-", velocity=(-0.02,) + (0.015,) * (len(shape) - 1)),
                                 lbm.Wall(mask=mask)])
@@ -755,7 +757,7 @@ def test_wall_rows_equal_generated(lattice, precision, form, monkeypatch):
     for solver in (native, generated):
         solver.update_wall_term(prm)
         b = p.state()
-        mom = wp.zeros((K.moment_rows(p.config), p.cell_count), dtype=wp.float32, device="cpu")
+        mom = wp.zeros((K.moment_rows(p.config), p.cell_count), dtype=wp.float32, device=device)
         solver.step_moments(start, b, mom, prm)
         res.append((b.f.numpy(), mom.numpy()))
     assert np.array_equal(res[0][0].view(np.uint8), res[1][0].view(np.uint8))
