@@ -50,7 +50,7 @@ class Solver:
         self._wall_kernel = K.wall_term_kernel(problem.lattice.name, problem.precision)
         # the native step's wall terms as a table of distinct rows (DIFFLBM_NATIVE_WALL_ROWS=1):
         # (wall-slot array it was built for, per-cell row, distinct group rows, their terms, fresh)
-        self._wall_rows_on = self.native_step and problem.moving_walls and N.native_wall_rows_enabled()
+        self._wall_rows_on = N.native_wall_rows_enabled() and self.native_step and problem.moving_walls
         self._rows = None
 
     @property
