@@ -11,3 +11,9 @@ for l in sys.stdin:
     try: d = json.loads(l)
     except Exception: continue
     print(' '.join(str(v) for v in d.values()))"; }
+# ``forms_part NAME TIMEOUT FORMS CASES``: benchmarks/native_bench.py's forms mode, two rounds, output in
+# $OUT/NAME.txt; prints its values, any case x form whose 4 steps mismatched, and the end of its stderr.
+forms_part() {
+  NATIVE_BENCH_FORMS="$3" timeout "$2" python3 benchmarks/native_bench.py 2 "$4" forms > $OUT/$1.txt 2>$OUT/$1.err; echo "rc $?"
+  values "$1"; grep mismatch $OUT/$1.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/$1.err
+}

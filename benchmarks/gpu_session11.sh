@@ -9,8 +9,7 @@ case "$part" in
 patch)
   # issue #6: the patched loads (populations loaded without waiting for the cell code, links patched
   # after) next to the forms of the tenth session, all with the grid and coded box as constants
-  NATIVE_BENCH_FORMS="one+c,pairs+c,pairs_split+c,pairs_joint+c,patch+c,pairs_patch+c,pairs_joint_patch+c" timeout 560 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q19:256:float16:ball,D3Q19:256:float32:channel,D3Q27:256:float16,D3Q27:256:float32" forms > $OUT/patch.txt 2>$OUT/patch.err; echo "rc $?"
-  values patch; grep mismatch $OUT/patch.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/patch.err
+  forms_part patch 560 "one+c,pairs+c,pairs_split+c,pairs_joint+c,patch+c,pairs_patch+c,pairs_joint_patch+c" "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q19:256:float16:ball,D3Q19:256:float32:channel,D3Q27:256:float16,D3Q27:256:float32"
   ;;
 cli)
   # the issue's bench command with candidate forms (DIFFLBM_NATIVE_FORM), then the gradient with the
@@ -32,8 +31,7 @@ walls)
   # the lid), on the x faces, none; the patched loads with the moving-wall slot read next to the code,
   # and with the own opposite populations loaded speculatively (spec, pairs_spec: forms of 9dcaa18, the
   # tree this part ran; removed after it, being slower in every case)
-  NATIVE_BENCH_FORMS="pairs+c,pairs_patch+c,pairs_spec+c,spec+c,one+c" timeout 400 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float16:box,D3Q19:256:float16:zwalls,D3Q19:256:float16:zlid,D3Q19:256:float16:xwalls,D3Q19:256:float16:periodic,D3Q19:256:float32" forms > $OUT/walls.txt 2>$OUT/walls.err; echo "rc $?"
-  values walls; grep mismatch $OUT/walls.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/walls.err
+  forms_part walls 400 "pairs+c,pairs_patch+c,pairs_spec+c,spec+c,one+c" "D3Q19:256:float16,D3Q19:256:float16:box,D3Q19:256:float16:zwalls,D3Q19:256:float16:zlid,D3Q19:256:float16:xwalls,D3Q19:256:float16:periodic,D3Q19:256:float32"
   ;;
 final)
   # the issue's commands with this session's defaults (f2ce2e5), the gradient with the default form
@@ -44,20 +42,17 @@ final)
   ;;
 lean)
   # the lean path: a warp none of whose cells can have a code runs the body compiled for code 0
-  NATIVE_BENCH_FORMS="pairs+c,pairs_lean+c,pairs_joint+c,pairs_joint_lean+c,lean+c" timeout 200 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float16:xwalls,D3Q19:256:float32,D3Q19:512:float32" forms > $OUT/lean.txt 2>$OUT/lean.err; echo "rc $?"
-  values lean; grep mismatch $OUT/lean.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/lean.err
+  forms_part lean 200 "pairs+c,pairs_lean+c,pairs_joint+c,pairs_joint_lean+c,lean+c" "D3Q19:256:float16,D3Q19:256:float16:xwalls,D3Q19:256:float32,D3Q19:512:float32"
   ;;
 shell)
   # prepared for the next session (not run in the eleventh): the lean path with the threads in shell
   # order (the z-face pairs of 32 rows per warp first), so no interior warp holds a z-face cell
-  NATIVE_BENCH_FORMS="pairs+c,pairs_joint+c,pairs_joint_lean+c,pairs_shell+c,pairs_joint_shell+c" timeout 500 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q19:256:float32:channel,D3Q19:256:float16:ball,D3Q27:256:float32,D3Q27:256:float16" forms > $OUT/shell.txt 2>$OUT/shell.err; echo "rc $?"
-  values shell; grep mismatch $OUT/shell.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/shell.err
+  forms_part shell 500 "pairs+c,pairs_joint+c,pairs_joint_lean+c,pairs_shell+c,pairs_joint_shell+c" "D3Q19:256:float16,D3Q19:256:float32,D3Q19:512:float32,D3Q19:512:float16,D3Q19:256:float32:channel,D3Q19:256:float16:ball,D3Q27:256:float32,D3Q27:256:float16"
   ;;
 rows)
   # prepared for the next session (not run in the eleventh): the moving-wall terms from the table of
   # distinct rows (+r, DIFFLBM_NATIVE_WALL_ROWS=1) against a row per cell, on the lid cavity and z lid
-  NATIVE_BENCH_FORMS="pairs+c,pairs+c+r,pairs_patch+c,pairs_patch+c+r,pairs_joint+c,pairs_joint+c+r,pairs_joint_shell+c+r" timeout 400 python3 benchmarks/native_bench.py 2 "D3Q19:256:float16,D3Q19:256:float16:zlid,D3Q19:256:float32,D3Q19:512:float32" forms > $OUT/rows.txt 2>$OUT/rows.err; echo "rc $?"
-  values rows; grep mismatch $OUT/rows.txt | grep -v '"mismatches_after_4_steps": 0'; tail -3 $OUT/rows.err
+  forms_part rows 400 "pairs+c,pairs+c+r,pairs_patch+c,pairs_patch+c+r,pairs_joint+c,pairs_joint+c+r,pairs_joint_shell+c+r" "D3Q19:256:float16,D3Q19:256:float16:zlid,D3Q19:256:float32,D3Q19:512:float32"
   ;;
 tests)
   timeout 420 python3 -m pytest -q tests/test_native.py -k cuda 2>&1 | tail -3

@@ -140,14 +140,23 @@ def native_step_enabled() -> bool:
     return value == "1"
 
 
+def _form_parts(form: str) -> tuple[bool, bool, str]:
+    """``(pairs, joint, kind)`` of a name in :data:`FORMS`: two cells per thread, joint loads, and the
+    load path ``"one"`` (the per-link choice), ``"split"``, ``"patch"``, ``"lean"`` or ``"shell"``
+    (the lean path in shell order)."""
+    if form not in FORMS:
+        raise ValueError(f"form={form!r}: allowed values are {', '.join(map(repr, FORMS))}")
+    words = form.split("_")
+    kind = words[-1] if words[-1] in ("one", "split", "patch", "lean", "shell") else "one"
+    return words[0] == "pairs", "joint" in words, kind
+
+
 def one_cell_form(form: str) -> str:
     """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms,
     ``"patch"`` for the patched loads, ``"lean"`` for the lean path (and the shell order), else
     ``"one"``."""
-    for suffix in ("split", "patch", "lean"):
-        if form.endswith(suffix):
-            return suffix
-    return "lean" if form.endswith("shell") else "one"
+    kind = _form_parts(form)[2]
+    return "lean" if kind == "shell" else kind
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
@@ -168,7 +177,7 @@ def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moment
     value = os.environ.get("DIFFLBM_NATIVE_FORM", default)
     if value not in FORMS:
         raise ValueError(f"DIFFLBM_NATIVE_FORM={value!r}: allowed values are {', '.join(map(repr, FORMS))}")
-    if value.startswith("pairs") and pairs_unsupported(cfg, cell_count, ranged) is not None:
+    if _form_parts(value)[0] and pairs_unsupported(cfg, cell_count, ranged) is not None:
         value = one_cell_form(value)
     return value
 
@@ -721,14 +730,16 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         _neighbour_offsets(a, "xy", pad="    ")
         for i in sorted(preloaded):
             d = " + ".join(_SOURCE[(k, C[i][k])] for k in range(2) if C[i][k] != 0)
+            # the element offset summed in 32 bits first (the wrapped neighbour offsets are negative)
+            word = (f"const stor_pair w = *(const stor_pair*)(fi + ({i}u * un + ui + (unsigned int)({d})));",
+                    f"pre{i}_0 = w.lo; pre{i}_1 = w.hi;")
             if patch:  # the cells patch their links themselves
-                a(f"    {{ const stor_pair w = *(const stor_pair*)(fi + ({i}u * un + ui + (unsigned int)({d})));")
-                a(f"      pre{i}_0 = w.lo; pre{i}_1 = w.hi; }}")
+                a(f"    {{ {word[0]}")
+                a(f"      {word[1]} }}")
                 continue
             a(f"    if ((((cell0 | cell1) >> {i}u) & 1u) == 0u) {{")
-            # the element offset summed in 32 bits first (the wrapped neighbour offsets are negative)
-            a(f"        const stor_pair w = *(const stor_pair*)(fi + ({i}u * un + ui + (unsigned int)({d})));")
-            a(f"        pre{i}_0 = w.lo; pre{i}_1 = w.hi;")
+            a(f"        {word[0]}")
+            a(f"        {word[1]}")
             a("    } else {")
             for h in (0, 1):
                 a(f"        pre{i}_{h} = fi[((cell{h} >> {i}u) & 1u) ? ({OPP[i]}u * un + ui + {h}u)"
@@ -777,25 +788,23 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     reason = native_step_unsupported(cfg, 0)
     if reason is not None:
         raise ValueError(f"the native step does not support this configuration: {reason}")
-    if form not in FORMS:
-        raise ValueError(f"form={form!r}: allowed values are {', '.join(map(repr, FORMS))}")
-    pairs = form.startswith("pairs")
+    pairs, joint, kind = _form_parts(form)
     if pairs:
         reason = pairs_unsupported(cfg, 2, ranged)
         if reason is not None:
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
-    split, patch = form.endswith("split"), form.endswith("patch")
-    if form.endswith("lean") or form.endswith("shell"):
+    if kind in ("lean", "shell"):
         order = []
         first = "idx"
-        if form.endswith("shell"):
+        if kind == "shell":
             shell_order(order.append)
             first = "idx_shell"
         body = "\n".join(order + [lean_wrap(
-            cfg, lambda lean: (pair_body(cfg, moments, joint="joint" in form, lean=lean, first=first) if pairs
+            cfg, lambda lean: (pair_body(cfg, moments, joint=joint, lean=lean, first=first) if pairs
                                else cell_body(cfg, moments, lean=lean)), 2 if pairs else 1, first=first)])
     else:
-        body = (pair_body(cfg, moments, split=split, joint="joint" in form, patch=patch) if pairs
+        split, patch = kind == "split", kind == "patch"
+        body = (pair_body(cfg, moments, split=split, joint=joint, patch=patch) if pairs
                 else cell_body(cfg, moments, split=split, patch=patch))
     if constants is not None:
         # the same names as the arguments, declared in a block around the body (which shadows them)
