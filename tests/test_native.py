@@ -476,8 +476,7 @@ def test_native_open_switch(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch",
-                                  "pairs_patch", "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean",
-                                  "pairs_shell", "pairs_joint_shell"])
+                                  "pairs_patch", "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean"])
 @pytest.mark.parametrize("lattice, precision, case", [
     ("D2Q9", "float32", "walls"), ("D3Q19", "float16", "walls"), ("D3Q27", "float32", "walls"),
     ("D3Q19", "float32", "channel"), ("D2Q9", "float16", "channel"), ("D3Q19", "float32", "trt_force"),
@@ -498,9 +497,9 @@ def test_native_forms_equal_generated(lattice, precision, case, form, device, mo
         p = _mixed_pairs_problem(lattice, precision, device)
     elif case == "channel_even_nz":
         p = _channel(lattice, precision, "pressure", device, shape=(9, 6, 6))
-    elif case == "nz4":  # every pair of a row touches a z face (shell order: no interior threads)
+    elif case == "nz4":  # every pair of a row touches a z face
         p = _problem(lattice, precision, device, shape=(5, 6, 4))
-    elif case == "nz2":  # one pair per row: the shell order must stay the plain order
+    elif case == "nz2":  # one pair per row
         p = _problem(lattice, precision, device, shape=(5, 6, 2))
     else:
         p = _problem(lattice, precision, device, shape=(7, 6) if lattice == "D2Q9" else None)
@@ -563,8 +562,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
     assert N.native_form(p.config, p.cell_count, cuda=False) == form
     assert N.native_form(p.config, p.cell_count, constants=True, cuda=False) == form  # CPU timings win on the CPU
     one_cell = N.one_cell_form(form)
-    assert one_cell == next((s for s in ("split", "patch", "lean") if form.endswith(s)),
-                            "lean" if form.endswith("shell") else "one")
+    assert one_cell == next((s for s in ("split", "patch", "lean") if form.endswith(s)), "one")
     assert N.native_form(p.config, p.cell_count, moments=True, cuda=False) == one_cell
     solver = Solver(p)
     assert solver.forward_kernel.difflbm_form == form
@@ -578,7 +576,7 @@ def test_default_form_is_the_measured_one(lattice, precision, monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form", ["one", "pairs", "pairs_split", "pairs_joint", "pairs_patch", "pairs_joint_patch",
-                                  "pairs_lean", "pairs_joint_lean", "pairs_joint_shell"])
+                                  "pairs_lean", "pairs_joint_lean"])
 @pytest.mark.parametrize("lattice, precision, case", [("D3Q19", "float16", "walls"), ("D2Q9", "float32", "channel"),
                                                       ("D3Q27", "float32", "walls"), ("D3Q19", "float32", "walls"),
                                                       ("D3Q19", "float32", "nz4")])
@@ -716,7 +714,7 @@ def test_bench_reports_the_native_form():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lattice, precision, form", [("D3Q19", "float32", "pairs_joint"), ("D3Q19", "float16", "patch"),
                                                       ("D2Q9", "float32", "one"), ("D3Q27", "float32", "pairs_lean"),
-                                                      ("D3Q19", "float16", "pairs_joint_shell")])
+                                                      ("D3Q19", "float16", "pairs_patch")])
 def test_wall_rows_equal_generated(lattice, precision, form, device, monkeypatch):
     """DIFFLBM_NATIVE_WALL_ROWS=1: the native step reads the moving-wall terms from the table of
     distinct rows (a lid and a moving side wall sharing edge cells), with the generated step's bits,
@@ -766,3 +764,21 @@ def test_wall_rows_equal_generated(lattice, precision, form, device, monkeypatch
     monkeypatch.setenv("DIFFLBM_NATIVE_WALL_ROWS", "maybe")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_WALL_ROWS='maybe'"):
         Solver(p)
+
+
+def test_wall_rows_are_the_default(monkeypatch):
+    """Without DIFFLBM_NATIVE_WALL_ROWS the native step takes the moving-wall terms from the table of
+    distinct rows, built with the Solver (not at a first step inside a graph capture) and filled by
+    update_wall_term; DIFFLBM_NATIVE_WALL_ROWS=0 keeps a row per cell; no moving wall, no table."""
+    monkeypatch.delenv("DIFFLBM_NATIVE_WALL_ROWS", raising=False)
+    p = _problem("D3Q19", "float32")
+    assert p.moving_walls
+    solver = Solver(p)
+    assert solver._wall_rows_on and solver._rows is not None and not solver._rows[4]
+    solver.update_wall_term(p.parameters())
+    assert solver._rows[4]
+    monkeypatch.setenv("DIFFLBM_NATIVE_WALL_ROWS", "0")
+    assert not Solver(p)._wall_rows_on
+    monkeypatch.delenv("DIFFLBM_NATIVE_WALL_ROWS")
+    still = lbm.Problem((6, 5, 4), "D3Q19", "bgk", omega=1.2, device="cpu", boundaries=[lbm.Wall(face="z+")])
+    assert not still.moving_walls and not Solver(still)._wall_rows_on

@@ -50,10 +50,11 @@ __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "n
 NATIVE_BLOCK_DIM = 64
 
 # the native step's forms (native_step_kernel): one cell per thread, the link-free load path, two
-# cells per thread with paired stores (and joint loads), the patched loads, the lean path and the
-# shell order
+# cells per thread with paired stores (and joint loads), the patched loads and the lean path (a shell
+# order of the threads for the lean path was bit-identical but half as fast everywhere: H200, twelfth
+# session, D3Q19 fp32 256^3 12,947 vs 24,462 MLUPS; removed, BENCHMARKS.md)
 FORMS = ("one", "split", "pairs", "pairs_split", "pairs_joint", "pairs_joint_split", "patch", "pairs_patch",
-         "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean", "pairs_shell", "pairs_joint_shell")
+         "pairs_joint_patch", "lean", "pairs_lean", "pairs_joint_lean")
 # the default form per (lattice, precision), from the H200 timings of every form (tenth session,
 # benchmarks/native_bench.py forms, MLUPS one / split / pairs / pairs_split, lid cavity unless named):
 #   D3Q19 fp32 256^3 23,770 / 23,715 / 23,760 / 23,080; 512^3 24,620 / 24,406 / 25,187 / 24,734;
@@ -84,9 +85,18 @@ DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
 #              32,668 / 33,395 / 33,140 / 33,118
 #   D3Q27 fp32 256^3 16,416 / 16,808 / 17,101 / 17,221 / 16,671 / 16,945 / 16,901
 #   D3Q27 fp16 256^3 24,147 / 22,915 / 24,388 / 20,120 / 23,796 / 22,475 / 23,006
-# (D3Q19 fp32 at 512^3 favours pairs_joint_patch by 1 %; at 256^3, the size whose target is unmet,
-# pairs_joint wins by 1 %: pairs_joint is the default)
-DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs", ("D3Q19", "float32"): "pairs_joint",
+# and with the moving-wall terms from the table of distinct rows (native_wall_rows_enabled, "+r";
+# twelfth session, benchmarks/gpu_session11.sh parts rows and rows2 on 4ea5334, the better of two
+# rounds, MLUPS pairs+c+r / pairs_patch+c+r / pairs_joint+c+r / pairs_joint_patch+c+r /
+# pairs_joint_lean+c+r / pairs_lean+c+r / pairs_split+c+r):
+#   D3Q19 fp32 256^3 25,089 / 25,392 / 25,452 / 25,551 / 25,505 / 25,200 / 24,881; 512^3 25,692 /
+#              25,886 / 25,736 / - / - / - / -
+#   D3Q19 fp16 256^3 35,852 / 39,122 / 33,820 / 36,710 / 33,845 / 35,733 / 34,770
+#   D3Q27 fp32 256^3 - / 17,640 / 17,817 / 17,792 / 17,524 / 17,374 / 17,500
+#   D3Q27 fp16 256^3 - / 24,337 / 21,505 / 24,484 / 20,044 / 22,295 / 26,169
+# (the rows gave every form 2-7 %; the patched loads gain most with them, the lid's cells no longer
+# waiting on a per-cell wall-term load)
+DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs_patch", ("D3Q19", "float32"): "pairs_joint_patch",
                                 ("D3Q27", "float32"): "pairs_joint", ("D3Q27", "float16"): "pairs_split"}
 # on the CPU (Warp runs a CPU kernel on one thread), from `difflbm bench --device cpu --steps 40
 # --repeats 3` with DIFFLBM_NATIVE_FORM set, two alternating runs each (2-core x86 machine, tenth
@@ -122,11 +132,12 @@ def native_open_enabled() -> bool:
 
 
 def native_wall_rows_enabled() -> bool:
-    """True when the environment variable ``DIFFLBM_NATIVE_WALL_ROWS`` is ``1`` (default ``0``, not yet
-    timed): the native step reads each moving-wall cell's bounce-back terms from a table of the
-    distinct rows (a few per wall: cached) instead of one row per cell (:meth:`Solver._wall_rows`);
-    the values are the same, so are the bits."""
-    value = os.environ.get("DIFFLBM_NATIVE_WALL_ROWS", "0")
+    """False when the environment variable ``DIFFLBM_NATIVE_WALL_ROWS`` is ``0``; otherwise the native
+    step reads each moving-wall cell's bounce-back terms from a table of the distinct rows (a few per
+    wall: cached) instead of one row per cell (:meth:`Solver._wall_rows`); the values are the same,
+    so are the bits (H200, twelfth session: D3Q19 fp16 256^3 lid cavity, pairs_patch with constants,
+    39,112-39,122 vs 36,670-36,760 MLUPS; fp32 pairs_joint 25,354-25,380 vs 24,866-24,888)."""
+    value = os.environ.get("DIFFLBM_NATIVE_WALL_ROWS", "1")
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_WALL_ROWS={value!r}: allowed values are '0' (a row per cell) and '1'")
     return value == "1"
@@ -142,21 +153,18 @@ def native_step_enabled() -> bool:
 
 def _form_parts(form: str) -> tuple[bool, bool, str]:
     """``(pairs, joint, kind)`` of a name in :data:`FORMS`: two cells per thread, joint loads, and the
-    load path ``"one"`` (the per-link choice), ``"split"``, ``"patch"``, ``"lean"`` or ``"shell"``
-    (the lean path in shell order)."""
+    load path ``"one"`` (the per-link choice), ``"split"``, ``"patch"`` or ``"lean"``."""
     if form not in FORMS:
         raise ValueError(f"form={form!r}: allowed values are {', '.join(map(repr, FORMS))}")
     words = form.split("_")
-    kind = words[-1] if words[-1] in ("one", "split", "patch", "lean", "shell") else "one"
+    kind = words[-1] if words[-1] in ("one", "split", "patch", "lean") else "one"
     return words[0] == "pairs", "joint" in words, kind
 
 
 def one_cell_form(form: str) -> str:
     """The one-cell-per-thread counterpart of ``form``: ``"split"`` for the link-free forms,
-    ``"patch"`` for the patched loads, ``"lean"`` for the lean path (and the shell order), else
-    ``"one"``."""
-    kind = _form_parts(form)[2]
-    return "lean" if kind == "shell" else kind
+    ``"patch"`` for the patched loads, ``"lean"`` for the lean path, else ``"one"``."""
+    return _form_parts(form)[2]
 
 
 def native_form(cfg: K.StepConfig, cell_count: int, ranged: bool = False, moments: bool = False,
@@ -669,32 +677,6 @@ def lean_wrap(cfg: K.StepConfig, body, cells: int, first: str = "idx") -> str:
     return "\n".join(lines)
 
 
-def shell_order(a) -> None:
-    """C++ of ``idx_shell``, the first cell of the thread's pair (the thread's ``idx`` is twice its
-    number t), with the threads in shell order where nz is even and at least 4: threads 0 ..
-    2 nx ny - 1 take the two z-face pairs of each (x, y) row (cells z = 0, 1 and nz - 2, nz - 1; a
-    warp holds the face pairs of 16 rows), the rest the interior pairs of each row in turn. No
-    interior warp then holds a z-face cell; :func:`lean_wrap` sends the interior warps of rows off
-    the x and y faces down the lean body (all of them where x and y are periodic; in a lid cavity
-    the rows on x or y walls, about 2 % at 256^3, keep the general body). Elsewhere the order is the
-    plain one (``idx``). Every pair is stepped once either way."""
-    a("int idx_shell = idx;")
-    a("if ((nz & 1) == 0 && nz >= 4) {")
-    a("    const int t = idx >> 1;")
-    a("    const int rows = nx * ny;")
-    a("    if (t < 2 * rows) {")
-    a("        idx_shell = (t >> 1) * nz + ((t & 1) ? nz - 2 : 0);")
-    a("    } else {")
-    a("        const int u = t - 2 * rows;")
-    # per > 0 whenever this branch runs (with nz = 4 every thread is a face thread); the guard keeps a
-    # compile-time nz = 4 from dividing by a constant zero in the dead branch
-    a("        const int per = (nz >> 1) - 2;")
-    a("        const int row = u / (per > 0 ? per : 1);")
-    a("        idx_shell = row * nz + 2 * (u - row * per + 1);")
-    a("    }")
-    a("}")
-
-
 def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False,
               patch: bool = False, lean: bool = False, first: str = "idx") -> str:
     """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
@@ -706,7 +688,7 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
     the cells' own loads); with an odd nz each cell loads its own. ``patch``: each cell's loads as
     :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links).
     ``lean``: two cells known to have code 0 (:func:`lean_wrap`). ``first``: the C++ name of the
-    pair's first cell (``idx``, or ``idx_shell`` after :func:`shell_order`)."""
+    pair's first cell."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
@@ -779,8 +761,8 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
     ``"pairs_patch"`` / ``"pairs_joint_patch"`` (every population loaded from its neighbour before
     the cell code is known, the links patched after: :func:`cell_body`'s ``patch``), ``"lean"`` /
     ``"pairs_lean"`` / ``"pairs_joint_lean"`` (a warp none of whose cells can have a code runs the
-    body compiled for code 0: :func:`lean_wrap`), ``"pairs_shell"`` / ``"pairs_joint_shell"`` (the
-    lean path with the threads in :func:`shell_order`); every form stores the same bits. ``constants``: ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
+    body compiled for code 0: :func:`lean_wrap`); every form stores the same bits. ``constants``:
+    ``(nx, ny, nz)`` followed by :func:`extra_inputs`' values;
     the body then uses them as compile-time constants instead of the launch's (a kernel per grid
     and coded box: :func:`grid_constants`). Raises ValueError when :func:`native_step_unsupported`
     gives a reason.
@@ -793,15 +775,9 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
         reason = pairs_unsupported(cfg, 2, ranged)
         if reason is not None:
             raise ValueError(f"form={form!r} does not support this configuration: {reason}")
-    if kind in ("lean", "shell"):
-        order = []
-        first = "idx"
-        if kind == "shell":
-            shell_order(order.append)
-            first = "idx_shell"
-        body = "\n".join(order + [lean_wrap(
-            cfg, lambda lean: (pair_body(cfg, moments, joint=joint, lean=lean, first=first) if pairs
-                               else cell_body(cfg, moments, lean=lean)), 2 if pairs else 1, first=first)])
+    if kind == "lean":
+        body = lean_wrap(cfg, lambda lean: (pair_body(cfg, moments, joint=joint, lean=lean) if pairs
+                                            else cell_body(cfg, moments, lean=lean)), 2 if pairs else 1)
     else:
         split, patch = kind == "split", kind == "patch"
         body = (pair_body(cfg, moments, split=split, joint=joint, patch=patch) if pairs

@@ -48,10 +48,13 @@ class Solver:
         self.wall_term = wp.zeros(problem.wall_link_group.shape, dtype=K.wp_dtype(problem.precision),
                                   device=problem.device)
         self._wall_kernel = K.wall_term_kernel(problem.lattice.name, problem.precision)
-        # the native step's wall terms as a table of distinct rows (DIFFLBM_NATIVE_WALL_ROWS=1):
-        # (wall-slot array it was built for, per-cell row, distinct group rows, their terms, fresh)
+        # the native step's wall terms as a table of distinct rows (unless DIFFLBM_NATIVE_WALL_ROWS=0):
+        # (wall-slot array it was built for, per-cell row, distinct group rows, their terms, fresh);
+        # built here, not at the first step, which may be inside a CUDA graph capture
         self._wall_rows_on = N.native_wall_rows_enabled() and self.native_step and problem.moving_walls
         self._rows = None
+        if self._wall_rows_on:
+            self._wall_rows()
 
     @property
     def native_form(self) -> str | None:
