@@ -15,7 +15,8 @@ MODE ``caps``: the native step uncapped and at register caps (D3Q19 56 / 48, D3Q
 MODE ``forms``: the native step's forms (difflbm.native.FORMS: one cell per thread, link-free loads, two
     cells per thread; each checked bit for bit against the generated step first), alternating;
     NATIVE_BENCH_FORMS lists them (a suffix "+c": the grid and coded box compiled in as constants;
-    "+r": the moving-wall terms from the table of distinct rows, DIFFLBM_NATIVE_WALL_ROWS=1; "+c+r");
+    "+r": the moving-wall terms from the table of distinct rows, DIFFLBM_NATIVE_WALL_ROWS=1; "+c+r";
+    "+s": the solid test in every cell, DIFFLBM_NATIVE_SOLID_FLAG=0; without "+r", DIFFLBM_NATIVE_WALL_ROWS=0);
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
 import os
@@ -131,10 +132,12 @@ def main():
                 os.environ["DIFFLBM_NATIVE_FORM"] = form.split("+")[0]
                 os.environ["DIFFLBM_NATIVE_CONSTANTS"] = "1" if "c" in flags else "0"
                 os.environ["DIFFLBM_NATIVE_WALL_ROWS"] = "1" if "r" in flags else "0"
+                os.environ["DIFFLBM_NATIVE_SOLID_FLAG"] = "0" if "s" in flags else "1"
             try:
                 natives[form] = Solver(p)
             finally:
-                for name in ("DIFFLBM_NATIVE_FORM", "DIFFLBM_NATIVE_CONSTANTS", "DIFFLBM_NATIVE_WALL_ROWS"):
+                for name in ("DIFFLBM_NATIVE_FORM", "DIFFLBM_NATIVE_CONSTANTS", "DIFFLBM_NATIVE_WALL_ROWS",
+                             "DIFFLBM_NATIVE_SOLID_FLAG"):
                     os.environ.pop(name, None)
         native = natives[None] if mode != "forms" else natives[FORM_LIST[0]]
         os.environ["DIFFLBM_NATIVE_STEP"] = "0"

@@ -630,9 +630,47 @@ def test_native_constants_refuse_bad_values(monkeypatch):
         N.native_step_kernel(p.config, constants=good[:-1])
     with pytest.raises(ValueError, match="constants="):
         N.native_step_kernel(p.config, constants=(-1,) + good[1:])
+    with pytest.raises(ValueError, match="any_solid"):
+        N.native_step_kernel(p.config, constants=good[:-1] + (2,))
     monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "yes")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_CONSTANTS='yes'"):
         Solver(p)
+    monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
+    monkeypatch.setenv("DIFFLBM_NATIVE_SOLID_FLAG", "off")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_SOLID_FLAG='off'"):
+        Solver(p)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("form", ["one", "patch", "pairs", "pairs_split", "pairs_patch", "pairs_joint_patch",
+                                  "pairs_lean"])
+@pytest.mark.parametrize("lattice, precision", [("D3Q19", "float16"), ("D3Q19", "float32"), ("D2Q9", "float32")])
+def test_solid_flag_compiled_in(lattice, precision, form, device, monkeypatch):
+    """With the constants, a problem without solid cells is compiled with any_solid = 0 (no solid
+    test), one with a solid cell with 1, and DIFFLBM_NATIVE_SOLID_FLAG=0 keeps the test everywhere;
+    each stores the generated step's bits (a lid cavity with a moving side wall, then with a solid)."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
+    shape = (8, 6) if lattice == "D2Q9" else (6, 5, 6)
+    lid = "y+" if lattice == "D2Q9" else "z+"
+    walls = [lbm.Wall(face=f) for f in (("x-", "x+", "y-") if lattice == "D2Q9" else ("x-", "x+", "y-", "y+", "z-"))]
+    walls.append(lbm.Wall(face=lid, velocity=(0.05,) + (0.0,) * (len(shape) - 1)))
+    cavity = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device, boundaries=walls)
+    mask = np.zeros(shape, dtype=bool)
+    mask[(2, 3) + (slice(None),) * (len(shape) - 2)] = True
+    solid = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
+                        boundaries=walls + [lbm.Wall(mask=mask)])
+    for p, flag, expected in ((cavity, "1", 0), (solid, "1", 1), (cavity, "0", 1)):
+        monkeypatch.setenv("DIFFLBM_NATIVE_SOLID_FLAG", flag)
+        assert N.grid_constants(p, flag == "1")[-1] == expected
+        launched = []
+        original = N.native_step_kernel
+        monkeypatch.setattr(N, "native_step_kernel",
+                            lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
+        out = _native_and_generated(p, monkeypatch, steps=3)
+        monkeypatch.setattr(N, "native_step_kernel", original)
+        assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+        assert launched and all(c[-1] == expected for c in launched if c is not None)
 
 
 @pytest.mark.parametrize("precision, form, which", [("float32", "pairs", "out"), ("float16", "pairs_split", "out"),

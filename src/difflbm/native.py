@@ -42,7 +42,7 @@ __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "n
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
            "native_form", "one_cell_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "DEFAULT_FORMS_CPU", "CONSTANTS_MEASURED", "grid_constants",
-           "native_constants_enabled", "native_wall_rows_enabled"]
+           "native_constants_enabled", "native_wall_rows_enabled", "native_solid_flag_enabled"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -143,6 +143,18 @@ def native_wall_rows_enabled() -> bool:
     return value == "1"
 
 
+def native_solid_flag_enabled() -> bool:
+    """False when the environment variable ``DIFFLBM_NATIVE_SOLID_FLAG`` is ``0``; otherwise, where the
+    grid is compiled in (:func:`native_constants_enabled`), whether the problem has a solid cell is
+    compiled in too (:func:`grid_constants`' ``any_solid``): without one, no cell tests for the solid
+    kind (the patched forms' select at every store). The same bits either way."""
+    value = os.environ.get("DIFFLBM_NATIVE_SOLID_FLAG", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"DIFFLBM_NATIVE_SOLID_FLAG={value!r}: allowed values are '0' (the solid test in every "
+                         "cell) and '1'")
+    return value == "1"
+
+
 def native_step_enabled() -> bool:
     """False when the environment variable ``DIFFLBM_NATIVE_STEP`` is ``0`` (read at Solver construction)."""
     value = os.environ.get("DIFFLBM_NATIVE_STEP", "1")
@@ -210,10 +222,15 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
     return None
 
 
-def grid_constants(problem) -> tuple:
-    """``(nx, ny, nz)`` and :func:`extra_inputs` of ``problem`` as plain integers: the ``constants``
-    of :func:`native_step_kernel` for its grid and current coded box."""
-    return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem))
+def grid_constants(problem, solid_flag: bool = True) -> tuple:
+    """``(nx, ny, nz)``, :func:`extra_inputs` and ``any_solid`` of ``problem`` as plain integers: the
+    ``constants`` of :func:`native_step_kernel` for its grid, current coded box and cell kinds.
+    ``any_solid`` is 1 where a cell has the solid kind (or ``solid_flag`` is False), else 0."""
+    any_solid = 1
+    if solid_flag:
+        kinds = np.asarray(problem.code_np) >> np.uint32(K.KIND_SHIFT)
+        any_solid = int(bool(np.any(kinds == K.KIND_SOLID)))
+    return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem)) + (any_solid,)
 
 
 def native_constants_enabled(device, cfg: K.StepConfig | None = None) -> bool:
@@ -333,13 +350,15 @@ def _coded_test(cfg: K.StepConfig, x: str, y: str, z: str) -> str:
 
 
 def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_outputs: list | None = None,
-              solid_check: bool = True, slot_with_code: bool = False, lean: bool = False) -> None:
+              solid_check: bool = True, slot_with_code: bool = False, lean: bool = False,
+              solid_flag: bool = False) -> None:
     """C++ shared by the native cell bodies: the cell's coordinates, its code (read only where one
     can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
     (Q, cells); :func:`_solid_check`, left to the caller where not ``solid_check``), and the wrapped
     element offsets along each axis (``sxm`` is the offset of x - 1). ``slot_with_code``: a coded
     cell's moving-wall slot ``ws`` is read next to its code (-1 elsewhere), not after it. ``lean``:
-    the caller knows the cell has no code (:func:`lean_wrap`), which the compiler folds."""
+    the caller knows the cell has no code (:func:`lean_wrap`), which the compiler folds.
+    ``solid_flag``: the solid test also asks ``any_solid`` (declared by :func:`native_step_kernel`)."""
     _coordinates(a, "idx")
     a(f"const {ctype}* __restrict__ fi = {src}.data;")
     a(f"{ctype}* __restrict__ fo = {dst}.data;")
@@ -354,15 +373,21 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_output
     else:
         a("if (coded) cell = code.data[idx];")
     if solid_check:
-        _solid_check(cfg, a, solid_outputs)
+        _solid_check(cfg, a, solid_outputs, solid_flag)
     _neighbour_offsets(a)
 
 
-def _solid_check(cfg: K.StepConfig, a, solid_outputs: list | None = None) -> None:
+def _solid_test(solid_flag: bool) -> str:
+    """C++ test of whether the cell of code ``cell`` is solid; ``solid_flag``: and ``any_solid``."""
+    test = f"((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u)"
+    return f"(any_solid != 0) && {test}" if solid_flag else test
+
+
+def _solid_check(cfg: K.StepConfig, a, solid_outputs: list | None = None, solid_flag: bool = False) -> None:
     """C++ of a solid cell's update: a copy of its own populations, stored (one cell per thread, then
     ``return``) or left in ``solid_outputs`` (a cell of a pair; the caller closes the ``else``)."""
     Q = K.physics(cfg.lattice, cfg.precision)["Q"]
-    a(f"if ((cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u) {{")
+    a(f"if ({_solid_test(solid_flag)}) {{")
     if solid_outputs is None:
         a(f"    for (unsigned int q = 0; q < {Q}u; ++q) fo[q * un + ui] = fi[q * un + ui];")
         a("    return;")
@@ -529,7 +554,7 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     a = lines.append
     solid_outputs = None if pair is None else [f"o{q}_{pair}" for q in range(Q)]
     _prologue(cfg, a, "f_in", "f_out", stor, solid_outputs=solid_outputs, solid_check=not patch,
-              slot_with_code=patch and cfg.moving_walls, lean=lean)
+              slot_with_code=patch and cfg.moving_walls, lean=lean, solid_flag=True)
     a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
     offsets = {i: " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0) for i in range(1, Q)}
     def given(i, load):  # a preloaded population where the pair loaded it, else the load
@@ -542,7 +567,7 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
             a(f"{arith} f{i} = {pulled[i]};")
         # a solid cell stores its own populations (a select at each store below, not a branch here:
         # a branch over the loads kept 22 more registers live, ptxas sm_90)
-        a(f"const bool solid = (cell >> {K.KIND_SHIFT}u) == {K.KIND_SOLID}u;")
+        a(f"const bool solid = {_solid_test(True)};")
         a(f"if (cell & {K.LINK_MASK}u) {{")
         for i in range(1, Q):
             a(f"    if ((cell >> {i}u) & 1u) f{i} = static_cast<{arith}>(fi[{OPP[i]}u * un + ui]);")
@@ -784,13 +809,18 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
                 else cell_body(cfg, moments, split=split, patch=patch))
     if constants is not None:
         # the same names as the arguments, declared in a block around the body (which shadows them)
+        # (any_solid is no argument: without constants it is 1)
         names = ("nx", "ny", "nz", "magic_z", "shift_z", "magic_y", "shift_y",
-                 "box_x0", "box_nx", "box_y0", "box_ny", "box_z0", "box_nz")
+                 "box_x0", "box_nx", "box_y0", "box_ny", "box_z0", "box_nz", "any_solid")
         if len(constants) != len(names) or not all(isinstance(v, int) and v >= 0 for v in constants):
             raise ValueError(f"constants={constants!r}: {len(names)} non-negative integers ({', '.join(names)})")
+        if constants[-1] not in (0, 1):
+            raise ValueError(f"constants={constants!r}: any_solid (the last) must be 0 or 1")
         decl = [f"const unsigned int {n} = {v}u;" if n.startswith("magic") else f"const int {n} = {v};"
                 for n, v in zip(names, constants)]
         body = "{\n" + "\n".join(decl) + "\n" + body + "\n}"
+    else:
+        body = "{\nconst int any_solid = 1;\n" + body + "\n}"
     dtype = K.wp_dtype(cfg.precision)
     sdtype = K.storage_dtype(cfg.precision)
     vec3 = K.physics(cfg.lattice, cfg.precision)["vec3"]

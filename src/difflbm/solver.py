@@ -35,6 +35,8 @@ class Solver:
         # its form (two cells per thread, link-free loads) by (stores moments, ranged), fixed here
         # (DIFFLBM_NATIVE_CONSTANTS, DIFFLBM_NATIVE_FORM; difflbm.native.native_form)
         self._constants = self.native_step and N.native_constants_enabled(problem.device, problem.config)
+        # with the constants, whether any cell is solid (DIFFLBM_NATIVE_SOLID_FLAG)
+        self._solid_flag = N.native_solid_flag_enabled()
         cuda = wp.get_device(problem.device).is_cuda
         self._forms = ({(m, r): N.native_form(problem.config, problem.cell_count, ranged=r, moments=m,
                                               constants=self._constants, cuda=cuda)
@@ -196,7 +198,8 @@ class Solver:
                     hit = self._swapped.get((kernel, form))
                     if hit is None or hit[0] is not p.code:
                         hit = (p.code, N.native_step_kernel(
-                            p.config, form=form, constants=N.grid_constants(p) if self._constants else None,
+                            p.config, form=form,
+                            constants=N.grid_constants(p, self._solid_flag) if self._constants else None,
                             max_registers=kernel.difflbm_max_registers, **kernel.difflbm_variant))
                         self._swapped[(kernel, form)] = hit
                     kernel = hit[1]
