@@ -815,6 +815,16 @@ def test_wall_rows_are_the_default(monkeypatch):
     assert solver._wall_rows_on and solver._rows is not None and not solver._rows[4]
     solver.update_wall_term(p.parameters())
     assert solver._rows[4]
+    # a second Solver (a gradient builds one per call) reuses the problem's row index and groups,
+    # not its terms, and builds nothing again
+    calls = []
+    original = np.unique
+    monkeypatch.setattr(np, "unique", lambda *a, **k: calls.append(1) or original(*a, **k))
+    other = Solver(p)
+    assert not calls
+    assert other._rows[1] is solver._rows[1] and other._rows[2] is solver._rows[2]
+    assert other._rows[3] is not solver._rows[3] and not other._rows[4]
+    monkeypatch.setattr(np, "unique", original)
     monkeypatch.setenv("DIFFLBM_NATIVE_WALL_ROWS", "0")
     assert not Solver(p)._wall_rows_on
     monkeypatch.delenv("DIFFLBM_NATIVE_WALL_ROWS")

@@ -95,9 +95,13 @@ DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
 #   D3Q27 fp32 256^3 - / 17,640 / 17,817 / 17,792 / 17,524 / 17,374 / 17,500
 #   D3Q27 fp16 256^3 - / 24,337 / 21,505 / 24,484 / 20,044 / 22,295 / 26,169
 # (the rows gave every form 2-7 %; the patched loads gain most with them, the lid's cells no longer
-# waiting on a per-cell wall-term load)
+# waiting on a per-cell wall-term load); then with any_solid compiled in (grid_constants; twelfth
+# session, gpu_session12.sh part solid on 22ea86a, MLUPS pairs_patch / pairs_joint_patch /
+# pairs_split, each +c+r): D3Q19 fp16 256^3 43,086-43,145 / 41,080-42,127 / 39,339-39,523; fp32
+# 25,342-25,345 / 25,667 / 25,533-25,534; D3Q27 fp16 27,712-28,656 / 25,287-25,437 / 27,386-27,773;
+# D3Q27 fp32 17,392-17,393 / 17,666-17,669 / 17,316-17,321 (pairs_joint: 17,814-17,817 in rows2)
 DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs_patch", ("D3Q19", "float32"): "pairs_joint_patch",
-                                ("D3Q27", "float32"): "pairs_joint", ("D3Q27", "float16"): "pairs_split"}
+                                ("D3Q27", "float32"): "pairs_joint", ("D3Q27", "float16"): "pairs_patch"}
 # on the CPU (Warp runs a CPU kernel on one thread), from `difflbm bench --device cpu --steps 40
 # --repeats 3` with DIFFLBM_NATIVE_FORM set, two alternating runs each (2-core x86 machine, tenth
 # session; MLUPS one / pairs / split / pairs_split): D3Q19 fp32 48^3 7.51, 7.60 / 7.55, 7.33 /
@@ -228,8 +232,13 @@ def grid_constants(problem, solid_flag: bool = True) -> tuple:
     ``any_solid`` is 1 where a cell has the solid kind (or ``solid_flag`` is False), else 0."""
     any_solid = 1
     if solid_flag:
-        kinds = np.asarray(problem.code_np) >> np.uint32(K.KIND_SHIFT)
-        any_solid = int(bool(np.any(kinds == K.KIND_SOLID)))
+        # cached on the problem for its current code array, as extra_inputs
+        cached = getattr(problem, "_native_any_solid", None)
+        if cached is None or cached[0] is not problem.code:
+            kinds = np.asarray(problem.code_np) >> np.uint32(K.KIND_SHIFT)
+            cached = (problem.code, int(bool(np.any(kinds == K.KIND_SOLID))))
+            problem._native_any_solid = cached
+        any_solid = cached[1]
     return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem)) + (any_solid,)
 
 

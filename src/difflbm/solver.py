@@ -98,15 +98,24 @@ class Solver:
         """``(wall_slot, row, groups, terms, fresh)`` for the problem's current wall table: ``row``
         per cell (-1 without a moving-wall link) indexes ``groups``, the distinct rows of
         ``problem.wall_link_group`` (every cell of a wall's face shares one), ``terms`` their
-        bounce-back terms, ``fresh`` whether update_wall_term filled them for this table."""
+        bounce-back terms (this Solver's), ``fresh`` whether update_wall_term filled them for this
+        table. ``row`` and ``groups`` are cached on the problem for its wall table (a gradient builds
+        a Solver per call: at 256^3 the table has 390,152 slots)."""
         p = self.problem
         if self._rows is None or self._rows[0] is not p.wall_slot:
-            groups, inverse = np.unique(p.wall_link_group_np, axis=0, return_inverse=True)
-            slot = np.asarray(p.wall_slot_np)
-            row = np.where(slot >= 0, inverse.reshape(-1)[np.maximum(slot, 0)], -1).astype(np.int32)
-            self._rows = (p.wall_slot, wp.array(row, dtype=wp.int32, device=p.device),
-                          wp.array(np.ascontiguousarray(groups, dtype=np.int32), dtype=wp.int32, device=p.device),
-                          wp.zeros(groups.shape, dtype=K.wp_dtype(p.precision), device=p.device), False)
+            cached = getattr(p, "_native_wall_rows", None)
+            if cached is None or cached[0] is not p.wall_slot:
+                table = np.ascontiguousarray(p.wall_link_group_np, dtype=np.int32)
+                # distinct rows by their bytes (one sort of fixed-size keys; np.unique(axis=0) took
+                # 5 s at 256^3 on a 2-core machine)
+                keys = table.view(np.dtype((np.void, table.dtype.itemsize * table.shape[1]))).reshape(-1)
+                _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+                slot = np.asarray(p.wall_slot_np)
+                row = np.where(slot >= 0, inverse.reshape(-1)[np.maximum(slot, 0)], -1).astype(np.int32)
+                cached = (p.wall_slot, wp.array(row, dtype=wp.int32, device=p.device),
+                          wp.array(np.ascontiguousarray(table[first]), dtype=wp.int32, device=p.device))
+                p._native_wall_rows = cached
+            self._rows = cached + (wp.zeros(cached[2].shape, dtype=K.wp_dtype(p.precision), device=p.device), False)
         return self._rows
 
     def window(self, t: int, steps: int | None = None) -> int:
