@@ -18,6 +18,12 @@ final)
   done
   timeout 100 python3 -m difflbm.cli bench --device cuda --size 256 --steps 1000 --gradient --json 2>/dev/null | tail -1 | cut -c1-900
   ;;
+gradient)
+  # the gradient after the wall-row table's fix (d61cb17), float32 and float16 storage
+  for a in "--size 256 --steps 1000 --gradient" "--size 256 --steps 1000 --gradient --precision fp16"; do
+    timeout 100 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-900
+  done
+  ;;
 tests)
   timeout 400 python3 -m pytest -q -x tests/test_native.py -k cuda 2>&1 | tail -3
   timeout 150 python3 -m pytest -q -x tests/test_gradients.py tests/test_bridges.py -k cuda 2>&1 | tail -3
