@@ -18,8 +18,13 @@ def _velocity(state):
     return np.tensordot(c[:, 0], f, 1) / f.sum(0), f.sum()
 
 
-def test_float16_forward_close_to_float64():
-    """A lid-driven cavity stored in float16 stays within 1 % of float64 and keeps its mass to 1e-5."""
+@pytest.mark.parametrize("fp16_collision", ["shifted", "deviation"])
+def test_float16_forward_close_to_float64(fp16_collision, monkeypatch):
+    """A lid-driven cavity stored in float16 stays within 1 % of float64 and keeps its mass to 2.5e-5
+    (the rounding of the stores walks the mass: at 400 steps over six lid speeds 0.050-0.055 the
+    shifted form ended -2.1e-3 .. +6.2e-3 from 480, the deviation form -8.8e-3 .. +1.3e-3; a bound of
+    1e-5 relative, 4.8e-3, held for the shifted form at 0.05 only by chance)."""
+    monkeypatch.setenv("DIFFLBM_FP16_COLLISION", fp16_collision)
     u, mass = {}, {}
     for prec in ("float64", "float16"):
         p = _cavity(prec)
@@ -28,11 +33,13 @@ def test_float16_forward_close_to_float64():
         u[prec], mass[prec] = _velocity(out)
     err = np.linalg.norm(u["float16"] - u["float64"]) / np.linalg.norm(u["float64"])
     assert err <= 1e-2, err
-    assert abs(mass["float16"] - mass["float64"]) <= 1e-5 * mass["float64"]
+    assert abs(mass["float16"] - mass["float64"]) <= 2.5e-5 * mass["float64"]
 
 
-def test_float16_gradients_close_to_float32():
+@pytest.mark.parametrize("fp16_collision", ["shifted", "deviation"])
+def test_float16_gradients_close_to_float32(fp16_collision, monkeypatch):
     """Gradients with float16 storage (fused adjoint, float32 adjoint states) agree with float32 within 1 %."""
+    monkeypatch.setenv("DIFFLBM_FP16_COLLISION", fp16_collision)
     g = {}
     for prec in ("float32", "float16"):
         p = _cavity(prec)
@@ -78,9 +85,11 @@ def test_float16_open_boundary_gradients_close_to_float32():
         assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(a)
 
 
-def test_float16_moments_replay_matches_state_replay():
+@pytest.mark.parametrize("fp16_collision", ["shifted", "deviation"])
+def test_float16_moments_replay_matches_state_replay(fp16_collision, monkeypatch):
     """float16 storage: the (rho, u) the replay keeps (float32) are those the adjoint would recompute
     from the stored float16 state, so both replays give the same gradient."""
+    monkeypatch.setenv("DIFFLBM_FP16_COLLISION", fp16_collision)
     p = _cavity("float16")
     wrt = ("initial", "wall_velocity")
     _, g1 = A.value_and_grad(p, p.parameters(), p.state(), 30, L.KineticEnergy(), wrt=wrt, replay="states")

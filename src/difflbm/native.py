@@ -606,13 +606,20 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
             a(f"        if ((cell >> {i}u) & 1u) f{i} = f{i} + wt[{i}];")
         a("    }")
         a("}")
-    if any(shift):
+    # the deviation collision (K.deviation_collision): the float16 deviations collide as they are
+    dev = K.deviation_collision(cfg)
+    if any(shift) and not dev:
         for i in range(Q):
             a(f"f{i} = f{i} + {lit(W[i])};")
     if cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc:
         _open_boundary(cfg, a, moments)
     zero = lit(0.0)
-    a(f"const {arith} rho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
+    if dev:
+        a(f"const {arith} drho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
+        a(f"const {arith} rho = {lit(1.0)} + drho;")
+        a(f"const {arith} inv_rho = {lit(1.0)} / rho;")
+    else:
+        a(f"const {arith} rho = " + " + ".join(f"f{i}" for i in range(Q)) + ";")
     for k, m in enumerate(("mx", "my", "mz")):
         a(f"const {arith} {m} = " + _signed_sum([(C[i][k], f"f{i}") for i in range(Q)], zero) + ";")
     forced = cfg.force != K.FORCE_NONE
@@ -621,13 +628,12 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
         a(f"const {arith} Fx = force.c[0];")
         a(f"const {arith} Fy = force.c[1];")
         a(f"const {arith} Fz = force.c[2];")
-        a(f"const {arith} ux = (mx + {lit(0.5)} * Fx) / rho;")
-        a(f"const {arith} uy = (my + {lit(0.5)} * Fy) / rho;")
-        a(f"const {arith} uz = (mz + {lit(0.5)} * Fz) / rho;")
+        for u, m, F in (("ux", "mx", "Fx"), ("uy", "my", "Fy"), ("uz", "mz", "Fz")):
+            a(f"const {arith} {u} = ({m} + {lit(0.5)} * {F}) * inv_rho;" if dev
+              else f"const {arith} {u} = ({m} + {lit(0.5)} * {F}) / rho;")
     else:
-        a(f"const {arith} ux = mx / rho;")
-        a(f"const {arith} uy = my / rho;")
-        a(f"const {arith} uz = mz / rho;")
+        for u, m in (("ux", "mx"), ("uy", "my"), ("uz", "mz")):
+            a(f"const {arith} {u} = {m} * inv_rho;" if dev else f"const {arith} {u} = {m} / rho;")
     trt = cfg.collision == K.COLLISION_TRT
     if trt:
         # Ginzburg (2008): the odd part relaxes with omega_m fixed by the magic parameter
@@ -656,14 +662,20 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
         a(f"const {arith} uF = ux * Fx + uy * Fy + uz * Fz;")
     for i in range(Q):
         cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")], zero)
-        store = f"val - {lit(shift[i])}" if shift[i] else "val"
+        store = f"val - {lit(shift[i])}" if shift[i] and not dev else "val"
         a("{")
         a(f"    const {arith} cu = {lit(3.0)} * ({cu});")
-        a(f"    const {arith} wr = {lit(W[i])} * rho;")
-        a(f"    const {arith} feq = wr * ({lit(1.0)} + cu + {lit(0.5)} * cu * cu - usq);")
+        if dev:  # feq_i - w_i, as the Warp step writes it
+            a(f"    const {arith} feq = {lit(W[i])} * (drho + rho * (cu + {lit(0.5)} * cu * cu - usq));")
+        else:
+            a(f"    const {arith} wr = {lit(W[i])} * rho;")
+            a(f"    const {arith} feq = wr * ({lit(1.0)} + cu + {lit(0.5)} * cu * cu - usq);")
         if trt:
             o = OPP[i]
-            a(f"    const {arith} feq_o = wr * ({lit(1.0)} - cu + {lit(0.5)} * cu * cu - usq);")
+            if dev:
+                a(f"    const {arith} feq_o = {lit(W[i])} * (drho + rho * ({lit(0.5)} * cu * cu - usq - cu));")
+            else:
+                a(f"    const {arith} feq_o = wr * ({lit(1.0)} - cu + {lit(0.5)} * cu * cu - usq);")
             a(f"    {arith} val = f{i} - omega * {lit(0.5)} * ((f{i} + f{o}) - (feq + feq_o))"
               f" - omega_m * {lit(0.5)} * ((f{i} - f{o}) - (feq - feq_o));")
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -163,6 +164,17 @@ def circle_link_fractions(lattice, shape, center, radius):
 
 
 # ----------------------------------------------------------------------------------------- problem
+def _float16_collision() -> str:
+    """``DIFFLBM_FP16_COLLISION`` (read when a float16 Problem is built): ``shifted`` (default) or
+    ``deviation`` (kernels.deviation_collision: the forward step collides the stored deviations, one
+    reciprocal instead of three divisions; BGK and TRT without open boundaries, elsewhere shifted)."""
+    value = os.environ.get("DIFFLBM_FP16_COLLISION", "shifted")
+    if value not in K.FLOAT16_COLLISIONS:
+        raise ValueError(f"DIFFLBM_FP16_COLLISION={value!r}: allowed values are "
+                         + ", ".join(map(repr, K.FLOAT16_COLLISIONS)))
+    return value
+
+
 class Problem:
     """A lattice Boltzmann problem, built once: grid, lattice, collision, boundaries, precision, device.
 
@@ -170,6 +182,11 @@ class Problem:
     axis are stationary walls. ``omega`` is the relaxation rate (scalar, or a field of the grid's
     shape); ``force`` is a body force (vector, or a field of shape (*shape, D)); ``solid_fraction``
     enables the partially-solid cell field (0 fluid, 1 solid; see :class:`Parameters`).
+
+    The cell tables built here (``code``, ``wall_slot``, ``wall_link_group`` and their ``*_np`` host
+    copies) are read by the kernels' caches (the native step's coded box, ``any_solid`` and wall
+    rows, keyed by the arrays' identity): replace them (as ensembles and slab decompositions do),
+    never edit them in place. ``DIFFLBM_FP16_COLLISION`` is read here for float16 storage.
     """
 
     def __init__(self, shape, lattice="D2Q9", collision="bgk", *, omega=1.0, boundaries=(), force=None,
@@ -206,7 +223,8 @@ class Problem:
             smagorinsky_constant=getattr(self.collision, "constant", 0.1),
             omega_field=np.ndim(self._omega) > 0, force=self.force_mode, porosity=self._solid_fraction is not None,
             moving_walls=self.moving_walls, curved=self.curved, velocity_bc=self.inlet_slots > 0,
-            pressure_bc=self.outlet_slots > 0, outflow_bc=self.has_outflow, periodic=self.periodic3)
+            pressure_bc=self.outlet_slots > 0, outflow_bc=self.has_outflow, periodic=self.periodic3,
+            float16_collision=_float16_collision() if self.precision == "float16" else "shifted")
 
     # -- validation of user values
     def _check_omega(self, omega):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import warp as wp
 
@@ -19,6 +21,17 @@ class DivergenceError(FloatingPointError):
         self.step, self.cell, self.direction = step, cell, direction
         super().__init__(f"simulation diverged: non-finite population at step {step}, cell {cell}, "
                          f"direction {direction}; lower the velocity or raise the resolution")
+
+
+class _WallRows(NamedTuple):
+    """The native step's moving-wall terms as a table of distinct rows (Solver._wall_rows)."""
+
+    wall_slot: wp.array  # the problem's wall-slot array the table was built for
+    wall_link_group: wp.array  # and its wall-link groups
+    row: wp.array  # per cell: the index into groups (-1 without a moving-wall link)
+    groups: wp.array  # the distinct rows of wall_link_group (every cell of a wall's face shares one)
+    terms: wp.array | None  # their bounce-back terms (the Solver's own)
+    fresh: bool  # whether update_wall_term filled terms for this table
 
 
 class Solver:
@@ -90,21 +103,20 @@ class Solver:
             if self._wall_rows_on:
                 rows = self._wall_rows()
                 # the same kernel on the distinct group rows: the same values as the per-slot table
-                wp.launch(self._wall_kernel, dim=rows[2].shape[0], device=p.device,
-                          inputs=[rows[2], params.wall_velocity], outputs=[rows[3]])
-                self._rows = rows[:4] + (True,)
+                wp.launch(self._wall_kernel, dim=rows.groups.shape[0], device=p.device,
+                          inputs=[rows.groups, params.wall_velocity], outputs=[rows.terms])
+                self._rows = rows._replace(fresh=True)
 
-    def _wall_rows(self) -> tuple:
-        """``(wall_slot, row, groups, terms, fresh)`` for the problem's current wall table: ``row``
-        per cell (-1 without a moving-wall link) indexes ``groups``, the distinct rows of
-        ``problem.wall_link_group`` (every cell of a wall's face shares one), ``terms`` their
-        bounce-back terms (this Solver's), ``fresh`` whether update_wall_term filled them for this
-        table. ``row`` and ``groups`` are cached on the problem for its wall table (a gradient builds
-        a Solver per call: at 256^3 the table has 390,152 slots)."""
+    def _wall_rows(self) -> "_WallRows":
+        """:class:`_WallRows` for the problem's current wall table. ``row`` and ``groups`` are cached
+        on the problem for its wall table, the pair of arrays ``wall_slot`` and ``wall_link_group`` (a
+        gradient builds a Solver per call: at 256^3 the table has 390,152 slots); like the coded box,
+        the cache assumes the tables are replaced, never edited in place."""
         p = self.problem
-        if self._rows is None or self._rows[0] is not p.wall_slot:
+        current = lambda r: r is not None and r.wall_slot is p.wall_slot and r.wall_link_group is p.wall_link_group  # noqa: E731
+        if not current(self._rows):
             cached = getattr(p, "_native_wall_rows", None)
-            if cached is None or cached[0] is not p.wall_slot:
+            if not current(cached):
                 table = np.ascontiguousarray(p.wall_link_group_np, dtype=np.int32)
                 # distinct rows by their bytes (one sort of fixed-size keys; np.unique(axis=0) took
                 # 5 s at 256^3 on a 2-core machine)
@@ -112,10 +124,12 @@ class Solver:
                 _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
                 slot = np.asarray(p.wall_slot_np)
                 row = np.where(slot >= 0, inverse.reshape(-1)[np.maximum(slot, 0)], -1).astype(np.int32)
-                cached = (p.wall_slot, wp.array(row, dtype=wp.int32, device=p.device),
-                          wp.array(np.ascontiguousarray(table[first]), dtype=wp.int32, device=p.device))
-                p._native_wall_rows = cached
-            self._rows = cached + (wp.zeros(cached[2].shape, dtype=K.wp_dtype(p.precision), device=p.device), False)
+                cached = _WallRows(p.wall_slot, p.wall_link_group, wp.array(row, dtype=wp.int32, device=p.device),
+                                   wp.array(np.ascontiguousarray(table[first]), dtype=wp.int32, device=p.device),
+                                   None, False)
+                p._native_wall_rows = cached  # without terms: those are each Solver's
+            self._rows = cached._replace(terms=wp.zeros(cached.groups.shape, dtype=K.wp_dtype(p.precision),
+                                                        device=p.device), fresh=False)
         return self._rows
 
     def window(self, t: int, steps: int | None = None) -> int:
@@ -193,8 +207,8 @@ class Solver:
                 block_dim = N.NATIVE_BLOCK_DIM
                 if self._wall_rows_on:
                     rows = self._wall_rows()
-                    if rows[4]:  # filled by update_wall_term for this wall table; else the per-slot table
-                        args[6], args[7] = rows[1], rows[3]
+                    if rows.fresh:  # filled by update_wall_term for this wall table; else the per-slot table
+                        args[6], args[7] = rows.row, rows.terms
                 form = kernel.difflbm_form
                 if kernel.difflbm_cells_per_thread == 2:
                     pair_bytes = 2 * wp.types.type_size_in_bytes(state_out.f.dtype)
