@@ -37,6 +37,8 @@ def _problem(case):
                                                            lbm.PressureOutlet(face="x+", density=1.0)], **kw)
     if case in ("periodic", "final", "final_omega"):  # hand-written fused step adjoint (periodic in x, the cut wraps)
         return lbm.Problem(sh, "D2Q9", boundaries=walls, **kw)
+    if case == "native32":  # float32: the native step on every slab (wall rows; the solid block in some slabs only)
+        return lbm.Problem(sh, "D2Q9", boundaries=walls, **dict(kw, precision="float32"))
     if case == "uniform_force":  # fused adjoint with a uniform force, which the losses also read
         return lbm.Problem(sh, "D2Q9", boundaries=walls, force=(2e-4, -1e-4), **kw)
     if case == "fields":  # per-cell omega, force and solid fraction (halo reads of the solid fraction)
@@ -69,6 +71,7 @@ WRT = {"open": ("initial", "omega", "wall_velocity", "inlet_velocity", "outlet_d
        "uniform_force": ("initial", "omega", "force"),
        "fields": ("initial", "omega", "force", "solid_fraction"),
        "final": ("initial", "wall_velocity"),
+       "native32": ("initial", "omega", "wall_velocity"),
        "final_omega": ("initial", "omega", "wall_velocity"),
        "open_final": ("initial", "wall_velocity", "inlet_velocity", "outlet_density")}
 
@@ -213,6 +216,35 @@ def test_final_loss_moments_replay_4_ranks(tmp_path):
     """The moments replay on 4 ranks of 4 planes (replays and reverse passes overlapped, the inner
     planes a 2-plane range): equals 1 rank, and the overlap changes no bit."""
     _check_against_single_rank("final", 4, tmp_path)
+
+
+@pytest.mark.parametrize("constants, world", [("0", 2), ("1", 4)])
+def test_native_float32_ranks(constants, world, tmp_path, monkeypatch):
+    """float32, where each slab steps with the native kernel (its wall-row table, the overlap's
+    ranged steps; with the constants each slab's grid, coded box and any_solid compiled in: on 4
+    ranks the solid block, x = 7 and 8, lies in the middle two slabs only): the forward equals one
+    rank bit for bit, the loss and gradients to float32 round-off (the ranks' sums meet in another
+    order)."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", constants)  # the ranks inherit the environment
+    results = _launch("native32", world, tmp_path)
+    p = _problem("native32")
+    st = _initial(p)
+    solver = lbm.Solver(p)
+    assert solver.native_step and solver._wall_rows_on
+    ref_f = solver.run(st, STEPS).populations()
+    with monkeypatch.context() as m:  # and so does the Warp-generated step, so every slab's kernel is right
+        m.setenv("DIFFLBM_NATIVE_STEP", "0")
+        assert np.array_equal(lbm.Solver(p).run(st, STEPS).populations(), ref_f)
+    value, g = A.value_and_grad(p, p.parameters(), st, STEPS, _loss("native32"), adjoint=A.StoreAll(),
+                                wrt=WRT["native32"])
+    for res in results:
+        _same_bits(res["f"], res["f_plain"], "f")
+        assert res["f"].shape == ref_f.shape and np.array_equal(res["f"].astype(ref_f.dtype), ref_f)
+        assert abs(float(res["value"]) - value) <= 1e-6 * abs(value)
+        for name in WRT["native32"]:
+            ref = np.asarray(getattr(g, name))
+            err = np.abs(res[name] - ref).max() / np.abs(ref).max()
+            assert err <= 1e-6, (name, err)
 
 
 def test_single_process_equals_value_and_grad(monkeypatch):

@@ -648,7 +648,8 @@ def test_native_constants_refuse_bad_values(monkeypatch):
 def test_solid_flag_compiled_in(lattice, precision, form, device, monkeypatch):
     """With the constants, a problem without solid cells is compiled with any_solid = 0 (no solid
     test), one with a solid cell with 1, and DIFFLBM_NATIVE_SOLID_FLAG=0 keeps the test everywhere;
-    each stores the generated step's bits (a lid cavity with a moving side wall, then with a solid)."""
+    each stores the generated step's bits (a lid cavity, the same with a solid, a channel with an
+    inlet and an outlet and no solid)."""
     monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
     monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
     shape = (8, 6) if lattice == "D2Q9" else (6, 5, 6)
@@ -660,7 +661,12 @@ def test_solid_flag_compiled_in(lattice, precision, form, device, monkeypatch):
     mask[(2, 3) + (slice(None),) * (len(shape) - 2)] = True
     solid = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
                         boundaries=walls + [lbm.Wall(mask=mask)])
-    for p, flag, expected in ((cavity, "1", 0), (solid, "1", 1), (cavity, "0", 1)):
+    dim = len(shape)
+    channel = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device, boundaries=[
+        lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.01,) + (0.0,) * (dim - 1)),
+        lbm.VelocityInlet(face="x-", velocity=(0.03,) + (0.004,) * (dim - 1)),
+        lbm.PressureOutlet(face="x+", density=1.01)])  # open boundaries, no solid cell
+    for p, flag, expected in ((cavity, "1", 0), (solid, "1", 1), (cavity, "0", 1), (channel, "1", 0)):
         monkeypatch.setenv("DIFFLBM_NATIVE_SOLID_FLAG", flag)
         assert N.grid_constants(p, flag == "1")[-1] == expected
         launched = []
