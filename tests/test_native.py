@@ -742,17 +742,22 @@ def test_native_adjoint_body_refuses_trt_and_force():
             N.adjoint_body(p.config, True)
 
 
-def test_bench_reports_the_native_form():
-    """`difflbm bench` names the native step's form and whether constants were compiled in."""
+def test_bench_reports_the_native_form(monkeypatch):
+    """`difflbm bench` names the native step's form, whether constants were compiled in, and the
+    float16 collision (shifted outside float16; DIFFLBM_FP16_COLLISION for float16)."""
     from difflbm.bench import run_bench
 
     out = run_bench(lattice="D2Q9", precision="fp32", size=16, steps=2, repeats=1, device="cpu")
     assert out["native_step"] is True
     assert out["native_form"] == N.DEFAULT_FORMS_CPU[("D2Q9", "float32")]
     assert out["native_constants"] is False
+    assert out["float16_collision"] == "shifted"
     assert out["forward_mlups"] > 0
     assert out["bytes_per_cell_update"] == 2 * 9 * 4  # issue #6's count: read and write Q populations
     assert "roofline_fraction" not in out  # no copy bandwidth measured on the CPU
+    monkeypatch.setenv("DIFFLBM_FP16_COLLISION", "deviation")
+    out = run_bench(lattice="D2Q9", precision="fp16", size=16, steps=2, repeats=1, device="cpu")
+    assert out["float16_collision"] == "deviation"
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -106,7 +106,8 @@ def run_bench(lattice="D3Q19", precision="fp32", size=None, steps=None, gradient
         "ensemble_members": int(ensemble),
         "precision": p.precision, "size": size, "cells": cells, "steps": steps, "repeats": repeats,
         "cuda_graph": use_graph, "native_step": solver.native_step, "native_form": solver.native_form,
-        "native_constants": solver.native_constants, "forward_s_median": med, "forward_mlups": cells * steps / med / 1e6,
+        "native_constants": solver.native_constants, "float16_collision": p.config.float16_collision,
+        "forward_s_median": med, "forward_mlups": cells * steps / med / 1e6,
         "bytes_per_cell_update": bytes_per_cell,
     }
     if cuda:
