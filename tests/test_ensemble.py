@@ -54,8 +54,9 @@ def test_ensemble_gradients_equal_solo_gradients():
     assert abs(value - total) <= 1e-12 * abs(total)
 
 
-def test_ensemble_refuses_mismatched_members():
-    """Members of different shapes or boundary kinds cannot share one kernel: refused with the reason."""
+def test_ensemble_refuses_mismatched_members(monkeypatch):
+    """Members of different shapes, boundary kinds or float16 collisions cannot share one kernel:
+    refused with the reason."""
     a = lbm.Problem((8, 6), "D2Q9", device="cpu", precision="float64")
     b = lbm.Problem((8, 7), "D2Q9", device="cpu", precision="float64")
     with pytest.raises(ValueError, match=r"members\[1\].shape"):
@@ -66,3 +67,8 @@ def test_ensemble_refuses_mismatched_members():
     d = lbm.Problem((4, 4, 4), "D3Q19", device="cpu", precision="float64")
     with pytest.raises(ValueError, match="2D lattices"):
         Ensemble([d])
+    e = lbm.Problem((8, 6), "D2Q9", device="cpu", precision="float16")
+    monkeypatch.setenv("DIFFLBM_FP16_COLLISION", "deviation")
+    f = lbm.Problem((8, 6), "D2Q9", device="cpu", precision="float16")
+    with pytest.raises(ValueError, match="float16_collision='deviation'"):
+        Ensemble([e, f])

@@ -906,7 +906,10 @@ def test_deviation_collision_equal_generated(lattice, case, form, device, monkey
     shifted.step(start, c, q.parameters())
     a = moms[0][0].astype(np.float64)
     b = c.f.numpy().astype(np.float64)
-    assert np.max(np.abs(a - b)) <= 2e-3  # a float16 ulp at 0.5 is 2.4e-4; both round once or twice
+    # the stored deviations are about 0.01-0.05 (a float16 ulp 1e-5 to 3e-5): a few ulps apart at most
+    # (a review's mutant, the deviation equilibrium without its factor rho in both kernels, moved them
+    # 1.7e-3 to 2.7e-3)
+    assert np.max(np.abs(a - b)) <= 1e-4
     assert not np.array_equal(a, b) or lattice == "D2Q9"
 
 

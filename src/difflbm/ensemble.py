@@ -52,6 +52,10 @@ class Ensemble:
                 raise ValueError(f"members[{n}] is on {m.device}, members[0] on {first.device}")
             mine = dataclasses.replace(m.config, omega_field=False, force=K.FORCE_NONE, moving_walls=False)
             ref = dataclasses.replace(first.config, omega_field=False, force=K.FORCE_NONE, moving_walls=False)
+            if mine.float16_collision != ref.float16_collision:
+                raise ValueError(f"members[{n}].config.float16_collision={mine.float16_collision!r} differs from "
+                                 f"members[0]'s {ref.float16_collision!r} (DIFFLBM_FP16_COLLISION when each was "
+                                 "built); one kernel must serve all members")
             if mine != ref:
                 raise ValueError(f"members[{n}] has another collision, boundary kind or periodicity than "
                                  f"members[0] ({mine} vs {ref}); one kernel must serve all members")
