@@ -698,16 +698,16 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     return "\n".join(lines)
 
 
-def lean_wrap(cfg: K.StepConfig, body, cells: int, first: str = "idx") -> str:
+def lean_wrap(cfg: K.StepConfig, body, cells: int) -> str:
     """C++ that runs ``body(True)`` (compiled for cells with code 0: no code read, no link choice, no
     solid or moving-wall test) where no cell of the thread can have a code (:func:`_coded_test`) and
     ``body(False)`` elsewhere. On CUDA the choice is one per warp (a vote over the active lanes), so a
-    warp runs one of the two bodies, never both; ``cells``: the thread's cells, from ``first``."""
+    warp runs one of the two bodies, never both; ``cells``: the thread's cells, from ``idx``."""
     lines = ["bool lean_cells = true;"]
     a = lines.append
     for h in range(cells):
         a("{")
-        _coordinates(a, f"({first} + {h})", pad="    ")
+        _coordinates(a, f"(idx + {h})", pad="    ")
         a(f"    lean_cells = lean_cells && !({_coded_test(cfg, 'x', 'y', 'z')});")
         a("}")
     a("#if defined(__CUDA_ARCH__)")
@@ -724,7 +724,7 @@ def lean_wrap(cfg: K.StepConfig, body, cells: int, first: str = "idx") -> str:
 
 
 def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joint: bool = False,
-              patch: bool = False, lean: bool = False, first: str = "idx") -> str:
+              patch: bool = False, lean: bool = False) -> str:
     """C++ of the forward update of cells idx and idx + 1 (idx even): each cell's body as
     :func:`cell_body`, then every population of the two stored as one 4-byte (float16) or 8-byte
     (float32) word (one store instruction per population and pair instead of two).
@@ -733,15 +733,14 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
     both cells are loaded first, as one word where neither cell has that link (the same values as
     the cells' own loads); with an odd nz each cell loads its own. ``patch``: each cell's loads as
     :func:`cell_body`'s ``patch`` (the joint words are then loaded whatever the cells' links).
-    ``lean``: two cells known to have code 0 (:func:`lean_wrap`). ``first``: the C++ name of the
-    pair's first cell."""
+    ``lean``: two cells known to have code 0 (:func:`lean_wrap`)."""
     ph = K.physics(cfg.lattice, cfg.precision)
     Q, C, OPP = ph["Q"], ph["C"], ph["OPP"]
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
     size = {"float16": 2, "float32": 4}[cfg.precision]
     lines = [f"struct alignas({2 * size}) stor_pair {{ {stor} lo, hi; }};",
              f"{stor} " + ", ".join(f"o{i}_0, o{i}_1" for i in range(Q)) + ";",
-             f"const int idx_pair = {first};"]
+             "const int idx_pair = idx;"]
     preloaded = frozenset(i for i in range(1, Q) if C[i][2] == 0) if joint else frozenset()
     if joint:
         a = lines.append
