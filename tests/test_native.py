@@ -120,6 +120,24 @@ def _native_and_generated(p, monkeypatch, steps=2):
     return out
 
 
+def _moments_step_bits(p, native, generated, prm, seed, device="cpu"):
+    """One moments-storing step of ``native`` and ``generated`` from the same perturbed state into
+    moment rows prefilled with 7.0: asserts both populations and moments bit-equal and returns the
+    native step's (populations, moments)."""
+    from difflbm import kernels as K
+
+    start = _perturbed(p, seed=seed)
+    out = []
+    for solver in (native, generated):
+        b = p.state()
+        mom = wp.full((K.moment_rows(p.config), p.cell_count), 7.0, dtype=wp.float32, device=device)
+        solver.step_moments(start, b, mom, prm)
+        out.append((b.f.numpy(), mom.numpy()))
+    assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
+    assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
+    return out[0]
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_a_box_one_cell_short_changes_the_result(axis, monkeypatch):
     """The coded box matters on every axis: one cell cut from it (one side, one axis) breaks the bit identity."""
@@ -269,20 +287,10 @@ def test_coded_box_of_the_lid_cavity_is_empty():
                                                 ("D3Q27", "float16")])
 def test_native_moments_step_equals_warp_moments_step(lattice, precision, monkeypatch):
     """The native moments-storing step (the gradient's replay) stores the same populations and moments bits."""
-    from difflbm import kernels as K
-
     p = _problem(lattice, precision)
     native, generated, prm = _solver_pair(p, monkeypatch)
-    start = _perturbed(p, seed=5)
-    out = []
-    for solver in (native, generated):
-        b = p.state()
-        mom = wp.full((K.moment_rows(p.config), p.cell_count), 7.0, dtype=wp.float32, device="cpu")
-        solver.step_moments(start, b, mom, prm)
-        out.append((b.f.numpy(), mom.numpy()))
-    assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
-    assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
-    assert np.any(out[0][1] != 7.0)
+    _, mom = _moments_step_bits(p, native, generated, prm, seed=5)
+    assert np.any(mom != 7.0)
 
 
 @pytest.mark.parametrize("with_moments", [False, True])
@@ -453,18 +461,9 @@ def test_native_open_boundary_moments_store_the_known_mass(monkeypatch):
 
     p = _channel("D3Q19", "float32", "pressure")
     native, generated, prm = _solver_pair(p, monkeypatch)
-    start = _perturbed(p, seed=6)
-    rows = K.moment_rows(p.config)
-    assert rows == 5
-    out = []
-    for solver in (native, generated):
-        b = p.state()
-        mom = wp.full((rows, p.cell_count), 7.0, dtype=wp.float32, device="cpu")
-        solver.step_moments(start, b, mom, prm)
-        out.append((b.f.numpy(), mom.numpy()))
-    assert np.array_equal(out[0][0].view(np.uint8), out[1][0].view(np.uint8))
-    assert np.array_equal(out[0][1].view(np.uint8), out[1][1].view(np.uint8))
-    assert np.any(out[0][1][4] != 7.0)
+    assert K.moment_rows(p.config) == 5
+    _, mom = _moments_step_bits(p, native, generated, prm, seed=6)
+    assert np.any(mom[4] != 7.0)
 
 
 def test_native_open_switch(monkeypatch):
@@ -509,17 +508,7 @@ def test_native_forms_equal_generated(lattice, precision, case, form, device, mo
     assert kernel.difflbm_cells_per_thread == (2 if form.startswith("pairs") else 1)
     out = _native_and_generated(p, monkeypatch, steps=3)
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
-    from difflbm import kernels as K
-    rows = K.moment_rows(p.config)
-    start = _perturbed(p, seed=8)
-    moms = []
-    for solver in (native, generated):
-        b = p.state()
-        mom = wp.full((rows, p.cell_count), 7.0, dtype=wp.float32, device=device)
-        solver.step_moments(start, b, mom, prm)
-        moms.append((b.f.numpy(), mom.numpy()))
-    assert np.array_equal(moms[0][0].view(np.uint8), moms[1][0].view(np.uint8))
-    assert np.array_equal(moms[0][1].view(np.uint8), moms[1][1].view(np.uint8))
+    _moments_step_bits(p, native, generated, prm, seed=8, device=device)
 
 
 def test_pairs_fall_back_where_they_cannot_run(monkeypatch):
@@ -794,21 +783,13 @@ def test_wall_rows_equal_generated(lattice, precision, form, device, monkeypatch
     assert used and all(used)
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
     # a new wall velocity: update_wall_term refills the rows; the step and its moments replay agree
-    from difflbm import kernels as K
     prm = p.parameters()
     wv = prm.wall_velocity.numpy()
     wv[1:] = wv[1:] * 1.7 + 0.003
     prm.wall_velocity.assign(wv)
-    start = _perturbed(p, seed=5)
-    res = []
     for solver in (native, generated):
         solver.update_wall_term(prm)
-        b = p.state()
-        mom = wp.zeros((K.moment_rows(p.config), p.cell_count), dtype=wp.float32, device=device)
-        solver.step_moments(start, b, mom, prm)
-        res.append((b.f.numpy(), mom.numpy()))
-    assert np.array_equal(res[0][0].view(np.uint8), res[1][0].view(np.uint8))
-    assert np.array_equal(res[0][1].view(np.uint8), res[1][1].view(np.uint8))
+    _moments_step_bits(p, native, generated, prm, seed=5, device=device)
     assert all(used)
     monkeypatch.setenv("DIFFLBM_NATIVE_WALL_ROWS", "maybe")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_WALL_ROWS='maybe'"):
@@ -871,12 +852,15 @@ def test_deviation_collision_equal_generated(lattice, case, form, device, monkey
     the constants; within float16 rounding of the shifted collision."""
     monkeypatch.setenv("DIFFLBM_FP16_COLLISION", "deviation")
     monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
-    if case == "trt_force":
-        p = _problem(lattice, "float16", device, collision="trt", force=(2e-5, -1e-5, 3e-5))
-    elif case == "mixed_pairs":
-        p = _mixed_pairs_problem(lattice, "float16", device)
-    else:
-        p = _problem(lattice, "float16", device, shape=(7, 6) if lattice == "D2Q9" else None)
+
+    def build():  # DIFFLBM_FP16_COLLISION is read here
+        if case == "trt_force":
+            return _problem(lattice, "float16", device, collision="trt", force=(2e-5, -1e-5, 3e-5))
+        if case == "mixed_pairs":
+            return _mixed_pairs_problem(lattice, "float16", device)
+        return _problem(lattice, "float16", device, shape=(7, 6) if lattice == "D2Q9" else None)
+
+    p = build()
     from difflbm import kernels as K
     assert p.config.float16_collision == "deviation" and K.deviation_collision(p.config)
     for constants in ("0", "1"):
@@ -884,27 +868,16 @@ def test_deviation_collision_equal_generated(lattice, case, form, device, monkey
         out = _native_and_generated(p, monkeypatch, steps=3)
         assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
     native, generated, prm = _solver_pair(p, monkeypatch)
-    rows = K.moment_rows(p.config)
-    start = _perturbed(p, seed=8)
-    moms = []
-    for solver in (native, generated):
-        b = p.state()
-        mom = wp.full((rows, p.cell_count), 7.0, dtype=wp.float32, device=device)
-        solver.step_moments(start, b, mom, prm)
-        moms.append((b.f.numpy(), mom.numpy()))
-    assert np.array_equal(moms[0][0].view(np.uint8), moms[1][0].view(np.uint8))
-    assert np.array_equal(moms[0][1].view(np.uint8), moms[1][1].view(np.uint8))
+    f_dev, _ = _moments_step_bits(p, native, generated, prm, seed=8, device=device)
     # the shifted collision of the same problem: the same update up to float16 rounding, not the same bits
     monkeypatch.setenv("DIFFLBM_FP16_COLLISION", "shifted")
-    q = (_problem(lattice, "float16", device, collision="trt", force=(2e-5, -1e-5, 3e-5)) if case == "trt_force"
-         else _mixed_pairs_problem(lattice, "float16", device) if case == "mixed_pairs"
-         else _problem(lattice, "float16", device, shape=(7, 6) if lattice == "D2Q9" else None))
+    q = build()
     assert q.config.float16_collision == "shifted"
     shifted = Solver(q)
     shifted.update_wall_term(q.parameters())
     c = q.state()
-    shifted.step(start, c, q.parameters())
-    a = moms[0][0].astype(np.float64)
+    shifted.step(_perturbed(p, seed=8), c, q.parameters())
+    a = f_dev.astype(np.float64)
     b = c.f.numpy().astype(np.float64)
     # the stored deviations are about 0.01-0.05 (a float16 ulp 1e-5 to 3e-5): a few ulps apart at most
     # (a review's mutant, the deviation equilibrium without its factor rho in both kernels, moved them

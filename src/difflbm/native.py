@@ -232,13 +232,8 @@ def grid_constants(problem, solid_flag: bool = True) -> tuple:
     ``any_solid`` is 1 where a cell has the solid kind (or ``solid_flag`` is False), else 0."""
     any_solid = 1
     if solid_flag:
-        # cached on the problem for its current code array, as extra_inputs
-        cached = getattr(problem, "_native_any_solid", None)
-        if cached is None or cached[0] is not problem.code:
-            kinds = np.asarray(problem.code_np) >> np.uint32(K.KIND_SHIFT)
-            cached = (problem.code, int(bool(np.any(kinds == K.KIND_SOLID))))
-            problem._native_any_solid = cached
-        any_solid = cached[1]
+        any_solid = _per_code_array(problem, "_native_any_solid", lambda: int(bool(np.any(
+            (np.asarray(problem.code_np) >> np.uint32(K.KIND_SHIFT)) == K.KIND_SOLID))))
     return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem)) + (any_solid,)
 
 
@@ -310,16 +305,24 @@ def extra_inputs(problem) -> list:
     Cached on the problem for its current code array: codes are built once (ensembles and slab
     decompositions replace the array, which computes the box again); the box is taken from the
     host copy ``problem.code_np``, so the two must not be changed in place."""
-    cached = getattr(problem, "_native_inputs", None)
-    if cached is not None and cached[0] is problem.code:
-        return cached[1]
-    nx, ny, nz = (int(v) for v in problem.grid3)
-    mz, sz = division_magic(nz)
-    my, sy = division_magic(ny)
-    inputs = [wp.uint32(mz), sz, wp.uint32(my), sy] + coded_box(problem.code_np, (nx, ny, nz),
-                                                                problem.config.periodic)
-    problem._native_inputs = (problem.code, inputs)
-    return inputs
+    def build():
+        nx, ny, nz = (int(v) for v in problem.grid3)
+        mz, sz = division_magic(nz)
+        my, sy = division_magic(ny)
+        return [wp.uint32(mz), sz, wp.uint32(my), sy] + coded_box(problem.code_np, (nx, ny, nz),
+                                                                  problem.config.periodic)
+
+    return _per_code_array(problem, "_native_inputs", build)
+
+
+def _per_code_array(problem, name: str, build):
+    """``build()``, cached on ``problem`` as attribute ``name`` for its current code array (codes are
+    replaced, never edited in place: Problem's docstring)."""
+    cached = getattr(problem, name, None)
+    if cached is None or cached[0] is not problem.code:
+        cached = (problem.code, build())
+        setattr(problem, name, cached)
+    return cached[1]
 
 
 def dense(array, rows: int, cell_count: int) -> bool:
@@ -556,7 +559,10 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     Q, C, W, OPP = ph["Q"], ph["C"], ph["W"], ph["OPP"]
     arith = "float"  # float32 arithmetic for float32 and float16 storage
     stor = {"float16": "wp::float16", "float32": "wp::float32"}[cfg.precision]
-    shift = K.storage_shift(cfg.lattice, cfg.precision)
+    # the deviation collision (K.deviation_collision): the float16 deviations collide as they are,
+    # no shift added at the loads nor subtracted at the stores
+    dev = K.deviation_collision(cfg)
+    shift = [0.0] * Q if dev else K.storage_shift(cfg.lattice, cfg.precision)
     lit = lambda v: _literal(v, arith)  # noqa: E731
     axis = _SOURCE
     lines = []
@@ -606,9 +612,7 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
             a(f"        if ((cell >> {i}u) & 1u) f{i} = f{i} + wt[{i}];")
         a("    }")
         a("}")
-    # the deviation collision (K.deviation_collision): the float16 deviations collide as they are
-    dev = K.deviation_collision(cfg)
-    if any(shift) and not dev:
+    if any(shift):
         for i in range(Q):
             a(f"f{i} = f{i} + {lit(W[i])};")
     if cfg.velocity_bc or cfg.pressure_bc or cfg.outflow_bc:
@@ -628,12 +632,9 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
         a(f"const {arith} Fx = force.c[0];")
         a(f"const {arith} Fy = force.c[1];")
         a(f"const {arith} Fz = force.c[2];")
-        for u, m, F in (("ux", "mx", "Fx"), ("uy", "my", "Fy"), ("uz", "mz", "Fz")):
-            a(f"const {arith} {u} = ({m} + {lit(0.5)} * {F}) * inv_rho;" if dev
-              else f"const {arith} {u} = ({m} + {lit(0.5)} * {F}) / rho;")
-    else:
-        for u, m in (("ux", "mx"), ("uy", "my"), ("uz", "mz")):
-            a(f"const {arith} {u} = {m} * inv_rho;" if dev else f"const {arith} {u} = {m} / rho;")
+    by = " * inv_rho" if dev else " / rho"
+    for u, m, F in (("ux", "mx", "Fx"), ("uy", "my", "Fy"), ("uz", "mz", "Fz")):
+        a(f"const {arith} {u} = ({m} + {lit(0.5)} * {F}){by};" if forced else f"const {arith} {u} = {m}{by};")
     trt = cfg.collision == K.COLLISION_TRT
     if trt:
         # Ginzburg (2008): the odd part relaxes with omega_m fixed by the magic parameter
@@ -662,7 +663,7 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
         a(f"const {arith} uF = ux * Fx + uy * Fy + uz * Fz;")
     for i in range(Q):
         cu = _signed_sum([(C[i][0], "ux"), (C[i][1], "uy"), (C[i][2], "uz")], zero)
-        store = f"val - {lit(shift[i])}" if shift[i] and not dev else "val"
+        store = f"val - {lit(shift[i])}" if shift[i] else "val"
         a("{")
         a(f"    const {arith} cu = {lit(3.0)} * ({cu});")
         if dev:  # feq_i - w_i, as the Warp step writes it
