@@ -16,7 +16,8 @@ MODE ``forms``: the native step's forms (difflbm.native.FORMS: one cell per thre
     cells per thread; each checked bit for bit against the generated step first), alternating;
     NATIVE_BENCH_FORMS lists them (a suffix "+c": the grid and coded box compiled in as constants;
     "+r": the moving-wall terms from the table of distinct rows, DIFFLBM_NATIVE_WALL_ROWS=1; "+c+r";
-    "+s": the solid test in every cell, DIFFLBM_NATIVE_SOLID_FLAG=0; without "+r", DIFFLBM_NATIVE_WALL_ROWS=0);
+    "+s": the solid test in every cell, DIFFLBM_NATIVE_SOLID_FLAG=0; "+f": the codes read from memory where
+    they come from the faces alone, DIFFLBM_NATIVE_FACE_CODES=0; without "+r", DIFFLBM_NATIVE_WALL_ROWS=0);
 MODE ``ncu``: one launch of each step inside a profiler range (``ncu --profile-from-start off``).
 """
 import os
@@ -133,6 +134,7 @@ def main():
                 os.environ["DIFFLBM_NATIVE_CONSTANTS"] = "1" if "c" in flags else "0"
                 os.environ["DIFFLBM_NATIVE_WALL_ROWS"] = "1" if "r" in flags else "0"
                 os.environ["DIFFLBM_NATIVE_SOLID_FLAG"] = "0" if "s" in flags else "1"
+                os.environ["DIFFLBM_NATIVE_FACE_CODES"] = "0" if "f" in flags else "1"
             try:
                 natives[form] = Solver(p)
             finally:

@@ -619,14 +619,20 @@ def test_native_constants_refuse_bad_values(monkeypatch):
         N.native_step_kernel(p.config, constants=good[:-1])
     with pytest.raises(ValueError, match="constants="):
         N.native_step_kernel(p.config, constants=(-1,) + good[1:])
-    with pytest.raises(ValueError, match="any_solid"):
-        N.native_step_kernel(p.config, constants=good[:-1] + (2,))
+    with pytest.raises(ValueError, match="any_solid must be 0 or 1, not 2"):
+        N.native_step_kernel(p.config, constants=good[:-2] + (2, 0))
+    with pytest.raises(ValueError, match="face_coded must be 0 or 1, not 3"):
+        N.native_step_kernel(p.config, constants=good[:-1] + (3,))
     monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "yes")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_CONSTANTS='yes'"):
         Solver(p)
     monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
     monkeypatch.setenv("DIFFLBM_NATIVE_SOLID_FLAG", "off")
     with pytest.raises(ValueError, match="DIFFLBM_NATIVE_SOLID_FLAG='off'"):
+        Solver(p)
+    monkeypatch.setenv("DIFFLBM_NATIVE_SOLID_FLAG", "1")
+    monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", "true")
+    with pytest.raises(ValueError, match="DIFFLBM_NATIVE_FACE_CODES='true'"):
         Solver(p)
 
 
@@ -657,7 +663,51 @@ def test_solid_flag_compiled_in(lattice, precision, form, device, monkeypatch):
         lbm.PressureOutlet(face="x+", density=1.01)])  # open boundaries, no solid cell
     for p, flag, expected in ((cavity, "1", 0), (solid, "1", 1), (cavity, "0", 1), (channel, "1", 0)):
         monkeypatch.setenv("DIFFLBM_NATIVE_SOLID_FLAG", flag)
-        assert N.grid_constants(p, flag == "1")[-1] == expected
+        assert N.grid_constants(p, flag == "1")[-2] == expected
+        launched = []
+        original = N.native_step_kernel
+        monkeypatch.setattr(N, "native_step_kernel",
+                            lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
+        out = _native_and_generated(p, monkeypatch, steps=3)
+        monkeypatch.setattr(N, "native_step_kernel", original)
+        assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+        assert any(c is not None for c in launched) and all(c[-2] == expected for c in launched if c is not None)
+        # face_coded: only the cavity's codes come from its faces alone
+        assert all(c[-1] == int(p is cavity) for c in launched if c is not None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("form", ["one", "patch", "pairs_joint", "pairs_patch", "pairs_joint_patch", "pairs_lean"])
+@pytest.mark.parametrize("lattice, precision", [("D3Q19", "float16"), ("D3Q19", "float32"), ("D3Q27", "float32"),
+                                                ("D2Q9", "float32")])
+def test_face_codes_compiled_in(lattice, precision, form, device, monkeypatch):
+    """With the constants, a problem whose codes come from its faces alone is compiled with
+    face_coded = 1 (the codes worked out from the coordinates, the patched loads face by face) and
+    stores the generated step's bits: a lid cavity with a second moving wall, a box with walls on
+    the z faces only (x and y periodic: z+ moving), a box with a wall on one face; a problem with a
+    solid cell and DIFFLBM_NATIVE_FACE_CODES=0 get 0. A face code with a wrong mask fails."""
+    monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
+    monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
+    two_d = lattice == "D2Q9"
+    shape = (8, 6) if two_d else (6, 5, 8)
+    dim = len(shape)
+    u = lambda *v: tuple(v[:dim])  # noqa: E731
+    faces = ("x-", "x+", "y-", "y+") if two_d else ("x-", "x+", "y-", "y+", "z-", "z+")
+    moving = {faces[-1]: u(0.05, 0.0, 0.0), faces[0]: u(0.0, 0.02, -0.01)}
+    cavity = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
+                         boundaries=[lbm.Wall(face=f, velocity=moving.get(f, u(0.0, 0.0, 0.0))) for f in faces])
+    lid = faces[-1]
+    zwalls = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
+                         boundaries=[lbm.Wall(face=faces[-2]), lbm.Wall(face=lid, velocity=u(0.04, 0.01, 0.0))])
+    one = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
+                      boundaries=[lbm.Wall(face=faces[2])])
+    mask = np.zeros(shape, dtype=bool)
+    mask[(2, 3) + (slice(None),) * (dim - 2)] = True
+    solid = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
+                        boundaries=list(cavity.boundaries) + [lbm.Wall(mask=mask)])
+    for p, flag, expected in ((cavity, "1", 1), (zwalls, "1", 1), (one, "1", 1), (solid, "1", 0), (cavity, "0", 0)):
+        monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", flag)
+        assert N.face_coded(p) == (p is not solid)
         launched = []
         original = N.native_step_kernel
         monkeypatch.setattr(N, "native_step_kernel",
@@ -666,6 +716,20 @@ def test_solid_flag_compiled_in(lattice, precision, form, device, monkeypatch):
         monkeypatch.setattr(N, "native_step_kernel", original)
         assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
         assert any(c is not None for c in launched) and all(c[-1] == expected for c in launched if c is not None)
+    if form == "pairs_patch" and lattice == "D3Q19" and precision == "float32":
+        # a mutant: one face's mask loses a link; the native step must then differ
+        masks = N._face_masks
+        monkeypatch.setattr(N, "_face_masks", lambda cfg: [(a, s, m & ~(m & -m) if (a, s) == (2, 1) else m)
+                                                            for a, s, m in masks(cfg)])
+        monkeypatch.setattr(N, "face_coded", lambda problem: True)  # the check keeps the true masks
+        N.native_step_kernel.cache_clear()
+        monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", "1")
+        try:
+            out = _native_and_generated(cavity, monkeypatch, steps=3)
+        finally:
+            monkeypatch.setattr(N, "_face_masks", masks)
+            N.native_step_kernel.cache_clear()
+        assert not np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
 
 
 @pytest.mark.parametrize("precision, form, which", [("float32", "pairs", "out"), ("float16", "pairs_split", "out"),
@@ -733,20 +797,23 @@ def test_native_adjoint_body_refuses_trt_and_force():
 
 def test_bench_reports_the_native_form(monkeypatch):
     """`difflbm bench` names the native step's form, whether constants were compiled in, and the
-    float16 collision (shifted outside float16; DIFFLBM_FP16_COLLISION for float16)."""
+    float16 collision that runs (none outside float16; deviation by default, DIFFLBM_FP16_COLLISION)."""
     from difflbm.bench import run_bench
 
     out = run_bench(lattice="D2Q9", precision="fp32", size=16, steps=2, repeats=1, device="cpu")
     assert out["native_step"] is True
     assert out["native_form"] == N.DEFAULT_FORMS_CPU[("D2Q9", "float32")]
     assert out["native_constants"] is False
-    assert out["float16_collision"] == "shifted"
+    assert out["float16_collision"] is None  # not float16
     assert out["forward_mlups"] > 0
     assert out["bytes_per_cell_update"] == 2 * 9 * 4  # issue #6's count: read and write Q populations
     assert "roofline_fraction" not in out  # no copy bandwidth measured on the CPU
-    monkeypatch.setenv("DIFFLBM_FP16_COLLISION", "deviation")
+    monkeypatch.delenv("DIFFLBM_FP16_COLLISION", raising=False)  # the default
     out = run_bench(lattice="D2Q9", precision="fp16", size=16, steps=2, repeats=1, device="cpu")
     assert out["float16_collision"] == "deviation"
+    monkeypatch.setenv("DIFFLBM_FP16_COLLISION", "shifted")
+    out = run_bench(lattice="D2Q9", precision="fp16", size=16, steps=2, repeats=1, device="cpu")
+    assert out["float16_collision"] == "shifted"
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -42,7 +42,8 @@ __all__ = ["native_step_unsupported", "native_step_kernel", "division_magic", "n
            "extra_inputs", "dense", "NATIVE_BLOCK_DIM", "native_adjoint_enabled", "native_adjoint_unsupported",
            "native_moments_adjoint_kernel", "native_open_enabled", "native_adjoint_used", "FORMS", "pairs_unsupported",
            "native_form", "one_cell_form", "DEFAULT_FORMS", "DEFAULT_FORMS_WITH_CONSTANTS", "DEFAULT_FORMS_CPU", "CONSTANTS_MEASURED", "grid_constants",
-           "native_constants_enabled", "native_wall_rows_enabled", "native_solid_flag_enabled"]
+           "native_constants_enabled", "native_wall_rows_enabled", "native_solid_flag_enabled",
+           "native_face_codes_enabled", "face_coded", "CONSTANT_NAMES"]
 
 # CUDA threads per block of the native step: 64 was faster than 128 and 256 for every lattice
 # (H200, ninth session: D3Q19 fp32 256^3 0.718 / 0.723 / 0.746 ms, fp16 0.549 / 0.562 / 0.607 ms,
@@ -99,8 +100,14 @@ DEFAULT_FORMS = {("D3Q19", "float32"): "pairs", ("D3Q19", "float16"): "one",
 # session, gpu_session12.sh part solid on 22ea86a, MLUPS pairs_patch / pairs_joint_patch /
 # pairs_split, each +c+r): D3Q19 fp16 256^3 43,086-43,145 / 41,080-42,127 / 39,339-39,523; fp32
 # 25,342-25,345 / 25,667 / 25,533-25,534; D3Q27 fp16 27,712-28,656 / 25,287-25,437 / 27,386-27,773;
-# D3Q27 fp32 17,392-17,393 / 17,666-17,669 / 17,316-17,321 (pairs_joint: 17,814-17,817 in rows2)
-DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs_patch", ("D3Q19", "float32"): "pairs_joint_patch",
+# D3Q27 fp32 17,392-17,393 / 17,666-17,669 / 17,316-17,321 (pairs_joint: 17,814-17,817 in rows2);
+# then with the codes from the faces (face_coded, native_face_codes_enabled) and the float16
+# deviation collision (thirteenth session, gpu_session13.sh part faces, two rounds, MLUPS
+# pairs_patch / pairs_joint_patch with face codes, then both without, each +c+r): D3Q19 fp16 256^3
+# 45,194-45,547 / 46,140-46,278, without 43,820-44,365 / 42,983-45,465; fp32 25,395-25,455 /
+# 25,795-25,824, without 25,380-25,431 / 25,735-25,753; D3Q27 fp16 30,038-30,099 / 28,884-30,412,
+# without 29,058-29,927 / 29,817-30,003
+DEFAULT_FORMS_WITH_CONSTANTS = {("D3Q19", "float16"): "pairs_joint_patch", ("D3Q19", "float32"): "pairs_joint_patch",
                                 ("D3Q27", "float32"): "pairs_joint", ("D3Q27", "float16"): "pairs_patch"}
 # on the CPU (Warp runs a CPU kernel on one thread), from `difflbm bench --device cpu --steps 40
 # --repeats 3` with DIFFLBM_NATIVE_FORM set, two alternating runs each (2-core x86 machine, tenth
@@ -156,6 +163,23 @@ def native_solid_flag_enabled() -> bool:
     if value not in ("0", "1"):
         raise ValueError(f"DIFFLBM_NATIVE_SOLID_FLAG={value!r}: allowed values are '0' (the solid test in every "
                          "cell) and '1'")
+    return value == "1"
+
+
+def native_face_codes_enabled() -> bool:
+    """False when the environment variable ``DIFFLBM_NATIVE_FACE_CODES`` is ``0``; otherwise, where the
+    grid is compiled in (:func:`native_constants_enabled`), a problem whose cell codes come from its
+    faces alone (:func:`face_coded`: walls on faces, no solid cell, no open boundary) is compiled with
+    ``face_coded = 1``: its cells work their links out from their coordinates, so a face cell's
+    bounce-back loads wait for no code load. The same bits either way. H200, thirteenth session,
+    D3Q19 fp16 256^3 lid cavity, pairs_joint_patch with constants and wall rows: 46,140-46,278 vs
+    42,983-45,465 MLUPS; fp32 25,795-25,824 vs 25,735-25,753. (Loading the bounce-back populations
+    face by face instead of by link bit took 8 more registers and was slower for D3Q19 fp16:
+    44,809-44,880 MLUPS.)"""
+    value = os.environ.get("DIFFLBM_NATIVE_FACE_CODES", "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"DIFFLBM_NATIVE_FACE_CODES={value!r}: allowed values are '0' (the codes read from "
+                         "memory) and '1'")
     return value == "1"
 
 
@@ -226,15 +250,61 @@ def native_step_unsupported(cfg: K.StepConfig, cell_count: int) -> str | None:
     return None
 
 
-def grid_constants(problem, solid_flag: bool = True) -> tuple:
-    """``(nx, ny, nz)``, :func:`extra_inputs` and ``any_solid`` of ``problem`` as plain integers: the
-    ``constants`` of :func:`native_step_kernel` for its grid, current coded box and cell kinds.
-    ``any_solid`` is 1 where a cell has the solid kind (or ``solid_flag`` is False), else 0."""
+# the names of native_step_kernel's constants, in order (grid_constants)
+CONSTANT_NAMES = ("nx", "ny", "nz", "magic_z", "shift_z", "magic_y", "shift_y",
+                  "box_x0", "box_nx", "box_y0", "box_ny", "box_z0", "box_nz", "any_solid", "face_coded")
+
+
+def grid_constants(problem, solid_flag: bool = True, face_codes: bool = True) -> tuple:
+    """``(nx, ny, nz)``, :func:`extra_inputs`, ``any_solid`` and ``face_coded`` of ``problem`` as plain
+    integers (:data:`CONSTANT_NAMES`): the ``constants`` of :func:`native_step_kernel` for its grid,
+    current coded box and cell kinds. ``any_solid`` is 1 where a cell has the solid kind (or
+    ``solid_flag`` is False), else 0; ``face_coded`` is 1 where ``face_codes`` and every cell's code
+    is the one its faces give (:func:`face_coded`), else 0."""
     any_solid = 1
     if solid_flag:
         any_solid = _per_code_array(problem, "_native_any_solid", lambda: int(bool(np.any(
             (np.asarray(problem.code_np) >> np.uint32(K.KIND_SHIFT)) == K.KIND_SOLID))))
-    return tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem)) + (any_solid,)
+    faces = int(face_codes and _per_code_array(problem, "_native_face_coded", lambda: face_coded(problem)))
+    return (tuple(int(v) for v in problem.grid3) + tuple(int(v) for v in extra_inputs(problem))
+            + (any_solid, faces))
+
+
+def _face_masks(cfg: K.StepConfig) -> list:
+    """``[(axis, side, mask)]``: for each face of a non-periodic axis (side 0 the low face, 1 the
+    high one), the link bits a cell on it has: the directions whose source cell lies beyond it
+    (c_axis = +1 on the low face, -1 on the high one), as :meth:`Problem._build_cells` sets them."""
+    C = K.physics(cfg.lattice, cfg.precision)["C"]
+    out = []
+    for axis in range(3):
+        if cfg.periodic[axis]:
+            continue
+        for side, sign in ((0, 1), (1, -1)):
+            out.append((axis, side, sum(1 << i for i in range(len(C)) if C[i][axis] == sign)))
+    return out
+
+
+def face_coded(problem) -> bool:
+    """Whether every cell code of ``problem`` is the one its faces alone give: the link bits of
+    :func:`_face_masks` for each face of a non-periodic axis the cell is on, and kind 0 (so no solid
+    cell, no open boundary, no coded cell inside). Then the native step works the codes out from
+    the coordinates (:func:`native_face_codes_enabled`)."""
+    grid3 = tuple(int(v) for v in problem.grid3)
+    code = np.asarray(problem.code_np).reshape(grid3)
+    expected = np.zeros(grid3, dtype=np.uint32)
+    for axis, side, mask in _face_masks(problem.config):
+        index = [slice(None)] * 3
+        index[axis] = 0 if side == 0 else grid3[axis] - 1
+        expected[tuple(index)] |= np.uint32(mask)
+    return bool(np.array_equal(code, expected))
+
+
+def _face_code(cfg: K.StepConfig, x: str, y: str, z: str) -> str:
+    """C++ of the code :func:`face_coded` gives the cell at (x, y, z): the OR of its faces' masks."""
+    coords, sizes = dict(zip("xyz", (x, y, z))), dict(zip("xyz", ("nx", "ny", "nz")))
+    terms = [f"(({coords['xyz'[a]]} == {'0' if side == 0 else sizes['xyz'[a]] + ' - 1'}) ? {mask}u : 0u)"
+             for a, side, mask in _face_masks(cfg)]
+    return " | ".join(terms) if terms else "0u"
 
 
 def native_constants_enabled(device, cfg: K.StepConfig | None = None) -> bool:
@@ -363,14 +433,15 @@ def _coded_test(cfg: K.StepConfig, x: str, y: str, z: str) -> str:
 
 def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_outputs: list | None = None,
               solid_check: bool = True, slot_with_code: bool = False, lean: bool = False,
-              solid_flag: bool = False) -> None:
+              solid_flag: bool = False, face_codes: bool = False) -> None:
     """C++ shared by the native cell bodies: the cell's coordinates, its code (read only where one
     can be non-zero), the copy of a solid cell from ``src`` to ``dst`` (arrays of ``ctype``, dense
     (Q, cells); :func:`_solid_check`, left to the caller where not ``solid_check``), and the wrapped
     element offsets along each axis (``sxm`` is the offset of x - 1). ``slot_with_code``: a coded
     cell's moving-wall slot ``ws`` is read next to its code (-1 elsewhere), not after it. ``lean``:
     the caller knows the cell has no code (:func:`lean_wrap`), which the compiler folds.
-    ``solid_flag``: the solid test also asks ``any_solid`` (declared by :func:`native_step_kernel`)."""
+    ``solid_flag``: the solid test also asks ``any_solid``; ``face_codes``: where ``face_coded`` (both
+    declared by :func:`native_step_kernel`), the code is worked out from the coordinates."""
     _coordinates(a, "idx")
     a(f"const {ctype}* __restrict__ fi = {src}.data;")
     a(f"{ctype}* __restrict__ fo = {dst}.data;")
@@ -379,11 +450,15 @@ def _prologue(cfg: K.StepConfig, a, src: str, dst: str, ctype: str, solid_output
     # float32 +1.4 %, float16 +10 %, docs/PERF_NOTES.md, ninth session).
     a("const bool coded = " + ("false" if lean else _coded_test(cfg, "x", "y", "z")) + ";")
     a("unsigned int cell = 0u;")
+    # face_coded (a constant of the forward step, grid_constants): the code from the coordinates,
+    # none read
+    read = ("{ if (face_coded) cell = " + _face_code(cfg, "x", "y", "z") + "; else cell = code.data[idx]; }"
+            if face_codes else "cell = code.data[idx];")
     if slot_with_code:
         a("int ws = -1;")
-        a("if (coded) { cell = code.data[idx]; ws = wall_slot.data[idx]; }")
+        a(f"if (coded) {{ {read} ws = wall_slot.data[idx]; }}")
     else:
-        a("if (coded) cell = code.data[idx];")
+        a(f"if (coded) {read}")
     if solid_check:
         _solid_check(cfg, a, solid_outputs, solid_flag)
     _neighbour_offsets(a)
@@ -569,7 +644,7 @@ def cell_body(cfg: K.StepConfig, moments: bool = False, pair: int | None = None,
     a = lines.append
     solid_outputs = None if pair is None else [f"o{q}_{pair}" for q in range(Q)]
     _prologue(cfg, a, "f_in", "f_out", stor, solid_outputs=solid_outputs, solid_check=not patch,
-              slot_with_code=patch and cfg.moving_walls, lean=lean, solid_flag=True)
+              slot_with_code=patch and cfg.moving_walls, lean=lean, solid_flag=True, face_codes=True)
     a(f"{arith} f0 = static_cast<{arith}>(fi[ui]);")
     offsets = {i: " + ".join(axis[(k, C[i][k])] for k in range(3) if C[i][k] != 0) for i in range(1, Q)}
     def given(i, load):  # a preloaded population where the pair loaded it, else the load
@@ -753,8 +828,9 @@ def pair_body(cfg: K.StepConfig, moments: bool = False, split: bool = False, joi
         if not patch:
             a("    unsigned int cell0 = 0u, cell1 = 0u;")
             if not lean:
-                a(f"    if ({_coded_test(cfg, 'x', 'y', 'z')}) cell0 = code.data[idx_pair];")
-                a(f"    if ({_coded_test(cfg, 'x', 'y', '(z + 1)')}) cell1 = code.data[idx_pair + 1];")
+                for h, z in ((0, "z"), (1, "(z + 1)")):
+                    a(f"    if ({_coded_test(cfg, 'x', 'y', z)}) cell{h} = face_coded ? ({_face_code(cfg, 'x', 'y', z)})"
+                      f" : code.data[idx_pair + {h}];")
         _neighbour_offsets(a, "xy", pad="    ")
         for i in sorted(preloaded):
             d = " + ".join(_SOURCE[(k, C[i][k])] for k in range(2) if C[i][k] != 0)
@@ -830,18 +906,18 @@ def native_step_kernel(cfg: K.StepConfig, moments: bool = False, ranged: bool = 
                 else cell_body(cfg, moments, split=split, patch=patch))
     if constants is not None:
         # the same names as the arguments, declared in a block around the body (which shadows them)
-        # (any_solid is no argument: without constants it is 1)
-        names = ("nx", "ny", "nz", "magic_z", "shift_z", "magic_y", "shift_y",
-                 "box_x0", "box_nx", "box_y0", "box_ny", "box_z0", "box_nz", "any_solid")
+        # (any_solid and face_coded are no arguments: without constants they are 1 and 0)
+        names = CONSTANT_NAMES
         if len(constants) != len(names) or not all(isinstance(v, int) and v >= 0 for v in constants):
             raise ValueError(f"constants={constants!r}: {len(names)} non-negative integers ({', '.join(names)})")
-        if constants[-1] not in (0, 1):
-            raise ValueError(f"constants={constants!r}: any_solid (the last) must be 0 or 1")
+        for n, v in zip(names[-2:], constants[-2:]):
+            if v not in (0, 1):
+                raise ValueError(f"constants={constants!r}: {n} must be 0 or 1, not {v}")
         decl = [f"const unsigned int {n} = {v}u;" if n.startswith("magic") else f"const int {n} = {v};"
                 for n, v in zip(names, constants)]
         body = "{\n" + "\n".join(decl) + "\n" + body + "\n}"
     else:
-        body = "{\nconst int any_solid = 1;\n" + body + "\n}"
+        body = "{\nconst int any_solid = 1;\nconst int face_coded = 0;\n" + body + "\n}"
     dtype = K.wp_dtype(cfg.precision)
     sdtype = K.storage_dtype(cfg.precision)
     vec3 = K.physics(cfg.lattice, cfg.precision)["vec3"]

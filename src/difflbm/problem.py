@@ -165,10 +165,13 @@ def circle_link_fractions(lattice, shape, center, radius):
 
 # ----------------------------------------------------------------------------------------- problem
 def _float16_collision() -> str:
-    """``DIFFLBM_FP16_COLLISION`` (read when a float16 Problem is built): ``shifted`` (default) or
-    ``deviation`` (kernels.deviation_collision: the forward step collides the stored deviations, one
-    reciprocal instead of three divisions; BGK and TRT without open boundaries, elsewhere shifted)."""
-    value = os.environ.get("DIFFLBM_FP16_COLLISION", "shifted")
+    """``DIFFLBM_FP16_COLLISION`` (read when a float16 Problem is built): ``deviation`` (default since
+    the thirteenth session; kernels.deviation_collision: the forward step collides the stored
+    deviations, one reciprocal instead of three divisions; BGK and TRT without open boundaries,
+    elsewhere the shifted arithmetic) or ``shifted``. H200, D3Q19 fp16 256^3 lid cavity, bench
+    command: 44,765-44,770 vs 42,693-42,743 MLUPS (BENCHMARKS.md, thirteenth session); accuracy on
+    the validation cases in docs/VALIDATION.md."""
+    value = os.environ.get("DIFFLBM_FP16_COLLISION", "deviation")
     if value not in K.FLOAT16_COLLISIONS:
         raise ValueError(f"DIFFLBM_FP16_COLLISION={value!r}: allowed values are "
                          + ", ".join(map(repr, K.FLOAT16_COLLISIONS)))

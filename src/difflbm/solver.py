@@ -50,6 +50,8 @@ class Solver:
         self._constants = self.native_step and N.native_constants_enabled(problem.device, problem.config)
         # with the constants, whether any cell is solid (DIFFLBM_NATIVE_SOLID_FLAG)
         self._solid_flag = N.native_solid_flag_enabled()
+        # and whether its codes come from its faces alone (DIFFLBM_NATIVE_FACE_CODES)
+        self._face_codes = N.native_face_codes_enabled()
         cuda = wp.get_device(problem.device).is_cuda
         self._forms = ({(m, r): N.native_form(problem.config, problem.cell_count, ranged=r, moments=m,
                                               constants=self._constants, cuda=cuda)
@@ -222,7 +224,8 @@ class Solver:
                     if hit is None or hit[0] is not p.code:
                         hit = (p.code, N.native_step_kernel(
                             p.config, form=form,
-                            constants=N.grid_constants(p, self._solid_flag) if self._constants else None,
+                            constants=(N.grid_constants(p, self._solid_flag, self._face_codes)
+                                       if self._constants else None),
                             max_registers=kernel.difflbm_max_registers, **kernel.difflbm_variant))
                         self._swapped[(kernel, form)] = hit
                     kernel = hit[1]
