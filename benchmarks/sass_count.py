@@ -18,7 +18,7 @@ import tempfile
 import warp as wp
 
 wp.config.quiet = True
-from difflbm import native as N  # noqa: E402
+from difflbm import kernels as K, native as N  # noqa: E402
 from difflbm.bench import cavity_problem  # noqa: E402
 import difflbm as lbm  # noqa: E402
 
@@ -54,7 +54,8 @@ def main():
         regs, text = sass(kern)
         ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)", text)
         kinds = collections.Counter(o.split(".")[0] for o in ops)
-        print(f"{case} {form} {os.environ.get('DIFFLBM_FP16_COLLISION', 'shifted')} faces={int(faces)}: {regs}; {len(ops)} instructions;",
+        collision = "deviation" if K.deviation_collision(p.config) else "shifted"
+        print(f"{case} {form} {collision} faces={int(faces)}: {regs}; {len(ops)} instructions;",
               ", ".join(f"{k} {v}" for k, v in kinds.most_common(14)))
 
 

@@ -682,10 +682,11 @@ def test_solid_flag_compiled_in(lattice, precision, form, device, monkeypatch):
                                                 ("D2Q9", "float32")])
 def test_face_codes_compiled_in(lattice, precision, form, device, monkeypatch):
     """With the constants, a problem whose codes come from its faces alone is compiled with
-    face_coded = 1 (the codes worked out from the coordinates, the patched loads face by face) and
-    stores the generated step's bits: a lid cavity with a second moving wall, a box with walls on
-    the z faces only (x and y periodic: z+ moving), a box with a wall on one face; a problem with a
-    solid cell and DIFFLBM_NATIVE_FACE_CODES=0 get 0. A face code with a wrong mask fails."""
+    face_coded = 1 (a face cell's code worked out from its coordinates, none read) and stores the
+    generated step's bits: a lid cavity with a second moving wall (float16: with either collision),
+    a box with walls on the z faces only (x and y periodic: z+ moving), a box with a wall on one
+    face, and the cavity's moments-storing and ranged steps; a problem with a solid cell and
+    DIFFLBM_NATIVE_FACE_CODES=0 get 0. A face code with a wrong mask fails."""
     monkeypatch.setenv("DIFFLBM_NATIVE_CONSTANTS", "1")
     monkeypatch.setenv("DIFFLBM_NATIVE_FORM", form)
     two_d = lattice == "D2Q9"
@@ -705,7 +706,15 @@ def test_face_codes_compiled_in(lattice, precision, form, device, monkeypatch):
     mask[(2, 3) + (slice(None),) * (dim - 2)] = True
     solid = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
                         boundaries=list(cavity.boundaries) + [lbm.Wall(mask=mask)])
-    for p, flag, expected in ((cavity, "1", 1), (zwalls, "1", 1), (one, "1", 1), (solid, "1", 0), (cavity, "0", 0)):
+    cases = [(cavity, "1", 1), (zwalls, "1", 1), (one, "1", 1), (solid, "1", 0), (cavity, "0", 0)]
+    if precision == "float16":
+        monkeypatch.setenv("DIFFLBM_FP16_COLLISION", "shifted")
+        shifted = lbm.Problem(shape, lattice, "bgk", omega=1.3, precision=precision, device=device,
+                              boundaries=list(cavity.boundaries))
+        monkeypatch.delenv("DIFFLBM_FP16_COLLISION")
+        assert shifted.config.float16_collision == "shifted" and cavity.config.float16_collision == "deviation"
+        cases.append((shifted, "1", 1))
+    for p, flag, expected in cases:
         monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", flag)
         assert N.face_coded(p) == (p is not solid)
         launched = []
@@ -716,19 +725,40 @@ def test_face_codes_compiled_in(lattice, precision, form, device, monkeypatch):
         monkeypatch.setattr(N, "native_step_kernel", original)
         assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
         assert any(c is not None for c in launched) and all(c[-1] == expected for c in launched if c is not None)
+    # the cavity's moments-storing step and ranged steps (the slabs' overlap), face-coded
+    monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", "1")
+    launched = []
+    original = N.native_step_kernel
+    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
+    native, generated, prm = _solver_pair(cavity, monkeypatch)
+    _moments_step_bits(cavity, native, generated, prm, seed=5, device=device)
+    start, n = _perturbed(cavity, seed=6), cavity.cell_count
+    ranged, whole = cavity.state(), cavity.state()
+    for first, last in zip([0, n // 3 + 1, 2 * n // 3], [n // 3 + 1, 2 * n // 3, n]):
+        native.step_cells(start, ranged, prm, first, last - first)
+    generated.step(start, whole, prm)
+    monkeypatch.setattr(N, "native_step_kernel", original)
+    assert np.array_equal(ranged.f.numpy().view(np.uint8), whole.f.numpy().view(np.uint8))
+    assert any(c is not None for c in launched) and all(c[-1] == 1 for c in launched if c is not None)
     if form == "pairs_patch" and lattice == "D3Q19" and precision == "float32":
-        # a mutant: one face's mask loses a link; the native step must then differ
+        # a mutant: one face's mask loses a link in the kernel only (face_coded is cached on the
+        # cavity's code array from the runs above, so grid_constants still says 1); the native step
+        # must then differ
         masks = N._face_masks
         monkeypatch.setattr(N, "_face_masks", lambda cfg: [(a, s, m & ~(m & -m) if (a, s) == (2, 1) else m)
                                                             for a, s, m in masks(cfg)])
-        monkeypatch.setattr(N, "face_coded", lambda problem: True)  # the check keeps the true masks
         N.native_step_kernel.cache_clear()
         monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", "1")
+        launched = []
+        monkeypatch.setattr(N, "native_step_kernel",
+                            lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
         try:
             out = _native_and_generated(cavity, monkeypatch, steps=3)
         finally:
+            monkeypatch.setattr(N, "native_step_kernel", original)
             monkeypatch.setattr(N, "_face_masks", masks)
             N.native_step_kernel.cache_clear()
+        assert any(c is not None for c in launched) and all(c[-1] == 1 for c in launched if c is not None)
         assert not np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
 
 

@@ -71,7 +71,9 @@ class StepConfig:
     max_registers: int | None = None
     # float16 storage: "shifted" (the stored deviations s_i = f_i - w_i get w_i back before the
     # collision, which subtracts it again at the store) or "deviation" (the forward step collides
-    # the deviations themselves, rho = 1 + sum s_i, u = m (1 / rho)); see deviation_collision
+    # the deviations themselves, rho = 1 + sum s_i, u = m (1 / rho)); see deviation_collision.
+    # Problem always sets it (its default is "deviation", DIFFLBM_FP16_COLLISION); this field's
+    # default only serves configurations built by hand
     float16_collision: str = "shifted"
 
 
