@@ -2,7 +2,8 @@
 # Twelfth session (2026-12-02), one H200. Usage: bash benchmarks/gpu_session12.sh PART [PART ...]
 # Each part fits one 600 s call. The tree each part ran is in BENCHMARKS.md ("H200, twelfth session").
 # Ran before this file: gpu_session11.sh shell and rows, and forms_part rows2 (BENCHMARKS.md). Ran
-# from it: solid, final, gradient, tests. Prepared, not run: deviation (the float16 deviation collision).
+# from it: solid, final, gradient, tests. Prepared, then run from gpu_session13.sh: deviation (the float16
+# deviation collision).
 source "$(dirname "$0")/_gpu_header.sh"
 for part in "$@"; do
 echo "== $part"
@@ -26,21 +27,8 @@ gradient)
   done
   ;;
 deviation)
-  # prepared for the next session: the float16 deviation collision (DIFFLBM_FP16_COLLISION=deviation,
-  # read when a Problem is built) against the shifted one, twice each, alternating; then the bench
-  # command and the float16 gradient with it
-  for round in 1 2; do
-    for mode in shifted deviation; do
-      export DIFFLBM_FP16_COLLISION=$mode
-      forms_part dev_${mode}_$round 150 "pairs_patch+c+r,pairs_split+c+r" "D3Q19:256:float16,D3Q27:256:float16,D3Q19:256:float16:periodic"
-    done
-  done
-  export DIFFLBM_FP16_COLLISION=deviation
-  for a in "--size 256 --precision fp16" "--size 512 --precision fp16" "--lattice D3Q27 --size 256 --precision fp16" "--size 256 --steps 1000 --gradient --precision fp16"; do
-    timeout 100 python3 -m difflbm.cli bench --device cuda $a --json 2>/dev/null | tail -1 | cut -c1-900
-  done
-  unset DIFFLBM_FP16_COLLISION
-  timeout 200 python3 -m pytest -q -x tests/test_native.py tests/test_float16.py -k "deviation and cuda" 2>&1 | tail -3
+  # prepared here, ran as gpu_session13.sh devforms / devbench / devtests (BENCHMARKS.md, thirteenth session)
+  bash "$(dirname "$0")/gpu_session13.sh" devforms devbench devtests
   ;;
 tests)
   timeout 400 python3 -m pytest -q -x tests/test_native.py -k cuda 2>&1 | tail -3

@@ -1,5 +1,7 @@
 """The native forward step (difflbm.native): the same bits as the Warp-generated step, and its limits."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import warp as wp
@@ -118,6 +120,19 @@ def _native_and_generated(p, monkeypatch, steps=2):
             a, b = b, a
         out.append(a.f.numpy())
     return out
+
+
+@contextlib.contextmanager
+def _kernel_args_launched(monkeypatch, key="constants"):
+    """The argument ``key`` (``constants`` unless named) of every native step kernel looked up inside
+    the block (a spy on ``N.native_step_kernel``, taken off again at the block's end)."""
+    launched = []
+    original = N.native_step_kernel
+    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: launched.append(k.get(key)) or original(*a, **k))
+    try:
+        yield launched
+    finally:
+        monkeypatch.setattr(N, "native_step_kernel", original)
 
 
 def _moments_step_bits(p, native, generated, prm, seed, device="cpu"):
@@ -577,21 +592,19 @@ def test_native_constants_equal_generated(lattice, precision, case, form, device
     p = (_channel(lattice, precision, "pressure", device) if case == "channel"
          else _problem(lattice, precision, device, shape=(5, 6, 4) if case == "nz4"
                        else (7, 6) if lattice == "D2Q9" else None))
-    launched = []
-    original = N.native_step_kernel
-    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
-    out = _native_and_generated(p, monkeypatch, steps=3)
-    assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
-    assert N.grid_constants(p) in launched
-    assert N.grid_constants(p)[:3] == tuple(p.grid3)
-    # the constants' kernel is looked up once per Solver and code array, not at every launch
-    solver = Solver(p)
-    launched.clear()
-    a, b = _perturbed(p), p.state()
-    for _ in range(3):
-        solver.step(a, b, p.parameters())
-        a, b = b, a
-    assert launched == [N.grid_constants(p)]
+    with _kernel_args_launched(monkeypatch) as launched:
+        out = _native_and_generated(p, monkeypatch, steps=3)
+        assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
+        assert N.grid_constants(p) in launched
+        assert N.grid_constants(p)[:3] == tuple(p.grid3)
+        # the constants' kernel is looked up once per Solver and code array, not at every launch
+        solver = Solver(p)
+        launched.clear()
+        a, b = _perturbed(p), p.state()
+        for _ in range(3):
+            solver.step(a, b, p.parameters())
+            a, b = b, a
+        assert launched == [N.grid_constants(p)]
     # the ranged steps (slabs' overlap) and the moments replay with constants: the same bits
     from difflbm import kernels as K
     native, generated, prm = _solver_pair(p, monkeypatch)
@@ -664,12 +677,8 @@ def test_solid_flag_compiled_in(lattice, precision, form, device, monkeypatch):
     for p, flag, expected in ((cavity, "1", 0), (solid, "1", 1), (cavity, "0", 1), (channel, "1", 0)):
         monkeypatch.setenv("DIFFLBM_NATIVE_SOLID_FLAG", flag)
         assert N.grid_constants(p, flag == "1")[-2] == expected
-        launched = []
-        original = N.native_step_kernel
-        monkeypatch.setattr(N, "native_step_kernel",
-                            lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
-        out = _native_and_generated(p, monkeypatch, steps=3)
-        monkeypatch.setattr(N, "native_step_kernel", original)
+        with _kernel_args_launched(monkeypatch) as launched:
+            out = _native_and_generated(p, monkeypatch, steps=3)
         assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
         assert any(c is not None for c in launched) and all(c[-2] == expected for c in launched if c is not None)
         # face_coded: only the cavity's codes come from its faces alone
@@ -717,27 +726,20 @@ def test_face_codes_compiled_in(lattice, precision, form, device, monkeypatch):
     for p, flag, expected in cases:
         monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", flag)
         assert N.face_coded(p) == (p is not solid)
-        launched = []
-        original = N.native_step_kernel
-        monkeypatch.setattr(N, "native_step_kernel",
-                            lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
-        out = _native_and_generated(p, monkeypatch, steps=3)
-        monkeypatch.setattr(N, "native_step_kernel", original)
+        with _kernel_args_launched(monkeypatch) as launched:
+            out = _native_and_generated(p, monkeypatch, steps=3)
         assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
         assert any(c is not None for c in launched) and all(c[-1] == expected for c in launched if c is not None)
     # the cavity's moments-storing step and ranged steps (the slabs' overlap), face-coded
     monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", "1")
-    launched = []
-    original = N.native_step_kernel
-    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
-    native, generated, prm = _solver_pair(cavity, monkeypatch)
-    _moments_step_bits(cavity, native, generated, prm, seed=5, device=device)
-    start, n = _perturbed(cavity, seed=6), cavity.cell_count
-    ranged, whole = cavity.state(), cavity.state()
-    for first, last in zip([0, n // 3 + 1, 2 * n // 3], [n // 3 + 1, 2 * n // 3, n]):
-        native.step_cells(start, ranged, prm, first, last - first)
-    generated.step(start, whole, prm)
-    monkeypatch.setattr(N, "native_step_kernel", original)
+    with _kernel_args_launched(monkeypatch) as launched:
+        native, generated, prm = _solver_pair(cavity, monkeypatch)
+        _moments_step_bits(cavity, native, generated, prm, seed=5, device=device)
+        start, n = _perturbed(cavity, seed=6), cavity.cell_count
+        ranged, whole = cavity.state(), cavity.state()
+        for first, last in zip([0, n // 3 + 1, 2 * n // 3], [n // 3 + 1, 2 * n // 3, n]):
+            native.step_cells(start, ranged, prm, first, last - first)
+        generated.step(start, whole, prm)
     assert np.array_equal(ranged.f.numpy().view(np.uint8), whole.f.numpy().view(np.uint8))
     assert any(c is not None for c in launched) and all(c[-1] == 1 for c in launched if c is not None)
     if form == "pairs_patch" and lattice == "D3Q19" and precision == "float32":
@@ -749,13 +751,10 @@ def test_face_codes_compiled_in(lattice, precision, form, device, monkeypatch):
                                                             for a, s, m in masks(cfg)])
         N.native_step_kernel.cache_clear()
         monkeypatch.setenv("DIFFLBM_NATIVE_FACE_CODES", "1")
-        launched = []
-        monkeypatch.setattr(N, "native_step_kernel",
-                            lambda *a, **k: launched.append(k.get("constants")) or original(*a, **k))
         try:
-            out = _native_and_generated(cavity, monkeypatch, steps=3)
+            with _kernel_args_launched(monkeypatch) as launched:
+                out = _native_and_generated(cavity, monkeypatch, steps=3)
         finally:
-            monkeypatch.setattr(N, "native_step_kernel", original)
             monkeypatch.setattr(N, "_face_masks", masks)
             N.native_step_kernel.cache_clear()
         assert any(c is not None for c in launched) and all(c[-1] == 1 for c in launched if c is not None)
@@ -785,16 +784,14 @@ def test_pairs_fall_back_for_an_offset_buffer(precision, form, which, monkeypatc
         shifted.assign(start.f)
         start = p.state()
         start.f = shifted
-    forms = []
-    original = N.native_step_kernel
-    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: forms.append(k.get("form")) or original(*a, **k))
     out = []
-    for solver in (native, generated):
-        target = p.state()
-        if which == "out":
-            target.f = shifted
-        solver.step(start, target, prm)
-        out.append(target.f.numpy().copy())
+    with _kernel_args_launched(monkeypatch, "form") as forms:
+        for solver in (native, generated):
+            target = p.state()
+            if which == "out":
+                target.f = shifted
+            solver.step(start, target, prm)
+            out.append(target.f.numpy().copy())
     assert forms == [N.one_cell_form(form)]
     assert np.array_equal(out[0].view(np.uint8), out[1].view(np.uint8))
     raw = backing.numpy()
@@ -809,11 +806,9 @@ def test_register_cap_survives_constants(monkeypatch):
     p = _problem("D3Q19", "float32")
     solver = Solver(p)
     solver.forward_kernel = N.native_step_kernel(p.config, max_registers=48)
-    caps = []
-    original = N.native_step_kernel
-    monkeypatch.setattr(N, "native_step_kernel", lambda *a, **k: caps.append(k.get("max_registers")) or original(*a, **k))
     a, b = _perturbed(p), p.state()
-    solver.step(a, b, p.parameters())
+    with _kernel_args_launched(monkeypatch, "max_registers") as caps:
+        solver.step(a, b, p.parameters())
     assert caps == [48]
 
 
