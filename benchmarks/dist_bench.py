@@ -74,6 +74,10 @@ def parse_args(argv=None):
     ap.add_argument("--no-overlap", action="store_true",
                     help="exchange the halos, then step (and adjoin, then reverse-exchange): "
                          "difflbm.distributed._OVERLAP = False")
+    ap.add_argument("--overlap-one-rank", action="store_true",
+                    help="with one rank, run the overlapped schedule anyway (its own planes as the messages: "
+                         "the split launches of a multi-rank step, timed on one GPU); "
+                         "difflbm.distributed._OVERLAP = 'always'")
     ap.add_argument("--baseline", default=None,
                     help="JSON lines holding the one-rank run of the same mode, size and steps: adds efficiencies")
     return ap.parse_args(argv)
@@ -163,9 +167,13 @@ def check(dec: SlabDecomposition, steps: int, rank: int) -> dict | None:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.no_overlap and args.overlap_one_rank:
+        raise SystemExit("--no-overlap and --overlap-one-rank exclude each other")
+    import difflbm.distributed as DD
     if args.no_overlap:
-        import difflbm.distributed as DD
         DD._OVERLAP = False
+    elif args.overlap_one_rank:
+        DD._OVERLAP = "always"
     group = Group(args.device, args.backend)
     G, N = group.world, int(args.size)
     steps = int(args.steps or (100 if group.cuda else 10))
@@ -196,7 +204,8 @@ def main(argv=None):
         "forward_s_median": statistics.median(fwd), "forward_s_all": fwd,
         "forward_mlups": cells * steps / statistics.median(fwd) / 1e6,
         "forward_mlups_per_rank": cells * steps / statistics.median(fwd) / 1e6 / G,
-        "env": {k: os.environ.get(k) for k in NVLS_OFF}, "overlap": not args.no_overlap,
+        "env": {k: os.environ.get(k) for k in NVLS_OFF}, "overlap": dec.overlaps(),
+        "overlap_switch": DD._OVERLAP,
     }
     if args.gradient:
         loss = KineticEnergy()

@@ -271,6 +271,35 @@ def test_single_process_equals_value_and_grad(monkeypatch):
             assert np.abs(getattr(g2, name) - ref).max() <= GRAD_TOL * np.abs(ref).max(), (case, name)
 
 
+@pytest.mark.parametrize("case", ["periodic", "final", "open"])
+def test_overlap_forced_on_one_rank_changes_no_bit(case, monkeypatch):
+    """``_OVERLAP = "always"`` runs the split launches of a multi-rank step on one process (its own
+    planes as the messages; what dist_bench.py --overlap-one-rank times on one GPU): populations,
+    loss and every gradient equal the whole-slab steps bit for bit. Also checks that the split path
+    really ran (the ranged step is called) and that another value of the switch is refused."""
+    p = _problem(case)
+    st = _initial(p)
+    runs = {}
+    for mode in (False, "always"):
+        monkeypatch.setattr(DD, "_OVERLAP", mode)
+        calls = []
+        original = lbm.Solver.step_cells
+        monkeypatch.setattr(lbm.Solver, "step_cells", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+        f = DD.distributed_run(p, STEPS, st)
+        v, g = DD.distributed_value_and_grad(p, STEPS, _loss(case), st, adjoint=_adjoint(case), wrt=WRT[case])
+        monkeypatch.setattr(lbm.Solver, "step_cells", original)
+        assert bool(calls) == (mode == "always"), mode
+        runs[mode] = (f, v, g)
+    (f0, v0, g0), (f1, v1, g1) = runs[False], runs["always"]
+    _same_bits(f1, f0, "f")
+    _same_bits(v1, v0, "value")
+    for name in WRT[case]:
+        _same_bits(getattr(g1, name), getattr(g0, name), name)
+    monkeypatch.setattr(DD, "_OVERLAP", "yes")
+    with pytest.raises(ValueError, match="_OVERLAP='yes'"):
+        DD.distributed_run(p, 2, st)
+
+
 def test_bad_decompositions():
     """More ranks than x-planes, MemoryBudget, a KernelLoss and a snapshot series are refused (ValueError)."""
     p = _problem("periodic")

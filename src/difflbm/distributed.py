@@ -165,8 +165,10 @@ def _halo_kernels(dtype):
 
 
 # forward runs, replays and reverse passes overlap the halo exchange with the update of the planes
-# that read no halo (SlabDecomposition.overlaps); False
-# runs exchange-then-step (the tests compare the two bit for bit)
+# that read no halo (SlabDecomposition.overlaps); False runs exchange-then-step (the tests compare
+# the two bit for bit); "always" overlaps with one rank too, its "messages" copies of its own planes
+# (a measuring aid: one GPU then runs the split launches of a multi-rank step, benchmarks/dist_bench.py
+# --overlap-one-rank)
 _OVERLAP = True
 
 
@@ -387,8 +389,10 @@ class SlabDecomposition:
 
     def overlaps(self) -> bool:
         """Whether steps and step adjoints overlap the halo exchange with the update (more than one
-        rank, at least three planes per rank, ``distributed._OVERLAP``)."""
-        return bool(_OVERLAP and self.world > 1 and self.n >= 3)
+        rank, or ``distributed._OVERLAP == "always"``; at least three planes per rank; ``_OVERLAP``)."""
+        if _OVERLAP not in (True, False, "always"):
+            raise ValueError(f"difflbm.distributed._OVERLAP={_OVERLAP!r}; allowed: True, False, 'always'")
+        return bool(_OVERLAP and (self.world > 1 or _OVERLAP == "always") and self.n >= 3)
 
     # -------------------------------------------------------------- communication
     def _on_warp_stream(self):

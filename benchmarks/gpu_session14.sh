@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Fourteenth session (2026-12-02), one H200. Usage: bash benchmarks/gpu_session14.sh PART [PART ...]
+# Each part fits one 600 s call. The tree each part ran is in BENCHMARKS.md ("H200, fourteenth session").
+source "$(dirname "$0")/_gpu_header.sh"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+R="python3 -m torch.distributed.run --standalone --nproc_per_node=1"
+dist() { timeout "$1" $R benchmarks/dist_bench.py "${@:2}" 2>$OUT/dist.err | grep -E '^\{' | cut -c1-900; tail -2 $OUT/dist.err | cut -c1-300; }
+for part in "$@"; do
+echo "== $part"
+case "$part" in
+dist1)
+  # issue #7 on one GPU: the single-GPU graph-replayed loop (bench, with the copy bandwidth), then the
+  # one-rank decomposition as it runs by default (whole-slab step + one wrap kernel) and with the
+  # overlapped schedule forced (the split launches and the pack / copy / unpack of a multi-rank step,
+  # the rank's own planes as the messages), 256^3 forward and gradient, alternating; then 32^3 (host-bound)
+  timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --json 2>/dev/null | tail -1 | cut -c1-600
+  S=$OUT/one.jsonl
+  for round in 1 2; do
+    dist 150 --mode weak --size 256 --gradient --repeats 5 --out $S
+    dist 150 --mode weak --size 256 --gradient --repeats 5 --overlap-one-rank --out $S
+  done
+  dist 60 --mode weak --size 32 --steps 500 --repeats 5 --out $S
+  dist 60 --mode weak --size 32 --steps 500 --repeats 5 --overlap-one-rank --out $S
+  timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --json 2>/dev/null | tail -1 | cut -c1-600
+  ;;
+esac
+done
