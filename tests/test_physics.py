@@ -155,3 +155,81 @@ def test_step_cells_in_pieces_equals_one_step():
     s.step_cells(a, pieces, prm, 5 * plane, plane, moments=mom_pieces)
     np.testing.assert_array_equal(pieces.populations(), whole.populations())
     np.testing.assert_array_equal(mom_pieces.numpy(), mom_whole.numpy())
+
+
+def test_recorded_launches_replay_the_same_steps():
+    """Solver.run replays recorded step launches (Solver.recorded_launches): bit-identical to steps
+    launched one by one, with inlet windows (a new launch per window) and a callback that replaces a
+    parameter array (a new record, not the old array); one record per buffer pair and window, none
+    kept after the block; launch_key tells arrays apart by memory, not by Python object."""
+    from difflbm import solver as S
+    p = lbm.Problem((12, 8), "D2Q9", omega=1.3, precision="float64", device="cpu", inlet_windows=3,
+                    boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.02, 0.0)),
+                                lbm.VelocityInlet(face="x-", velocity=(0.02, 0.0)),
+                                lbm.PressureOutlet(face="x+", density=1.0)])
+    solver = lbm.Solver(p)
+    steps = 9
+
+    def windows():  # another inlet speed in each window
+        prm = p.parameters()
+        v = prm.inlet_velocity.numpy()
+        v[..., 0] = np.array([0.01, 0.02, 0.03])[:, None]
+        prm.inlet_velocity.assign(v)
+        return prm
+    params = windows()
+    ref, b = p.state(), lbm.State.empty(p)
+    solver.update_wall_term(params)
+    for t in range(steps):
+        solver.step(ref, b, params, solver.window(t, steps), update_walls=False)
+        ref, b = b, ref
+    assert solver._records is None
+    out = solver.run(p.state(), steps, params)
+    assert out.f.numpy().tobytes() == ref.f.numpy().tobytes()
+    assert solver._records is None  # dropped with the block
+    seen = []
+    with solver.recorded_launches():
+        solver.run(p.state(), steps, params)  # nested: shares the outer records
+        seen.append(len(solver._records))
+    assert seen == [3 * 2]  # 3 windows x 2 directions of the ping-pong
+
+    def swap_omega(t, state):  # a callback that replaces an array (a fresh record, not the stale one)
+        if t == 4:
+            params.omega = wp.array(np.full(params.omega.shape, 1.1), dtype=params.omega.dtype, device=p.device)
+    params = windows()
+    got = solver.run(p.state(), steps, params, callback=swap_omega)
+    params2 = windows()
+    ref, b = p.state(), lbm.State.empty(p)
+    for t in range(steps):
+        solver.step(ref, b, params2, solver.window(t, steps))
+        ref, b = b, ref
+        if t + 1 == 4:
+            params2.omega = wp.array(np.full(params2.omega.shape, 1.1), dtype=params2.omega.dtype, device=p.device)
+    assert got.f.numpy().tobytes() == ref.f.numpy().tobytes()
+    assert not np.array_equal(got.f.numpy(), out.f.numpy())  # the replaced omega did act
+
+    a = wp.zeros((2, 6), dtype=wp.float64, device="cpu")
+    k = solver.forward_kernel
+    assert S.launch_key(k, 6, None, [a[1], 3]) == S.launch_key(k, 6, None, [a[1], 3])  # fresh views
+    assert S.launch_key(k, 6, None, [a[0], 3]) != S.launch_key(k, 6, None, [a[1], 3])
+    c, d = wp.zeros(6, dtype=wp.float64, device="cpu"), wp.zeros(6, dtype=wp.float64, device="cpu")
+    assert S.launch_key(k, 6, None, [c]) != S.launch_key(k, 6, None, [d])
+    assert S.launch_key(k, 6, None, [a, 3]) != S.launch_key(k, 6, None, [a, 4])
+    assert S.launch_key(k, 6, None, [[1, 2]]) is None  # not hashable: launched as usual
+
+
+@wp.kernel
+def _fill(a: wp.array(dtype=float), v: float):
+    a[wp.tid()] = v
+
+
+def test_replay_launch_records_stay_bounded():
+    """A loop that launches on ever new arrays keeps at most MAX_RECORDS records (each holds its
+    arrays), and each replay writes what a plain launch would."""
+    from difflbm import solver as S
+    records = {}
+    arrays = [wp.zeros(4, dtype=float, device="cpu") for _ in range(S.MAX_RECORDS + 6)]
+    for i, a in enumerate(arrays):
+        S.replay_launch(records, _fill, 4, [a, float(i)], "cpu")
+        assert len(records) <= S.MAX_RECORDS
+    S.replay_launch(records, _fill, 4, [arrays[-1], 7.0], "cpu")
+    assert [float(a.numpy()[0]) for a in arrays[-2:]] == [S.MAX_RECORDS + 4.0, 7.0]

@@ -41,7 +41,7 @@ from .adjoint import (GRAD_TARGETS, Checkpointed, MemoryBudget, StoreAll, _finis
                       _fused_step_adjoint, _moments_replay, _step_adjoint)
 from .io import FIELDS, _target, macroscopic
 from .problem import Parameters, Problem, State
-from .solver import Solver
+from .solver import Solver, replay_launch
 
 __all__ = ["DistributedGradients", "SlabDecomposition", "distributed_load_restart", "distributed_run",
            "distributed_save_restart", "distributed_value_and_grad", "distributed_write_vti", "slab_bounds"]
@@ -321,9 +321,10 @@ class SlabDecomposition:
         if steps:
             solver.update_wall_term(params)  # parameters are fixed during the call
             self.exchange(a.f)
-        for t in range(int(steps)):
-            self.step_exchanged(solver, a, b, params, solver.window(t, steps), first=t == 0)
-            a, b = b, a
+        with self.recorded(solver):
+            for t in range(int(steps)):
+                self.step_exchanged(solver, a, b, params, solver.window(t, steps), first=t == 0)
+                a, b = b, a
         return a
 
     def step_exchanged(self, solver: Solver, state_in: State, state_out: State, params: Parameters,
@@ -439,6 +440,27 @@ class SlabDecomposition:
         _, dist = _torch()
         return dist.get_global_rank(self.group, r) if self.group is not None else r
 
+    def _launch(self, kernel, dim, inputs):
+        """A halo kernel's launch, replayed from a record inside :meth:`recorded` (solver.replay_launch)."""
+        replay_launch(getattr(self, "_records", None), kernel, dim, inputs, self.problem.device)
+
+    @contextlib.contextmanager
+    def recorded(self, solver: Solver):
+        """Within the block, the step launches of ``solver`` and the halo kernels' launches are packed
+        once per distinct set of arrays and replayed after that (:meth:`Solver.recorded_launches`): a
+        step of the overlapped schedule is six to eight launches, and packing the step kernel's
+        arguments each time cost about as much host time as an H200 spends on a 256^3 step. The
+        records hold their arrays until the block ends."""
+        outer = getattr(self, "_records", None)
+        if outer is None:
+            self._records = {}
+        try:
+            with solver.recorded_launches():
+                yield
+        finally:
+            if outer is None:
+                self._records = None
+
     def _halo(self, f: wp.array):
         """Kernels, direction list and launch shape of the halo exchange of populations ``f``."""
         dev, P = self.problem.device, len(self.dirs_pos)
@@ -447,7 +469,14 @@ class SlabDecomposition:
             self._halo_dirs = wp.array(np.array(self.dirs_pos + self.dirs_neg, dtype=np.int32), device=dev)
             self._halo_send = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
             self._halo_recv = wp.empty((2, P, self.plane), dtype=f.dtype, device=dev)
+            self._halo_torch = None  # their torch views, made at the first message
         return _halo_kernels(f.dtype), self._halo_dirs, P, (2 * P, self.plane)
+
+    def _halo_tensors(self):
+        """Zero-copy torch views of the send and receive buffers of :meth:`_halo` (made once)."""
+        if self._halo_torch is None:
+            self._halo_torch = (wp.to_torch(self._halo_send), wp.to_torch(self._halo_recv))
+        return self._halo_torch
 
     def _halo_start(self, f: wp.array, back: bool):
         """Pack the planes of populations ``f`` that cross the cuts into ``_halo_send`` (``back``, the
@@ -455,9 +484,8 @@ class SlabDecomposition:
         right), with the receives of the opposite neighbours' into ``_halo_recv``; returns what
         :meth:`_halo_finish` waits for. More than one rank."""
         k, dirs, P, dim = self._halo(f)
-        wp.launch(k["pack_back" if back else "pack"], dim=dim, inputs=[f, dirs, P, self.plane, self.n,
-                                                                     self._halo_send], device=self.problem.device)
-        ts, tr = wp.to_torch(self._halo_send), wp.to_torch(self._halo_recv)
+        self._launch(k["pack_back" if back else "pack"], dim, [f, dirs, P, self.plane, self.n, self._halo_send])
+        ts, tr = self._halo_tensors()
         first, second = ("left", "right") if back else ("right", "left")
         tags = (2, 3) if back else (0, 1)
         with self._on_warp_stream():
@@ -467,17 +495,17 @@ class SlabDecomposition:
         """Wait for :meth:`_halo_start`'s messages and put what arrived into ``f``: its halo planes
         (``back``: added to its boundary planes, then its halo planes zeroed)."""
         k, dirs, P, dim = self._halo(f)
-        dev, S, n = self.problem.device, self.plane, self.n
-        tr = wp.to_torch(self._halo_recv)
+        S, n = self.plane, self.n
+        _, tr = self._halo_tensors()
         with self._on_warp_stream():
             for out, g in zip((tr[0], tr[1]), self._swap_finish(started)):
                 if g.data_ptr() != out.data_ptr():
                     out.copy_(g)
         if back:
-            wp.launch(k["add_back"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, f], device=dev)
-            wp.launch(k["zero"], dim=(f.shape[0], S), inputs=[f, S, n], device=dev)
+            self._launch(k["add_back"], dim, [self._halo_recv, dirs, P, S, n, f])
+            self._launch(k["zero"], (f.shape[0], S), [f, S, n])
         else:
-            wp.launch(k["unpack"], dim=dim, inputs=[self._halo_recv, dirs, P, S, n, f], device=dev)
+            self._launch(k["unpack"], dim, [self._halo_recv, dirs, P, S, n, f])
 
     def exchange(self, f: wp.array):
         """Fill the halo planes of populations ``f`` (Q, cells) from the neighbours' boundary planes:
@@ -487,7 +515,7 @@ class SlabDecomposition:
             self._halo_finish(f, back=False, started=self._halo_start(f, back=False))
             return
         k, dirs, P, dim = self._halo(f)
-        wp.launch(k["wrap"], dim=dim, inputs=[f, dirs, P, self.plane, self.n], device=self.problem.device)
+        self._launch(k["wrap"], dim, [f, dirs, P, self.plane, self.n])
 
     def reverse_exchange(self, adj: wp.array):
         """Adjoint of :meth:`exchange`: halo values are added to the owners' boundary planes, halos zeroed.
@@ -500,9 +528,8 @@ class SlabDecomposition:
                 self._halo_finish(adj, back=True, started=self._halo_start(adj, back=True))
                 return
             k, dirs, P, dim = self._halo(adj)
-            dev = self.problem.device
-            wp.launch(k["wrap_back"], dim=dim, inputs=[adj, dirs, P, S, n], device=dev)
-            wp.launch(k["zero"], dim=(adj.shape[0], S), inputs=[adj, S, n], device=dev)
+            self._launch(k["wrap_back"], dim, [adj, dirs, P, S, n])
+            self._launch(k["zero"], (adj.shape[0], S), [adj, S, n])
             return
         with self._on_warp_stream():  # per-cell field: every component of the halo cells goes back
             t = wp.to_torch(adj)
@@ -877,108 +904,110 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
              if supported and step_adjoint != "warp" else None)
     terms = dec.local_loss_terms(loss)
 
-    # ---- forward: states are kept after their halo exchange (what the step and the loss read)
-    out = wp.zeros(1, dtype=wp.float64, device=dev)
-    checkpoints = {}
-    a, b = dec.local_state(initial), State.empty(lp)
-    solver.update_wall_term(lparams)  # parameters are fixed during the rollout (forward, replays, adjoint)
-    dec.exchange(a.f)
-    for t in range(steps + 1):
+    # step and halo launches packed once per buffer and replayed (SlabDecomposition.recorded)
+    with dec.recorded(solver):
+        # ---- forward: states are kept after their halo exchange (what the step and the loss read)
+        out = wp.zeros(1, dtype=wp.float64, device=dev)
+        checkpoints = {}
+        a, b = dec.local_state(initial), State.empty(lp)
+        solver.update_wall_term(lparams)  # parameters are fixed during the rollout (forward, replays, adjoint)
+        dec.exchange(a.f)
+        for t in range(steps + 1):
+            for term in terms:
+                if term.active(t, steps):
+                    term.evaluate(lp, a.f, lparams, out)
+            if t == steps:
+                break
+            if t % seg == 0:
+                checkpoints[t] = wp.clone(a.f)
+            # with the overlap, the halo planes of later states differ from a whole-slab step's only in
+            # directions no owned cell reads (finite values of an earlier step; their adjoint is zero)
+            dec.step_exchanged(solver, a, b, lparams, solver.window(t, steps), first=t == 0)
+            a, b = b, a
+        final = a
+        value = float(dec.all_reduce(out.numpy())[0])
+
+        # ---- backward
+        adj_out = wp.ones(1, dtype=wp.float64, device=dev)
+        grads = lparams.zeros_like()
+        adjs = [State.empty(lp), State.empty(lp)]
+        scratch = State.empty(lp)
         for term in terms:
-            if term.active(t, steps):
-                term.evaluate(lp, a.f, lparams, out)
-        if t == steps:
-            break
-        if t % seg == 0:
-            checkpoints[t] = wp.clone(a.f)
-        # with the overlap, the halo planes of later states differ from a whole-slab step's only in
-        # directions no owned cell reads (finite values of an earlier step; their adjoint is zero)
-        dec.step_exchanged(solver, a, b, lparams, solver.window(t, steps), first=t == 0)
-        a, b = b, a
-    final = a
-    value = float(dec.all_reduce(out.numpy())[0])
+            if term.active(steps, steps):
+                term.adjoint(lp, final.f, lparams, adj_out, adjs[0].f, grads)
+        dec.reverse_exchange(adjs[0].f)
+        adj_wall_term = wp.zeros_like(solver.wall_term)
+        omega_cells = None
+        if fused is not None and "omega" in wrt:
+            omega_cells = grads.omega if lp.config.omega_field else wp.zeros(lp.cell_count, dtype=grads.omega.dtype,
+                                                                             device=dev)
+        force_cells = None
+        if fused is not None and want_force:
+            force_cells = grads.force if lp.config.force == K.FORCE_FIELD else wp.zeros(
+                lp.cell_count, dtype=grads.force.dtype, device=dev)
+        # the moments replay of value_and_grad where it is exact: a halo cell's stored (rho, u) come from
+        # the same exchanged state the adjoint would gather from
+        use_moments = _moments_replay(lp, "auto", fused is not None, "omega" in wrt, terms, steps)
+        fused_m = (K.step_adjoint_kernel(lp.config, omega_grad=False, force_grad=want_force, moments=True,
+                                         ranged=ranged) if use_moments else None)
+        buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)) if not use_moments else 3)]
+        moms = [wp.empty((K.moment_rows(lp.config), lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
+                for _ in range(max(min(seg, steps) - 1, 0))] if use_moments else []
+        replayed = set()  # replay buffers written at least once
 
-    # ---- backward
-    adj_out = wp.ones(1, dtype=wp.float64, device=dev)
-    grads = lparams.zeros_like()
-    adjs = [State.empty(lp), State.empty(lp)]
-    scratch = State.empty(lp)
-    for term in terms:
-        if term.active(steps, steps):
-            term.adjoint(lp, final.f, lparams, adj_out, adjs[0].f, grads)
-    dec.reverse_exchange(adjs[0].f)
-    adj_wall_term = wp.zeros_like(solver.wall_term)
-    omega_cells = None
-    if fused is not None and "omega" in wrt:
-        omega_cells = grads.omega if lp.config.omega_field else wp.zeros(lp.cell_count, dtype=grads.omega.dtype,
-                                                                         device=dev)
-    force_cells = None
-    if fused is not None and want_force:
-        force_cells = grads.force if lp.config.force == K.FORCE_FIELD else wp.zeros(
-            lp.cell_count, dtype=grads.force.dtype, device=dev)
-    # the moments replay of value_and_grad where it is exact: a halo cell's stored (rho, u) come from
-    # the same exchanged state the adjoint would gather from
-    use_moments = _moments_replay(lp, "auto", fused is not None, "omega" in wrt, terms, steps)
-    fused_m = (K.step_adjoint_kernel(lp.config, omega_grad=False, force_grad=want_force, moments=True, ranged=ranged)
-               if use_moments else None)
-    buffer = [State.empty(lp) for _ in range(min(seg, max(steps, 1)) if not use_moments else 3)]
-    moms = [wp.empty((K.moment_rows(lp.config), lp.cell_count), dtype=K.wp_dtype(lp.precision), device=dev)
-            for _ in range(max(min(seg, steps) - 1, 0))] if use_moments else []
-    replayed = set()  # replay buffers written at least once
+        def adjoin(kernel, state, cur, prev, t, moments=None):
+            """Step t's adjoint cur -> prev as adjoint_exchanged's ``adjoint_cells``: the fused kernel
+            (ranged where the reverse pass overlaps), else Warp's generated one over all cells."""
+            if kernel is None:
+                return lambda first, count: _step_adjoint(solver, state, cur, prev, lparams, grads,
+                                                          solver.window(t, steps), scratch, wrt, adj_wall_term)
+            return lambda first, count: _fused_step_adjoint(
+                solver, kernel, state, cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term, force_cells,
+                solver.window(t, steps), moments=moments, first=first, count=count)
 
-    def adjoin(kernel, state, cur, prev, t, moments=None):
-        """Step t's adjoint cur -> prev as adjoint_exchanged's ``adjoint_cells``: the fused kernel
-        (ranged where the reverse pass overlaps), else Warp's generated one over all cells."""
-        if kernel is None:
-            return lambda first, count: _step_adjoint(solver, state, cur, prev, lparams, grads,
-                                                      solver.window(t, steps), scratch, wrt, adj_wall_term)
-        return lambda first, count: _fused_step_adjoint(
-            solver, kernel, state, cur, prev, lparams, grads, omega_cells, wrt, adj_wall_term, force_cells,
-            solver.window(t, steps), moments=moments, first=first, count=count)
-
-    for s0 in reversed(range(0, steps, seg)):
-        e0 = min(s0 + seg, steps)
-        wp.copy(buffer[0].f, checkpoints.pop(s0))
-        if use_moments:
-            x = buffer[0]
+        for s0 in reversed(range(0, steps, seg)):
+            e0 = min(s0 + seg, steps)
+            wp.copy(buffer[0].f, checkpoints.pop(s0))
+            if use_moments:
+                x = buffer[0]
+                for t in range(s0, e0 - 1):
+                    y = buffer[1] if x is not buffer[1] else buffer[2]
+                    # with the overlap the halo cells are stepped too (first=True), as without it: the
+                    # adjoint reads their moments (and multiplies them by the halo's zero adjoint)
+                    dec.step_exchanged(solver, x, y, lparams, solver.window(t, steps), first=True, moments=moms[t - s0])
+                    x = y
+                # no loss term is active inside the rollout here (_moments_replay's condition), so every
+                # reverse step can overlap its exchange
+                for t in reversed(range(s0, e0)):
+                    cur, prev = adjs
+                    prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
+                    dec.adjoint_exchanged(adjoin(fused, x, cur, prev, t) if t == e0 - 1 else
+                                          adjoin(fused_m, None, cur, prev, t, moms[t - s0]), prev.f)
+                    adjs.reverse()
+                continue
             for t in range(s0, e0 - 1):
-                y = buffer[1] if x is not buffer[1] else buffer[2]
-                # with the overlap the halo cells are stepped too (first=True), as without it: the
-                # adjoint reads their moments (and multiplies them by the halo's zero adjoint)
-                dec.step_exchanged(solver, x, y, lparams, solver.window(t, steps), first=True, moments=moms[t - s0])
-                x = y
-            # no loss term is active inside the rollout here (_moments_replay's condition), so every
-            # reverse step can overlap its exchange
+                # first use of a replay buffer: its halo planes are stepped too, so that none keeps
+                # the zeros of State.empty (rho = 0 would give u = 0/0 in the adjoint of a halo cell,
+                # and NaN times its zero adjoint is NaN); later uses keep finite values of earlier steps
+                y = buffer[t - s0 + 1]
+                dec.step_exchanged(solver, buffer[t - s0], y, lparams, solver.window(t, steps),
+                                   first=id(y) not in replayed)
+                replayed.add(id(y))
             for t in reversed(range(s0, e0)):
                 cur, prev = adjs
                 prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
-                dec.adjoint_exchanged(adjoin(fused, x, cur, prev, t) if t == e0 - 1 else
-                                      adjoin(fused_m, None, cur, prev, t, moms[t - s0]), prev.f)
-                adjs.reverse()
-            continue
-        for t in range(s0, e0 - 1):
-            # first use of a replay buffer: its halo planes are stepped too, so that none keeps
-            # the zeros of State.empty (rho = 0 would give u = 0/0 in the adjoint of a halo cell,
-            # and NaN times its zero adjoint is NaN); later uses keep finite values of earlier steps
-            y = buffer[t - s0 + 1]
-            dec.step_exchanged(solver, buffer[t - s0], y, lparams, solver.window(t, steps),
-                               first=id(y) not in replayed)
-            replayed.add(id(y))
-        for t in reversed(range(s0, e0)):
-            cur, prev = adjs
-            prev.f.zero_()  # halo cells may leave entries of the extended slab unwritten
-            active = [term for term in terms if term.active(t, steps)]
+                active = [term for term in terms if term.active(t, steps)]
 
-            def add_terms(state=buffer[t - s0], prev=prev, active=active):
-                for term in active:
-                    term.adjoint(lp, state.f, lparams, adj_out, prev.f, grads)
-            # the reverse exchange overlaps the fused adjoint, the loss terms adding to owned cells
-            # after it; Warp's adjoint, or a term that may write halo entries (curved-wall drag):
-            # adjoint, terms, then the exchange
-            dec.adjoint_exchanged(adjoin(fused, buffer[t - s0], cur, prev, t), prev.f, then=add_terms,
-                                  overlap=fused is not None and all(term.owned_only() for term in active))
-            adjs.reverse()
-    adj = adjs[0]
+                def add_terms(state=buffer[t - s0], prev=prev, active=active):
+                    for term in active:
+                        term.adjoint(lp, state.f, lparams, adj_out, prev.f, grads)
+                # the reverse exchange overlaps the fused adjoint, the loss terms adding to owned cells
+                # after it; Warp's adjoint, or a term that may write halo entries (curved-wall drag):
+                # adjoint, terms, then the exchange
+                dec.adjoint_exchanged(adjoin(fused, buffer[t - s0], cur, prev, t), prev.f, then=add_terms,
+                                      overlap=fused is not None and all(term.owned_only() for term in active))
+                adjs.reverse()
+        adj = adjs[0]
 
     # shared with value_and_grad, which also adds the losses' direct force / omega terms
     _finish_parameter_gradients(lp, lparams, grads, solver, wrt, adj_wall_term, omega_cells, force_cells)

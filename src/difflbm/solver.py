@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -21,6 +22,47 @@ class DivergenceError(FloatingPointError):
         self.step, self.cell, self.direction = step, cell, direction
         super().__init__(f"simulation diverged: non-finite population at step {step}, cell {cell}, "
                          f"direction {direction}; lower the velocity or raise the resolution")
+
+
+def launch_key(kernel, dim, block_dim, args):
+    """A hashable key under which a launch of ``kernel`` with these arguments packs the same
+    parameters: arrays by pointer, shape, strides, dtype and gradient pointer (a fresh view of the
+    same memory gives the same key), other values by type and value. None when an argument is
+    not hashable (such launches are not recorded)."""
+    key = [kernel, dim, block_dim]
+    for a in args:
+        if isinstance(a, wp.array):
+            key.append((a.ptr, a.shape, a.strides, a.dtype, a.grad.ptr if a.grad is not None else None))
+        else:
+            key.append((type(a), a))
+    key = tuple(key)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+MAX_RECORDS = 64  # recorded launches kept per loop (replay_launch)
+
+
+def replay_launch(records: dict | None, kernel, dim, inputs, device, block_dim: int | None = None):
+    """``wp.launch(kernel, dim, inputs, ...)``; with ``records`` (a dict) each distinct launch is
+    packed once (``record_cmd``) and replayed from there: about a tenth of the host time of a launch
+    of the step's 30-odd arguments. The records hold their arrays: keep ``records`` for one loop
+    (it is cleared when it reaches MAX_RECORDS entries)."""
+    if records is not None:
+        key = launch_key(kernel, dim, block_dim, inputs)
+        if key is not None:
+            cmd = records.get(key)
+            if cmd is None:
+                if len(records) >= MAX_RECORDS:  # a loop that keeps making new arrays: no pile-up
+                    records.clear()
+                cmd = records[key] = wp.launch(kernel, dim=dim, inputs=inputs, device=device,
+                                               block_dim=block_dim, record_cmd=True)
+            cmd.launch()
+            return
+    wp.launch(kernel, dim=dim, inputs=inputs, device=device, block_dim=block_dim)
 
 
 class _WallRows(NamedTuple):
@@ -57,6 +99,7 @@ class Solver:
                                               constants=self._constants, cuda=cuda)
                         for m in (False, True) for r in (False, True)} if self.native_step else None)
         self._variants = {}  # forward kernels by (stores moments, ranged), built on first use
+        self._records = None  # recorded step launches while recorded_launches() is active
         self._swapped = {}  # (kernel, form) -> (code array, the kernel _launch runs instead)
         self.forward_kernel = self._forward_variant(False, False)
         self._check = K.finite_check_kernel(problem.precision)
@@ -72,6 +115,21 @@ class Solver:
         self._rows = None
         if self._wall_rows_on:
             self._wall_rows()
+
+    @contextlib.contextmanager
+    def recorded_launches(self):
+        """Within the block, each distinct step launch (same kernel, cell range and arrays) is packed
+        once and replayed after that (:func:`replay_launch`): loops that launch many steps on the
+        same few buffers (difflbm.distributed's slab steps) spend less host time per step. The
+        records hold their arrays until the block ends; nested blocks share the outer records."""
+        outer = self._records
+        if outer is None:
+            self._records = {}
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._records = None
 
     @property
     def native_form(self) -> str | None:
@@ -233,8 +291,8 @@ class Solver:
                 kernel = K.step_kernel(p.config, backward=False, **kernel.difflbm_variant)
         threads = self.problem.cell_count if count is None else count
         threads //= getattr(kernel, "difflbm_cells_per_thread", 1)  # two cells per thread: even counts only
-        wp.launch(kernel, dim=threads, inputs=args,
-                  device=self.problem.device, block_dim=K.BLOCK_DIM if block_dim is None else block_dim)
+        replay_launch(self._records, kernel, threads, args, self.problem.device,
+                      K.BLOCK_DIM if block_dim is None else block_dim)
 
     def check_finite(self, state: State, step: int):
         """Raise :class:`DivergenceError` naming the first non-finite population of ``state``."""
@@ -267,24 +325,25 @@ class Solver:
             except ImportError:
                 bar = None
         good = a.copy() if check_every else None
-        good_step = 0
         # the wall terms are computed once; a callback may change params, so then at every step
         self.update_wall_term(params)
-        for t in range(int(steps)):
-            self.step(a, b, params, self.window(t, steps), update_walls=callback is not None)
-            a, b = b, a
-            if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
-                try:
-                    self.check_finite(a, t + 1)
-                except DivergenceError:
-                    self._locate(good, good_step, t + 1, params, steps)
-                    raise
-                wp.copy(good.f, a.f)
-                good_step = t + 1
-            if callback is not None:
-                callback(t + 1, a)
-            if bar is not None:
-                bar.update(1)
+        good_step = 0
+        with self.recorded_launches():  # the step's arguments packed once per buffer, then replayed
+            for t in range(int(steps)):
+                self.step(a, b, params, self.window(t, steps), update_walls=callback is not None)
+                a, b = b, a
+                if check_every and ((t + 1) % check_every == 0 or t + 1 == steps):
+                    try:
+                        self.check_finite(a, t + 1)
+                    except DivergenceError:
+                        self._locate(good, good_step, t + 1, params, steps)
+                        raise
+                    wp.copy(good.f, a.f)
+                    good_step = t + 1
+                if callback is not None:
+                    callback(t + 1, a)
+                if bar is not None:
+                    bar.update(1)
         if bar is not None:
             bar.close()
         return a
