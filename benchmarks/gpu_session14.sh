@@ -23,5 +23,25 @@ dist1)
   dist 60 --mode weak --size 32 --steps 500 --repeats 5 --overlap-one-rank --out $S
   timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --json 2>/dev/null | tail -1 | cut -c1-600
   ;;
+dist2)
+  # recorded launches (2f531a9, src/) against the tree before them (0a18763, old_src/, an untracked
+  # copy carried for this call), one rank, plain and with the overlapped schedule forced, alternating
+  S=$OUT/two.jsonl
+  for round in 1 2; do
+    for tree in old_src src; do
+      for mode in "" --overlap-one-rank; do
+        echo "-- $tree $mode"
+        PYTHONPATH=/tmp/site:$PWD/$tree dist 120 --mode weak --size 256 --gradient --repeats 5 $mode --out $S
+      done
+    done
+  done
+  for tree in old_src src; do
+    for mode in "" --overlap-one-rank; do
+      echo "-- $tree $mode 32^3"
+      PYTHONPATH=/tmp/site:$PWD/$tree dist 60 --mode weak --size 32 --steps 500 --repeats 5 $mode --out $S
+    done
+  done
+  timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --json 2>/dev/null | tail -1 | cut -c1-600
+  ;;
 esac
 done
