@@ -43,5 +43,21 @@ dist2)
   done
   timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --json 2>/dev/null | tail -1 | cut -c1-600
   ;;
+dist3)
+  # the overlapped step's second CUDA stream (default) against one stream (--one-stream), one rank with
+  # the overlap forced, and the plain one-rank run, alternating; then the CUDA tests of the slab code
+  S=$OUT/three.jsonl
+  for round in 1 2; do
+    for mode in "--overlap-one-rank" "--overlap-one-rank --one-stream" ""; do
+      echo "-- $mode"
+      dist 120 --mode weak --size 256 --gradient --repeats 5 $mode --out $S
+    done
+  done
+  timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --json 2>/dev/null | tail -1 | cut -c1-600
+  timeout 200 python3 -m pytest -q -x tests/test_distributed.py -k "cuda or overlap_forced" 2>&1 | tail -3
+  ;;
+tests)
+  timeout 560 python3 -m pytest -q -x tests/test_native.py tests/test_physics.py tests/test_gradients.py tests/test_bridges.py tests/test_float16.py tests/test_ensemble.py -k "cuda or recorded or replay" 2>&1 | tail -4
+  ;;
 esac
 done
