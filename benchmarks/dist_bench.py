@@ -78,9 +78,6 @@ def parse_args(argv=None):
                     help="with one rank, run the overlapped schedule anyway (its own planes as the messages: "
                          "the split launches of a multi-rank step, timed on one GPU); "
                          "difflbm.distributed._OVERLAP = 'always'")
-    ap.add_argument("--one-stream", action="store_true",
-                    help="overlapped steps on one CUDA stream (difflbm.distributed._TWO_STREAMS = False); by "
-                         "default the boundary planes, messages and halos run on a second stream")
     ap.add_argument("--baseline", default=None,
                     help="JSON lines holding the one-rank run of the same mode, size and steps: adds efficiencies")
     return ap.parse_args(argv)
@@ -177,8 +174,6 @@ def main(argv=None):
         DD._OVERLAP = False
     elif args.overlap_one_rank:
         DD._OVERLAP = "always"
-    if args.one_stream:
-        DD._TWO_STREAMS = False
     group = Group(args.device, args.backend)
     G, N = group.world, int(args.size)
     steps = int(args.steps or (100 if group.cuda else 10))
@@ -210,7 +205,7 @@ def main(argv=None):
         "forward_mlups": cells * steps / statistics.median(fwd) / 1e6,
         "forward_mlups_per_rank": cells * steps / statistics.median(fwd) / 1e6 / G,
         "env": {k: os.environ.get(k) for k in NVLS_OFF}, "overlap": dec.overlaps(),
-        "overlap_switch": DD._OVERLAP, "two_streams": dec.overlaps() and dec._streams() is not None,
+        "overlap_switch": DD._OVERLAP,
     }
     if args.gradient:
         loss = KineticEnergy()

@@ -45,7 +45,8 @@ dist2)
   ;;
 dist3)
   # the overlapped step's second CUDA stream (default) against one stream (--one-stream), one rank with
-  # the overlap forced, and the plain one-rank run, alternating; then the CUDA tests of the slab code
+  # the overlap forced, and the plain one-rank run, alternating; then the CUDA tests of the slab code.
+  # Ran on ac8a4dc; the second stream measured no faster and was taken out again (the flags are gone)
   S=$OUT/three.jsonl
   for round in 1 2; do
     for mode in "--overlap-one-rank" "--overlap-one-rank --one-stream" ""; do
@@ -55,6 +56,9 @@ dist3)
   done
   timeout 90 python3 -m difflbm.cli bench --device cuda --size 256 --json 2>/dev/null | tail -1 | cut -c1-600
   timeout 200 python3 -m pytest -q -x tests/test_distributed.py -k "cuda or overlap_forced" 2>&1 | tail -3
+  ;;
+failing)
+  timeout 200 python3 -m pytest -x -q tests/test_distributed.py -k "overlap_forced" 2>&1 | tail -60
   ;;
 tests)
   timeout 560 python3 -m pytest -q -x tests/test_native.py tests/test_physics.py tests/test_gradients.py tests/test_bridges.py tests/test_float16.py tests/test_ensemble.py -k "cuda or recorded or replay" 2>&1 | tail -4

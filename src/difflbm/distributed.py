@@ -170,10 +170,6 @@ def _halo_kernels(dtype):
 # (a measuring aid: one GPU then runs the split launches of a multi-rank step, benchmarks/dist_bench.py
 # --overlap-one-rank)
 _OVERLAP = True
-# on CUDA devices an overlapped forward step runs its boundary planes, messages and halos on a second
-# stream, concurrently with the inner planes (SlabDecomposition._streams); False: one stream.
-# DIFFLBM_DIST_STREAMS=0 sets it False at import
-_TWO_STREAMS = os.environ.get("DIFFLBM_DIST_STREAMS", "1") != "0"
 
 
 class SlabDecomposition:
@@ -352,33 +348,14 @@ class SlabDecomposition:
                 solver.step_moments(state_in, state_out, moments, params, window)
             self.exchange(state_out.f)
             return
-        streams = self._streams()
-        if streams is None:
-            solver.step_cells(state_in, state_out, params, S, S, window, moments)
-            solver.step_cells(state_in, state_out, params, n * S, S, window, moments)
-            started = self._halo_start(state_out.f, back=False)
-            solver.step_cells(state_in, state_out, params, 2 * S, (n - 2) * S, window, moments)
-            if first:
-                solver.step_cells(state_in, state_out, params, 0, S, window, moments)
-                solver.step_cells(state_in, state_out, params, (n + 1) * S, S, window, moments)
-            self._halo_finish(state_out.f, back=False, started=started)
-            return
-        # CUDA: the boundary planes, the messages and the halos on a second stream, the inner planes
-        # on the main one at the same time (their small launches no longer run alone); both read
-        # state_in only and write disjoint planes of state_out; the main stream waits for the halos
-        main, comm, ready, done = streams
-        comm.wait_stream(main, event=ready)  # state_in is complete
-        with wp.ScopedStream(comm, sync_enter=False):
-            solver.step_cells(state_in, state_out, params, S, S, window, moments)
-            solver.step_cells(state_in, state_out, params, n * S, S, window, moments)
-            started = self._halo_start(state_out.f, back=False)
+        solver.step_cells(state_in, state_out, params, S, S, window, moments)
+        solver.step_cells(state_in, state_out, params, n * S, S, window, moments)
+        started = self._halo_start(state_out.f, back=False)
         solver.step_cells(state_in, state_out, params, 2 * S, (n - 2) * S, window, moments)
-        with wp.ScopedStream(comm, sync_enter=False):
-            if first:  # before the unpack, which overwrites some of their entries
-                solver.step_cells(state_in, state_out, params, 0, S, window, moments)
-                solver.step_cells(state_in, state_out, params, (n + 1) * S, S, window, moments)
-            self._halo_finish(state_out.f, back=False, started=started)
-        main.wait_stream(comm, event=done)
+        if first:
+            solver.step_cells(state_in, state_out, params, 0, S, window, moments)
+            solver.step_cells(state_in, state_out, params, (n + 1) * S, S, window, moments)
+        self._halo_finish(state_out.f, back=False, started=started)
 
     def adjoint_exchanged(self, adjoint_cells, adj: wp.array, then=None, overlap: bool = True):
         """The adjoint of a step into populations ``adj`` (Q, cells), then :meth:`reverse_exchange`.
@@ -426,26 +403,9 @@ class SlabDecomposition:
             return contextlib.nullcontext()
         torch, _ = _torch()
         stream = self.problem.device.stream
-        if not hasattr(self, "_torch_streams"):
-            self._torch_streams = {}
-        ts = self._torch_streams.get(stream.cuda_stream)
-        if ts is None or ts._warp_stream is not stream:
-            ts = self._torch_streams[stream.cuda_stream] = wp.stream_to_torch(stream)
-        return torch.cuda.stream(ts)
-
-    def _streams(self):
-        """(main, comm, event, event) for an overlapped step on a CUDA device: its boundary planes,
-        messages and halos go to the second stream ``comm`` while ``main`` updates the inner planes;
-        None on the CPU or with ``distributed._TWO_STREAMS`` False (one stream, in the order of the
-        CPU path). The second stream is made once per main stream."""
-        dev = self.problem.device
-        if not (_TWO_STREAMS and dev.is_cuda):
-            return None
-        main = dev.stream
-        pair = getattr(self, "_stream_pair", None)
-        if pair is None or pair[0] is not main:
-            pair = self._stream_pair = (main, wp.Stream(dev), wp.Event(dev), wp.Event(dev))
-        return pair
+        if getattr(self, "_torch_stream", None) is None or self._torch_stream._warp_stream is not stream:
+            self._torch_stream = wp.stream_to_torch(stream)
+        return torch.cuda.stream(self._torch_stream)
 
     def _swap(self, sends):
         """Exchange with the ring neighbours. ``sends`` = [(tensor, to 'left'|'right', tag)];
