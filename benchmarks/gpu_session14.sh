@@ -58,7 +58,8 @@ dist3)
   timeout 200 python3 -m pytest -q -x tests/test_distributed.py -k "cuda or overlap_forced" 2>&1 | tail -3
   ;;
 failing)
-  timeout 200 python3 -m pytest -x -q tests/test_distributed.py -k "overlap_forced" 2>&1 | tail -60
+  lscpu | grep -E "Model name|Flags" | cut -c1-200
+  timeout 200 python3 -m pytest -q tests/test_distributed.py -k "overlap_forced" 2>&1 | grep -E "^E |Error|assert|passed|failed" | head -40
   ;;
 tests)
   timeout 560 python3 -m pytest -q -x tests/test_native.py tests/test_physics.py tests/test_gradients.py tests/test_bridges.py tests/test_float16.py tests/test_ensemble.py -k "cuda or recorded or replay" 2>&1 | tail -4
