@@ -61,6 +61,15 @@ failing)
   lscpu | grep -E "Model name|Flags" | cut -c1-200
   timeout 200 python3 -m pytest -q tests/test_distributed.py -k "overlap_forced" 2>&1 | grep -E "^E |Error|assert|passed|failed" | head -40
   ;;
+loop)
+  # Solver.run's loop (no graph) with recorded launches (src) and without (prev_src: 0a18763, an
+  # untracked copy carried for the call), alternating
+  for round in 1 2; do
+    for tree in prev_src src; do
+      PYTHONPATH=/tmp/site:$PWD/$tree timeout 100 python3 benchmarks/run_loop.py 32 64 128 2>&1 | grep '^{' | cut -c1-300
+    done
+  done
+  ;;
 tests)
   timeout 560 python3 -m pytest -q -x tests/test_native.py tests/test_physics.py tests/test_gradients.py tests/test_bridges.py tests/test_float16.py tests/test_ensemble.py -k "cuda or recorded or replay" 2>&1 | tail -4
   ;;
