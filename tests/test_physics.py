@@ -157,17 +157,22 @@ def test_step_cells_in_pieces_equals_one_step():
     np.testing.assert_array_equal(mom_pieces.numpy(), mom_whole.numpy())
 
 
-def test_recorded_launches_replay_the_same_steps():
+@pytest.mark.parametrize("precision", ["float64", "float32"])  # float32: the native step and its extra inputs
+def test_recorded_launches_replay_the_same_steps(precision, monkeypatch):
     """Solver.run replays recorded step launches (Solver.recorded_launches): bit-identical to steps
-    launched one by one, with inlet windows (a new launch per window) and a callback that replaces a
-    parameter array (a new record, not the old array); one record per buffer pair and window, none
-    kept after the block; launch_key tells arrays apart by memory, not by Python object."""
+    launched one by one, with inlet windows (a launch per window); one record per buffer pair and
+    window, every step a replay, none kept after the block; with a callback that replaces a
+    parameter array nothing is recorded (and the new array acts); launch_key tells arrays apart by
+    memory, not by Python object, and floats by their bits."""
+    from warp._src.context import Launch
+
     from difflbm import solver as S
-    p = lbm.Problem((12, 8), "D2Q9", omega=1.3, precision="float64", device="cpu", inlet_windows=3,
+    p = lbm.Problem((12, 8), "D2Q9", omega=1.3, precision=precision, device="cpu", inlet_windows=3,
                     boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.02, 0.0)),
                                 lbm.VelocityInlet(face="x-", velocity=(0.02, 0.0)),
                                 lbm.PressureOutlet(face="x+", density=1.0)])
     solver = lbm.Solver(p)
+    assert solver.native_step == (precision == "float32")
     steps = 9
 
     def windows():  # another inlet speed in each window
@@ -183,7 +188,11 @@ def test_recorded_launches_replay_the_same_steps():
         solver.step(ref, b, params, solver.window(t, steps), update_walls=False)
         ref, b = b, ref
     assert solver._records is None
+    replays = []
+    original = Launch.launch
+    monkeypatch.setattr(Launch, "launch", lambda self, *a, **kw: replays.append(1) or original(self, *a, **kw))
     out = solver.run(p.state(), steps, params)
+    assert len(replays) == steps  # every step launched from a record
     assert out.f.numpy().tobytes() == ref.f.numpy().tobytes()
     assert solver._records is None  # dropped with the block
     seen = []
@@ -192,11 +201,14 @@ def test_recorded_launches_replay_the_same_steps():
         seen.append(len(solver._records))
     assert seen == [3 * 2]  # 3 windows x 2 directions of the ping-pong
 
-    def swap_omega(t, state):  # a callback that replaces an array (a fresh record, not the stale one)
+    def swap_omega(t, state):  # a callback that replaces an array: run records nothing
         if t == 4:
             params.omega = wp.array(np.full(params.omega.shape, 1.1), dtype=params.omega.dtype, device=p.device)
+        assert solver._records is None
     params = windows()
+    replays.clear()
     got = solver.run(p.state(), steps, params, callback=swap_omega)
+    assert not replays
     params2 = windows()
     ref, b = p.state(), lbm.State.empty(p)
     for t in range(steps):
@@ -214,6 +226,7 @@ def test_recorded_launches_replay_the_same_steps():
     c, d = wp.zeros(6, dtype=wp.float64, device="cpu"), wp.zeros(6, dtype=wp.float64, device="cpu")
     assert S.launch_key(k, 6, None, [c]) != S.launch_key(k, 6, None, [d])
     assert S.launch_key(k, 6, None, [a, 3]) != S.launch_key(k, 6, None, [a, 4])
+    assert S.launch_key(k, 6, None, [0.0]) != S.launch_key(k, 6, None, [-0.0])
     assert S.launch_key(k, 6, None, [[1, 2]]) is None  # not hashable: launched as usual
 
 
@@ -224,12 +237,22 @@ def _fill(a: wp.array(dtype=float), v: float):
 
 def test_replay_launch_records_stay_bounded():
     """A loop that launches on ever new arrays keeps at most MAX_RECORDS records (each holds its
-    arrays), and each replay writes what a plain launch would."""
+    arrays), dropping the least recently used; each replay writes what a plain launch would; an
+    empty launch does nothing, recorded or not."""
+    from collections import OrderedDict
+
     from difflbm import solver as S
-    records = {}
+    records = OrderedDict()
     arrays = [wp.zeros(4, dtype=float, device="cpu") for _ in range(S.MAX_RECORDS + 6)]
+    S.replay_launch(records, _fill, 4, [arrays[0], 0.0], "cpu")
     for i, a in enumerate(arrays):
         S.replay_launch(records, _fill, 4, [a, float(i)], "cpu")
+        S.replay_launch(records, _fill, 4, [arrays[0], 0.0], "cpu")  # kept in use: never dropped
         assert len(records) <= S.MAX_RECORDS
+    assert S.launch_key(_fill, 4, None, [arrays[0], 0.0]) in records
+    assert S.launch_key(_fill, 4, None, [arrays[1], 1.0]) not in records  # the least recently used went
     S.replay_launch(records, _fill, 4, [arrays[-1], 7.0], "cpu")
     assert [float(a.numpy()[0]) for a in arrays[-2:]] == [S.MAX_RECORDS + 4.0, 7.0]
+    S.replay_launch(records, _fill, 0, [arrays[1], 5.0], "cpu")
+    S.replay_launch(None, _fill, 0, [arrays[1], 5.0], "cpu")
+    assert float(arrays[1].numpy()[0]) == 1.0

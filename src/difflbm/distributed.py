@@ -29,6 +29,7 @@ import json
 import math
 import os
 import zlib
+from collections import OrderedDict
 from functools import cache
 from pathlib import Path
 
@@ -453,7 +454,7 @@ class SlabDecomposition:
         records hold their arrays until the block ends."""
         outer = getattr(self, "_records", None)
         if outer is None:
-            self._records = {}
+            self._records = OrderedDict()
         try:
             with solver.recorded_launches():
                 yield

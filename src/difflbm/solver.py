@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import struct
+from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -27,12 +29,14 @@ class DivergenceError(FloatingPointError):
 def launch_key(kernel, dim, block_dim, args):
     """A hashable key under which a launch of ``kernel`` with these arguments packs the same
     parameters: arrays by pointer, shape, strides, dtype and gradient pointer (a fresh view of the
-    same memory gives the same key), other values by type and value. None when an argument is
-    not hashable (such launches are not recorded)."""
+    same memory gives the same key), floats by their bits (0.0 and -0.0 differ), other values by
+    type and value. None when an argument is not hashable (such launches are not recorded)."""
     key = [kernel, dim, block_dim]
     for a in args:
         if isinstance(a, wp.array):
             key.append((a.ptr, a.shape, a.strides, a.dtype, a.grad.ptr if a.grad is not None else None))
+        elif isinstance(a, float):
+            key.append((float, struct.pack("<d", a)))
         else:
             key.append((type(a), a))
     key = tuple(key)
@@ -43,23 +47,29 @@ def launch_key(kernel, dim, block_dim, args):
     return key
 
 
-MAX_RECORDS = 64  # recorded launches kept per loop (replay_launch)
+MAX_RECORDS = 512  # recorded launches kept per loop, least recently used dropped first (replay_launch)
 
 
-def replay_launch(records: dict | None, kernel, dim, inputs, device, block_dim: int | None = None):
-    """``wp.launch(kernel, dim, inputs, ...)``; with ``records`` (a dict) each distinct launch is
-    packed once (``record_cmd``) and replayed from there: about a tenth of the host time of a launch
-    of the step's 30-odd arguments. The records hold their arrays: keep ``records`` for one loop
-    (it is cleared when it reaches MAX_RECORDS entries)."""
+def replay_launch(records: OrderedDict | None, kernel, dim, inputs, device, block_dim: int | None = None):
+    """``wp.launch(kernel, dim, inputs, ...)``; with ``records`` (an OrderedDict) each distinct
+    launch is packed once (``record_cmd``) and replayed from there: about a tenth of the host time of
+    a launch of the step's 30-odd arguments. The records hold their arrays: keep ``records`` for
+    one loop over buffers that live that long (past MAX_RECORDS the least recently used is dropped).
+    Replays are forward launches outside Warp's Tape (which none of the package's kernels use)."""
     if records is not None:
         key = launch_key(kernel, dim, block_dim, inputs)
         if key is not None:
             cmd = records.get(key)
             if cmd is None:
-                if len(records) >= MAX_RECORDS:  # a loop that keeps making new arrays: no pile-up
-                    records.clear()
-                cmd = records[key] = wp.launch(kernel, dim=dim, inputs=inputs, device=device,
-                                               block_dim=block_dim, record_cmd=True)
+                cmd = wp.launch(kernel, dim=dim, inputs=inputs, device=device, block_dim=block_dim,
+                                record_cmd=True)
+                if cmd is None:  # nothing to launch (an empty grid)
+                    return
+                if len(records) >= MAX_RECORDS:
+                    records.popitem(last=False)
+                records[key] = cmd
+            else:
+                records.move_to_end(key)
             cmd.launch()
             return
     wp.launch(kernel, dim=dim, inputs=inputs, device=device, block_dim=block_dim)
@@ -124,7 +134,7 @@ class Solver:
         records hold their arrays until the block ends; nested blocks share the outer records."""
         outer = self._records
         if outer is None:
-            self._records = {}
+            self._records = OrderedDict()
         try:
             yield
         finally:
@@ -328,7 +338,9 @@ class Solver:
         # the wall terms are computed once; a callback may change params, so then at every step
         self.update_wall_term(params)
         good_step = 0
-        with self.recorded_launches():  # the step's arguments packed once per buffer, then replayed
+        # the step's arguments packed once per buffer, then replayed; not with a callback, which may
+        # replace parameter arrays at every step (a record would keep each old one alive)
+        with self.recorded_launches() if callback is None else contextlib.nullcontext():
             for t in range(int(steps)):
                 self.step(a, b, params, self.window(t, steps), update_walls=callback is not None)
                 a, b = b, a
