@@ -70,6 +70,11 @@ loop)
     done
   done
   ;;
+tests2)
+  # what device time was left: the tests of the changed code paths first, then test_native's CUDA tests
+  timeout 120 python3 -m pytest -q -x tests/test_distributed.py tests/test_physics.py tests/test_gradients.py tests/test_bridges.py tests/test_float16.py tests/test_ensemble.py -k "cuda or recorded or replay" 2>&1 | tail -3
+  timeout 300 python3 -m pytest -q -x tests/test_native.py -k cuda 2>&1 | tail -4
+  ;;
 tests)
   timeout 560 python3 -m pytest -q -x tests/test_native.py tests/test_physics.py tests/test_gradients.py tests/test_bridges.py tests/test_float16.py tests/test_ensemble.py -k "cuda or recorded or replay" 2>&1 | tail -4
   ;;
