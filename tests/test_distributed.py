@@ -304,8 +304,11 @@ def test_overlap_forced_on_one_rank_changes_no_bit(case, monkeypatch):
 def test_overlap_forced_on_cuda_changes_no_bit(monkeypatch):
     """The overlapped schedule on a GPU (forced on one rank, ``_OVERLAP = "always"``: the ranged
     native steps, the halo kernels and torch's copies on Warp's stream): a float32 D3Q19 cavity's
-    populations, losses and gradients (state replay and moments replay) equal the whole-slab steps
-    bit for bit."""
+    populations and initial-population gradients (state replay and moments replay) equal the
+    whole-slab steps bit for bit. The losses and the wall-velocity gradient are sums that the GPU
+    accumulates with atomic adds, in an order that changes from run to run: those agree to float32
+    round-off (on the H200 the first version of this test, all bit for bit, saw the wall-velocity
+    gradient differ in its last bits)."""
     import warp as wp
     p = lbm.Problem((24, 20, 16), "D3Q19", omega=1.6, precision="float32", device="cuda:0",
                     boundaries=[lbm.Wall(face="z+", velocity=(0.08, 0.0, 0.0))] +
@@ -324,9 +327,10 @@ def test_overlap_forced_on_cuda_changes_no_bit(monkeypatch):
     (f0, grads0), (f1, grads1) = runs[False], runs["always"]
     _same_bits(f1, f0, "f")
     for (v0, g0), (v1, g1) in zip(grads0, grads1):
-        _same_bits(v1, v0, "value")
-        for name in ("initial", "wall_velocity"):
-            _same_bits(getattr(g1, name), getattr(g0, name), name)
+        assert abs(v1 - v0) <= 1e-6 * abs(v0)
+        _same_bits(g1.initial, g0.initial, "initial")
+        w0, w1 = np.asarray(g0.wall_velocity, np.float64), np.asarray(g1.wall_velocity, np.float64)
+        assert np.abs(w1 - w0).max() <= 1e-5 * np.abs(w0).max()
 
 
 def test_bad_decompositions():
