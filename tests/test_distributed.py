@@ -333,6 +333,76 @@ def test_overlap_forced_on_cuda_changes_no_bit(monkeypatch):
         assert np.abs(w1 - w0).max() <= 1e-5 * np.abs(w0).max()
 
 
+def _fp16_problem():
+    mask = np.zeros((16, 10), bool)
+    mask[7:9, 4:6] = True  # across the cut
+    return lbm.Problem((16, 10), "D2Q9", omega=1.2, precision="float16", device="cpu",
+                       boundaries=[lbm.Wall(face="y-"), lbm.Wall(face="y+", velocity=(0.05, 0.0)), lbm.Wall(mask=mask)])
+
+
+def _fp16_worker(rank, world, init, out):
+    """One rank of the float16 slab run: 20 steps; 10 steps, a restart, 10 more; the gradient refused."""
+    import torch.distributed as dist
+    import warp as wp
+    wp.config.log_level = wp.LOG_WARNING
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        f20 = DD.distributed_run(_fp16_problem, STEPS, initial=_initial)
+        f10 = DD.distributed_run(_fp16_problem, STEPS // 2, initial=_initial, gather=False)
+        DD.distributed_save_restart(os.path.join(out, "ck"), _fp16_problem, f10, step=STEPS // 2)
+        g, step = DD.distributed_load_restart(os.path.join(out, "ck"), _fp16_problem)
+        f20b = DD.distributed_run(_fp16_problem, STEPS - step, initial=g)
+        try:
+            DD.distributed_value_and_grad(_fp16_problem, 2, L.KineticEnergy(), initial=_initial)
+            refused = ""
+        except ValueError as err:
+            refused = str(err)
+        np.savez(os.path.join(out, f"rank{rank}.npz"), f20=f20, f10=f10, g=g, f20b=f20b, refused=refused)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_float16_slabs_2_ranks(tmp_path):
+    """float16 storage on 2 gloo ranks: the forward equals one device's Solver.run bit for bit
+    (populations in float32, as State.populations gives them); 10 steps, a restart and 10 more
+    equal 20 steps bit for bit (the restart stores the float16 values; loading gives the slab's
+    populations, which convert back exactly); the gradient is refused on every rank."""
+    results = _launch("fp16", 2, tmp_path)
+    p = _fp16_problem()
+    st = _initial(p)
+    solver = lbm.Solver(p)
+    ref20 = solver.run(st, STEPS).populations()
+    ref10 = solver.run(st, STEPS // 2).populations()
+    assert ref20.dtype == np.float32
+    assert not np.array_equal(ref20, p.state().populations())  # the lid moved the flow
+    for r, res in enumerate(results):
+        _same_bits(res["f20"], ref20, "f20")
+        _same_bits(res["f20b"], ref20, "f20 after the restart")
+        x0, n = DD.slab_bounds(16, 2)[r]
+        _same_bits(res["f10"], ref10[:, x0:x0 + n], "owned slab")
+        _same_bits(res["g"], res["f10"], "loaded slab")
+        assert "precision='float16' is not supported by distributed_value_and_grad" in str(res["refused"])
+    stored = np.load(tmp_path / "ck_0.npz")["f"]
+    assert stored.dtype == np.float16  # the restart keeps the stored values
+
+
+@pytest.mark.parametrize("lattice", ["D2Q9", "D3Q19", "D3Q27"])
+def test_float16_stored_values_round_trip(lattice):
+    """Every finite float16 value in every direction comes back bit for bit from the float32
+    populations that slabs and restarts hand out (SlabDecomposition.populations, then _stored);
+    -0.0 comes back as +0.0, which computes the same."""
+    shape = (4, 3) if lattice == "D2Q9" else (4, 3, 2)
+    dec = DD.SlabDecomposition(lbm.Problem(shape, lattice, precision="float16", device="cpu"))
+    q = dec.problem.lattice.q
+    x = np.arange(65536, dtype=np.uint16).view(np.float16)
+    x = np.where(x.view(np.uint16) == 0x8000, np.float16(0), x)
+    x = np.broadcast_to(x[np.isfinite(x)], (q, int(np.isfinite(x).sum()))).copy()
+    pops = dec.populations(x)
+    assert pops.dtype == np.float32
+    back = dec._stored(pops)
+    assert back.dtype == np.float16 and back.tobytes() == x.tobytes()
+
+
 def test_bad_decompositions():
     """More ranks than x-planes, MemoryBudget, a KernelLoss and a snapshot series are refused (ValueError)."""
     p = _problem("periodic")
@@ -506,7 +576,9 @@ def test_dist_bench_runs_as_one_gloo_rank(tmp_path, monkeypatch):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "files":
+    if sys.argv[1] == "fp16":
+        _fp16_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    elif sys.argv[1] == "files":
         _files_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
         _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

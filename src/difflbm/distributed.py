@@ -189,8 +189,6 @@ class SlabDecomposition:
         if rank is None and world is None and self.world > 1:
             # first, before any check that could fail on some ranks only and leave the others waiting
             self._check_same_problem()
-        if problem.precision == "float16":
-            raise ValueError("precision='float16' is not supported by the slab decomposition yet; use float32")
         nx, ny, nz = problem.grid3
         self.bounds = slab_bounds(nx, self.world)
         self.x0, self.n = self.bounds[self.rank]
@@ -290,7 +288,8 @@ class SlabDecomposition:
         if isinstance(initial, State) and initial.problem is self.local:
             wp.copy(st.f, initial.f)
             return st
-        f = initial.f.numpy() if isinstance(initial, State) else np.asarray(initial)
+        stored = isinstance(initial, State)  # a State holds stored values; arrays are populations
+        f = initial.f.numpy() if stored else np.asarray(initial)
         owned = (Q, self.n) + gp.shape[1:]
         if f.shape in ((Q,) + gp.shape, (Q, gp.cell_count)):
             ext = self._x(f.reshape(Q, -1).T, (Q,)).T
@@ -302,8 +301,32 @@ class SlabDecomposition:
         else:
             raise ValueError(f"{name} holds populations of shape {f.shape}; allowed: the global {(Q,) + gp.shape} "
                              f"or this rank's slab {owned}")
-        st.f.assign(np.ascontiguousarray(ext).astype(st.f.numpy().dtype))
+        st.f.assign(np.ascontiguousarray(ext if stored else self._stored(ext)).astype(st.f.numpy().dtype))
         return st
+
+    def _stored(self, f: np.ndarray) -> np.ndarray:
+        """Populations (Q, ...) as the state stores them: float16 storage keeps f - w in float16
+        (computed in float32, the inverse of :meth:`populations`: stored -> populations -> stored
+        gives back every finite float16 value bit for bit, checked for every value and weight of the
+        three lattices; -0.0 comes back as +0.0, which computes the same); other precisions store
+        the populations."""
+        if self.problem.precision != "float16":
+            return f
+        f = np.asarray(f, np.float32)
+        return (f - self._shift32(f.ndim)).astype(np.float16)
+
+    def populations(self, stored: np.ndarray) -> np.ndarray:
+        """Stored values (Q, ...) of a state of this problem as populations: float16 storage in
+        float32 with w added back (as :meth:`State.populations`); others unchanged."""
+        if self.problem.precision != "float16":
+            return stored
+        return stored.astype(np.float32) + self._shift32(stored.ndim)
+
+    def _shift32(self, ndim: int) -> np.ndarray:
+        """The storage shift w (float32) shaped to broadcast over (Q, ...) arrays of ``ndim`` axes."""
+        p = self.problem
+        shift = np.asarray(K.storage_shift(p.lattice.name, p.precision), np.float32)
+        return shift.reshape((-1,) + (1,) * (ndim - 1))
 
     def owned_slab(self, f_ext: np.ndarray) -> np.ndarray:
         """This rank's owned planes of extended-slab populations (Q, cells), shape (Q, n, ny[, nz])."""
@@ -837,7 +860,7 @@ def distributed_run(problem, steps: int, initial=None, params=None, group=None, 
     lp = dec.local
     final = dec.advance(Solver(lp), dec.local_state(initial), State.empty(lp), dec.local_parameters(params),
                         int(steps))
-    f = final.f.numpy()
+    f = dec.populations(final.f.numpy())  # float16 storage: float32 populations, as State.populations
     return dec.gather_populations(f) if gather else dec.owned_slab(f)
 
 
@@ -888,6 +911,10 @@ def distributed_value_and_grad(problem, steps: int, loss: L.Loss, initial=None, 
     seg = min(seg, max(steps, 1))
     dec, initial, params = _setup(problem, initial, params, group)
     problem = dec.problem
+    if problem.precision == "float16":  # the same on every rank (the ranks' problems were compared)
+        raise ValueError("precision='float16' is not supported by distributed_value_and_grad yet (the "
+                         "slabs' adjoint states would need float32 buffers); use float32, or "
+                         "difflbm.adjoint.value_and_grad on one device")
     supported = K.fused_adjoint_supported(problem.config)
     if step_adjoint == "fused" and not supported:
         raise ValueError("step_adjoint='fused' does not cover this problem (it needs BGK or TRT, no solid "
@@ -1285,4 +1312,5 @@ def _load_piece(dec: SlabDecomposition, index: Path):
     if f.shape != shape or f.dtype != wp.dtype_to_numpy(dtype):
         raise ValueError(f"restart piece {str(piece)!r} holds {f.dtype} populations of shape {f.shape}; "
                          f"expected {np.dtype(wp.dtype_to_numpy(dtype))} of shape {shape}")
-    return f, int(stored["step"])
+    # populations as distributed_run returns them (float16 storage: float32, exact both ways)
+    return dec.populations(f), int(stored["step"])
