@@ -29,7 +29,6 @@ import json
 import math
 import os
 import zlib
-from collections import OrderedDict
 from functools import cache
 from pathlib import Path
 
@@ -471,19 +470,17 @@ class SlabDecomposition:
     @contextlib.contextmanager
     def recorded(self, solver: Solver):
         """Within the block, the step launches of ``solver`` and the halo kernels' launches are packed
-        once per distinct set of arrays and replayed after that (:meth:`Solver.recorded_launches`): a
-        step of the overlapped schedule is six to eight launches, and packing the step kernel's
-        arguments each time cost about as much host time as an H200 spends on a 256^3 step. The
-        records hold their arrays until the block ends."""
+        once per distinct set of arrays and replayed after that, from the solver's records
+        (:meth:`Solver.recorded_launches`): a step of the overlapped schedule is six to eight
+        launches, and packing the step kernel's arguments each time cost about as much host time as
+        an H200 spends on a 256^3 step. The records hold their arrays until the block ends."""
         outer = getattr(self, "_records", None)
-        if outer is None:
-            self._records = OrderedDict()
-        try:
-            with solver.recorded_launches():
+        with solver.recorded_launches():
+            self._records = solver._records
+            try:
                 yield
-        finally:
-            if outer is None:
-                self._records = None
+            finally:
+                self._records = outer
 
     def _halo(self, f: wp.array):
         """Kernels, direction list and launch shape of the halo exchange of populations ``f``."""

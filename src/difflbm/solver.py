@@ -335,9 +335,9 @@ class Solver:
             except ImportError:
                 bar = None
         good = a.copy() if check_every else None
+        good_step = 0
         # the wall terms are computed once; a callback may change params, so then at every step
         self.update_wall_term(params)
-        good_step = 0
         # the step's arguments packed once per buffer, then replayed; not with a callback, which may
         # replace parameter arrays at every step (a record would keep each old one alive)
         with self.recorded_launches() if callback is None else contextlib.nullcontext():
